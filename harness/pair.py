@@ -1,0 +1,402 @@
+"""Run one scenario on a real pair of QEMU processes.
+
+``run_scenario`` starts the source, starts the target, transfers, observes, and
+always tears down both sides, whatever happens. It returns a :class:`PairResult`:
+what was observed (outcome, states, query-migrate, guest counters, timings, paths of
+the logs). Judging the result against the scenario is :mod:`harness.verdict`'s job.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional
+
+from harness import backends, channels, features
+from harness.capabilities import Capabilities, probe
+from harness.cleanup import private_tmpdir, remove_tmpdir
+from harness.errors import (HarnessError, QMPCommandFailed, Unsupported, UsageError,
+                            VMLaunchFailure, WaitTimeout)
+from harness.guest import GuestImage, image, read_work_area_qmp, wait_counter_moving
+from harness.scenario import COMPLETES, DST_REFUSES, SRC_REFUSES, Scenario
+from harness.vmm import QemuProcess, tail
+
+ACCELS = ("auto", "kvm", "tcg")
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Every harness wait is bounded by one of these (seconds)."""
+    start: float = 30.0      # QEMU launched and its QMP monitor up
+    guest: float = 30.0      # guest booted, counter moving
+    listen: float = 15.0     # target listening on its cpr channel
+    transfer: float = 60.0   # migrate issued -> completed/failed
+    settle: float = 15.0     # target running / source state after the transfer
+    exit: float = 15.0       # a refusing target exits
+
+    def scaled(self, factor: float) -> "Timeouts":
+        return Timeouts(**{k: v * factor for k, v in asdict(self).items()})
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    qemu_src: str = "qemu-system-x86_64"
+    qemu_dst: str = "qemu-system-x86_64"
+    accel: str = "auto"
+    timeouts: Timeouts = field(default_factory=Timeouts)
+
+    def __post_init__(self) -> None:
+        if self.accel not in ACCELS:
+            raise UsageError(f"unknown accel {self.accel!r}; use one of: {', '.join(ACCELS)}")
+
+
+@dataclass
+class PairResult:
+    scenario: Scenario
+    accel: str = ""
+    qemu_src_version: str = ""
+    qemu_dst_version: str = ""
+    observed: str = ""                # COMPLETES / SRC_REFUSES / DST_REFUSES / "failed"
+    observed_message: str = ""
+    src_status_before: str = ""
+    src_status_after: str = ""
+    dst_status_after: str = ""
+    dst_exitcode: Optional[int] = None
+    query_migrate: Dict[str, Any] = field(default_factory=dict)
+    counter_before: Optional[int] = None
+    counter_after: Optional[int] = None
+    boots_before: Optional[int] = None
+    boots_after: Optional[int] = None
+    #: After a refused transfer: the source's counter kept moving.
+    src_counter_after_refusal: Optional[int] = None
+    timings: Dict[str, float] = field(default_factory=dict)
+    evidence: Dict[str, Any] = field(default_factory=dict)
+    artifacts: Dict[str, str] = field(default_factory=dict)
+    cmdlines: Dict[str, List[str]] = field(default_factory=dict)
+    transcripts: Dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d["scenario"] = self.scenario.params()
+        d.pop("transcripts")
+        return d
+
+
+def resolve_accel(run_accel: str, sc: Scenario, src: Capabilities, dst: Capabilities) -> str:
+    want = sc.accel if sc.accel != "auto" else run_accel
+    if want == "auto":
+        return "kvm" if (src.kvm_usable and dst.kvm_usable) else "tcg"
+    if want == "kvm":
+        for caps in (src, dst):
+            if not caps.kvm_usable:
+                raise Unsupported(f"KVM not usable with {caps.path}: {caps.kvm_reason}")
+    elif want == "tcg":
+        for caps in (src, dst):
+            if "tcg" not in caps.accels:
+                raise Unsupported(f"{caps.path} has no TCG")
+    else:
+        raise UsageError(f"unknown accel {want!r}")
+    return want
+
+
+def check_supported(caps: Capabilities, sc: Scenario) -> None:
+    problems = caps.cpr_transfer_problems()
+    if problems:
+        raise Unsupported(f"{caps.path} ({caps.version_str}) cannot run cpr-transfer: "
+                          + "; ".join(problems))
+    qom = backends.BACKENDS[sc.backend].qom_type if sc.backend in backends.BACKENDS else None
+    if qom and not caps.has_object_type(qom):
+        raise Unsupported(f"{caps.path} has no object type {qom}")
+    for feature in sc.requires:
+        ok, reason = features.check(feature, caps.path)
+        if not ok:
+            raise Unsupported(reason)
+
+
+def run_scenario(sc: Scenario, cfg: RunConfig, artifacts_dir: str) -> PairResult:
+    """Run ``sc`` on a fresh QEMU pair; logs and serial output go to ``artifacts_dir``."""
+    caps_src = probe(cfg.qemu_src)
+    caps_dst = probe(cfg.qemu_dst)
+    check_supported(caps_src, sc)
+    check_supported(caps_dst, sc)
+    accel = resolve_accel(cfg.accel, sc, caps_src, caps_dst)
+    guest = image(sc.guest)
+    os.makedirs(artifacts_dir, exist_ok=True)
+    timeouts = cfg.timeouts if accel == "kvm" else cfg.timeouts.scaled(2.0)
+    result = PairResult(scenario=sc, accel=accel, qemu_src_version=caps_src.version_str,
+                        qemu_dst_version=caps_dst.version_str)
+    workdir = private_tmpdir()
+    shm_dir = private_tmpdir_shm() if backends.BACKENDS[sc.backend].qom_type == \
+        "memory-backend-file" else None
+    try:
+        _Pair(sc, cfg, accel, guest, timeouts, workdir, shm_dir, artifacts_dir, result).run()
+    finally:
+        remove_tmpdir(workdir)
+        if shm_dir:
+            remove_tmpdir(shm_dir)
+    return result
+
+
+def private_tmpdir_shm() -> str:
+    """A private dir on /dev/shm for file-backed guest RAM."""
+    return private_tmpdir("shm", base="/dev/shm")
+
+
+class _Pair:
+    def __init__(self, sc: Scenario, cfg: RunConfig, accel: str, guest: GuestImage,
+                 timeouts: Timeouts, workdir: str, shm_dir: Optional[str], artifacts: str,
+                 result: PairResult):
+        self.sc, self.cfg, self.accel, self.guest = sc, cfg, accel, guest
+        self.t = timeouts
+        self.workdir, self.shm_dir, self.artifacts = workdir, shm_dir, artifacts
+        self.r = result
+        self.src: Optional[QemuProcess] = None
+        self.dst: Optional[QemuProcess] = None
+        self.chans: List[channels.Channel] = []
+
+    # -- command lines --------------------------------------------------------------
+
+    def vm_args(self, side: str) -> List[str]:
+        sc = self.sc
+        mem = backends.render(sc.backend, sc.ram_mb, sc.prealloc, self.shm_dir)
+        machine = sc.machine + mem.machine_props + (",aux-ram-share=on" if sc.aux_ram_share else "")
+        serial = os.path.join(self.artifacts, f"{side}.serial")
+        self.r.artifacts[f"{side}.serial"] = serial
+        return ["-name", f"cprh-{side},debug-threads=on", "-nodefaults", "-display", "none",
+                "-machine", machine, "-accel", self.accel, "-smp", str(sc.smp),
+                "-m", f"{sc.ram_mb}M", *mem.object_args, *self.guest.qemu_args(serial)]
+
+    # -- the run --------------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            self.start_src()
+            self.transfer()
+        finally:
+            self.teardown()
+
+    def _mark(self, name: str, t0: float) -> None:
+        self.r.timings[name] = round(time.monotonic() - t0, 4)
+
+    def start_src(self) -> None:
+        t0 = time.monotonic()
+        self.src = QemuProcess("src", self.cfg.qemu_src, self.vm_args("src"), self.workdir,
+                               self.artifacts)
+        self.r.cmdlines["src"] = self.src.cmdline
+        self.r.artifacts["src.log"] = self.src.log_path
+        self.src.launch()
+        qmp = self.src.connect_qmp(self.t.start)
+        self._mark("src_start", t0)
+        wa = wait_counter_moving(lambda: read_work_area_qmp(qmp, self.guest.layout),
+                                 self.guest.layout, self.t.guest, "src",
+                                 log_path=self.src.log_path)
+        self._mark("src_guest_up", t0)
+        if self.sc.paused:
+            qmp.cmd("stop")
+        self.r.src_status_before = qmp.cmd("query-status")["status"]
+
+    def transfer(self) -> None:
+        assert self.src is not None and self.src.qmp is not None
+        sc, sq = self.sc, self.src.qmp
+        before = read_work_area_qmp(sq, self.guest.layout)
+        self.r.counter_before, self.r.boots_before = before.counter, before.boots
+
+        # Channels, rendered per side (error paths give the sides different kinds).
+        dst_main = channels.main_channel(sc.side_main("dst"), self.workdir)
+        src_main = dst_main if sc.side_main("src") == sc.side_main("dst") else \
+            channels.main_channel(sc.side_main("src"), self.workdir)
+        dst_cpr = channels.cpr_channel(sc.side_cpr("dst"), self.workdir)
+        src_cpr = dst_cpr if sc.side_cpr("src") == sc.side_cpr("dst") else \
+            channels.cpr_channel(sc.side_cpr("src"), os.path.join(self.workdir, "s"))
+        self.chans = list({id(c): c for c in (dst_main, src_main, dst_cpr, src_cpr)}.values())
+
+        # Source: mode first (read back), then the target, then migrate.
+        sq.cmd("migrate-set-parameters", {"mode": "cpr-transfer"})
+        mode = sq.cmd("query-migrate-parameters").get("mode")
+        if mode != "cpr-transfer":
+            raise HarnessError(f"src: mode reads back as {mode!r} after setting cpr-transfer")
+        if sc.capabilities:
+            try:
+                sq.cmd("migrate-set-capabilities", {"capabilities": [
+                    {"capability": c, "state": True} for c in sc.capabilities]})
+            except QMPCommandFailed as exc:
+                self._refused(SRC_REFUSES, exc.desc)
+                return
+
+        if not self.start_dst(dst_main, dst_cpr):
+            return
+        t0 = time.monotonic()
+        for name, fd in {**src_main.src_getfd, **src_cpr.src_getfd}.items():
+            sq.send_fd(name, fd)
+        chans = [c for c in (src_main.qapi(), src_cpr.qapi()) if c is not None]
+        try:
+            sq.cmd("migrate", {"channels": chans})
+        except QMPCommandFailed as exc:
+            self._refused(SRC_REFUSES, exc.desc)
+            return
+        self._mark("migrate_issued", t0)
+
+        # The target creates its monitor only once it has read CPR state.
+        try:
+            dq = self.dst.connect_qmp(self.t.start)
+        except VMLaunchFailure:
+            self._dst_exited()
+            return
+        self._mark("dst_monitor_up", t0)
+        if sc.incoming == "defer":
+            try:
+                dq.cmd("migrate-incoming", {"channels": [dst_main.qapi()]})
+            except QMPCommandFailed as exc:
+                self._refused(DST_REFUSES, exc.desc)
+                return
+
+        status = self._wait_migration(sq, t0)
+        self.r.query_migrate = sq.cmd("query-migrate")
+        if status != "completed":
+            if not self.dst.is_running():
+                self._dst_exited()
+            else:
+                self._refused("failed", self.r.query_migrate.get("error-desc", status))
+            return
+        self._mark("completed", t0)
+        self.r.observed = COMPLETES
+        self._settle_after_completion(t0)
+
+    def start_dst(self, main: channels.Channel, cpr: channels.Channel) -> bool:
+        """Launch the target; False if it exited before listening (a refusal)."""
+        t0 = time.monotonic()
+        incoming = ["-incoming", "defer" if self.sc.incoming == "defer" else main.dst_incoming]
+        if cpr.dst_incoming is not None:
+            incoming += ["-incoming", cpr.dst_incoming]
+        fds = main.dst_pass_fds + cpr.dst_pass_fds
+        self.dst = QemuProcess("dst", self.cfg.qemu_dst, self.vm_args("dst") + incoming,
+                               self.workdir, self.artifacts, pass_fds=fds)
+        self.r.cmdlines["dst"] = self.dst.cmdline
+        self.r.artifacts["dst.log"] = self.dst.log_path
+        self.dst.launch()
+        for c in (main, cpr):  # our copies of the fds now live in the target
+            if c.dst_pass_fds and not c.src_getfd:
+                c.close()
+        try:
+            cpr.wait_listening(self.t.listen, lambda: self.dst.check_alive(
+                "before listening on its cpr channel"))
+        except VMLaunchFailure:
+            self._dst_exited()
+            return False
+        self._mark("dst_listening", t0)
+        return True
+
+    def _wait_migration(self, sq: Any, t0: float) -> str:
+        """Poll the source until its migration ends; fail fast on terminal states."""
+        deadline = t0 + self.t.transfer
+        while True:
+            status = sq.cmd("query-migrate").get("status", "")
+            if status in ("completed", "failed", "cancelled"):
+                return status
+            if time.monotonic() > deadline:
+                dst = "target exited" if self.dst and not self.dst.is_running() else "target alive"
+                raise WaitTimeout("migration to complete", self.t.transfer,
+                                  time.monotonic() - t0, f"{status} ({dst})", "src",
+                                  self.src.log_path if self.src else None)
+            time.sleep(0.01)
+
+    def _settle_after_completion(self, t0: float) -> None:
+        assert self.src is not None and self.dst is not None
+        dq, sq = self.dst.qmp, self.src.qmp
+        want = "paused" if self.sc.paused else "running"
+        deadline = time.monotonic() + self.t.settle
+        status = ""
+        while time.monotonic() < deadline:
+            status = dq.cmd("query-status")["status"]
+            if status == want:
+                break
+            time.sleep(0.01)
+        self._mark("dst_" + want, t0)
+        self.r.dst_status_after = status
+        self.r.src_status_after = sq.cmd("query-status")["status"]
+        self.r.evidence["dst_query_migrate"] = dq.cmd("query-migrate")
+        if self.sc.paused:
+            wa = read_work_area_qmp(dq, self.guest.layout)
+        else:
+            try:
+                wa = wait_counter_moving(lambda: read_work_area_qmp(dq, self.guest.layout),
+                                         self.guest.layout, self.t.settle, "dst",
+                                         above=self.r.counter_before,
+                                         log_path=self.dst.log_path)
+            except WaitTimeout as exc:
+                wa = exc.last_state if hasattr(exc.last_state, "counter") else \
+                    read_work_area_qmp(dq, self.guest.layout)
+        self.r.counter_after, self.r.boots_after = wa.counter, wa.boots
+
+    def _refused(self, kind: str, message: str) -> None:
+        self.r.observed = kind
+        self.r.observed_message = message
+        self._check_src_survived()
+
+    def _dst_exited(self) -> None:
+        assert self.dst is not None
+        try:
+            code = self.dst.wait_exit(self.t.exit)
+        except WaitTimeout:
+            code = None
+        self.r.dst_exitcode = code
+        self.r.observed = DST_REFUSES
+        self.r.observed_message = tail(self.dst.log_path, 10)
+        # The source sees its migration fail and resumes the guest.
+        if self.src is not None and self.src.qmp is not None:
+            sq = self.src.qmp
+            deadline = time.monotonic() + self.t.settle
+            while time.monotonic() < deadline:
+                st = sq.cmd("query-migrate").get("status")
+                if st in ("failed", "cancelled", "completed"):
+                    break
+                time.sleep(0.02)
+            self.r.query_migrate = sq.cmd("query-migrate")
+        self._check_src_survived()
+
+    def _check_src_survived(self) -> None:
+        """After a refusal the source must still run its guest, in its prior state."""
+        assert self.src is not None and self.src.qmp is not None
+        sq = self.src.qmp
+        want = "paused" if self.sc.paused else "running"
+        deadline = time.monotonic() + self.t.settle
+        status = ""
+        while time.monotonic() < deadline:
+            status = sq.cmd("query-status")["status"]
+            if status == want:
+                break
+            time.sleep(0.02)
+        self.r.src_status_after = status
+        if status == "running":
+            try:
+                wa = wait_counter_moving(lambda: read_work_area_qmp(sq, self.guest.layout),
+                                         self.guest.layout, self.t.settle, "src",
+                                         above=self.r.counter_before)
+                self.r.src_counter_after_refusal = wa.counter
+            except WaitTimeout:
+                self.r.src_counter_after_refusal = None
+
+    def teardown(self) -> None:
+        """Stop both sides; the second teardown runs even if the first raises."""
+        try:
+            for side, vm in (("src", self.src), ("dst", self.dst)):
+                if vm is not None and vm.qmp is not None:
+                    self.r.transcripts[side] = vm.qmp.transcript_text()
+        finally:
+            try:
+                if self.dst is not None:
+                    self.dst.shutdown()
+            finally:
+                try:
+                    if self.src is not None:
+                        self.src.shutdown()
+                finally:
+                    for c in self.chans:
+                        c.close()
+        for side in ("src", "dst"):
+            if side in self.r.transcripts:
+                path = os.path.join(self.artifacts, f"{side}.qmp.jsonl")
+                with open(path, "w") as f:
+                    f.write(self.r.transcripts[side])
+                self.r.artifacts[f"{side}.qmp"] = path
