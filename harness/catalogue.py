@@ -1,33 +1,110 @@
 """Every scenario the suite knows, by id.
 
-Ids read like a path (``transfer/unix-unix-memfd-immediate-q35``); the part before the
-slash is the area a report groups by.
+Ids read like a path: the part before the slash is the area a report groups by
+(``transfer``, ``channel``, ``memory``, ``capability``), the rest names the case.
+The positive matrix is a base case varied along one axis at a time (main channel x
+incoming mode x cpr channel are crossed in full, since they interact in the
+handshake); the error paths each break one documented rule.
 """
 from __future__ import annotations
 
 from typing import Dict, Iterable, List
 
 from harness.errors import UsageError
-from harness.scenario import Outcome, Scenario
+from harness.scenario import DST_REFUSES, SRC_REFUSES, Outcome, Scenario
+
+# QEMU 10.0's own words for each rule (migration/cpr-transfer.c, migration.c, cpr.c).
+MSG_STREAMABLE = "Migration requires streamable transport"
+MSG_MISSING_CPR = "missing 'cpr' migration channel"
+MSG_SRC_CPR_UNIX = "bad cpr channel address; must be unix"
+MSG_DST_CPR_UNIX = "bad cpr channel socket type; must be unix"
+MSG_NOT_CPR_COMPATIBLE = "is not compatible with CPR"
+MSG_SHARE_REQUIRED = "share=on is required for memory-backend objects"
 
 
-def _positive(main: str, cpr: str, backend: str, incoming: str, machine: str = "q35",
+def _transfer(main: str = "unix", cpr: str = "unix", backend: str = "memfd",
+              incoming: str = "immediate", machine: str = "q35", tag: str = "",
               **kw: object) -> Scenario:
-    sid = f"transfer/{main}-{cpr}-{backend}-{incoming}-{machine}"
-    extra = "-".join(f"{k}{'' if v is True else v}" for k, v in sorted(kw.items()))
-    if extra:
-        sid += "-" + extra
-    return Scenario(id=sid, title=f"cpr-transfer, main {main}, cpr {cpr}, {backend}, "
-                    f"incoming {incoming}, {machine}", main=main, cpr=cpr, backend=backend,
-                    incoming=incoming, machine=machine, area="transfer", **kw)  # type: ignore[arg-type]
+    sid = f"transfer/{main}-{cpr}-{backend}-{incoming}-{machine}" + (f"-{tag}" if tag else "")
+    title = (f"main {main}, cpr {cpr}, {backend}, incoming {incoming}, {machine}"
+             + (f", {tag}" if tag else ""))
+    return Scenario(id=sid, title=title, main=main, cpr=cpr, backend=backend,
+                    incoming=incoming, machine=machine, area="transfer",
+                    requires=("cpr-incoming-fd",) if cpr == "fd" else (),
+                    **kw)  # type: ignore[arg-type]
+
+
+def _refusal(area: str, name: str, title: str, kind: str, message: str,
+             retry: bool = True, **kw: object) -> Scenario:
+    return Scenario(id=f"{area}/{name}", title=title, area=area,
+                    expect=Outcome(kind, message), retry=retry, **kw)  # type: ignore[arg-type]
 
 
 def _build() -> List[Scenario]:
-    return [
-        _positive("unix", "unix", "memfd", "immediate"),
-        _positive("unix", "fd", "memfd", "immediate").with_(requires=("cpr-incoming-fd",)),
-        _positive("unix", "unix", "memfd", "defer"),
+    out: List[Scenario] = []
+    # Channels and incoming modes, crossed.
+    for main in ("unix", "tcp", "fd", "exec"):
+        for incoming in ("immediate", "defer"):
+            for cpr in ("unix", "fd"):
+                out.append(_transfer(main, cpr, incoming=incoming))
+    # Memory back-ends, with and without prealloc.
+    for backend in ("file-shm", "ram-share", "memfd-hugetlb"):
+        out.append(_transfer(backend=backend))
+    for backend in ("memfd", "file-shm", "ram-share"):
+        out.append(_transfer(backend=backend, tag="prealloc", prealloc=True))
+    # Machines, accelerators, vCPUs, run state.
+    out += [
+        _transfer(machine="pc"),
+        _transfer(incoming="defer", machine="pc"),
+        _transfer(tag="tcg", accel="tcg"),
+        _transfer(machine="pc", tag="tcg", accel="tcg"),
+        _transfer(tag="smp4", smp=4),
+        _transfer(tag="tcg-smp4", accel="tcg", smp=4),
+        _transfer(tag="paused", paused=True),
+        _transfer(incoming="defer", tag="paused", paused=True),
     ]
+
+    # Error paths: the documented refusal, at the right side, with QEMU's message.
+    out += [
+        _refusal("channel", "main-file-src",
+                 "main channel 'file' on the source: migrate is refused",
+                 SRC_REFUSES, MSG_STREAMABLE, src_main="file"),
+        _refusal("channel", "main-file-dst",
+                 "-incoming file: on the target: it exits after reading CPR state",
+                 DST_REFUSES, MSG_STREAMABLE, dst_main="file"),
+        _refusal("channel", "cpr-missing",
+                 "no cpr channel in migrate (the released form of a missing cpr-uri)",
+                 SRC_REFUSES, MSG_MISSING_CPR, src_cpr="none"),
+        _refusal("channel", "cpr-inet-src", "cpr channel inet on the source",
+                 SRC_REFUSES, MSG_SRC_CPR_UNIX, src_cpr="tcp"),
+        _refusal("channel", "cpr-file-src", "cpr channel file on the source",
+                 SRC_REFUSES, MSG_SRC_CPR_UNIX, src_cpr="file"),
+        _refusal("channel", "cpr-inet-dst", "cpr channel inet on the target",
+                 DST_REFUSES, MSG_DST_CPR_UNIX, dst_cpr="tcp"),
+        _refusal("channel", "cpr-file-dst", "cpr channel file on the target",
+                 DST_REFUSES, MSG_DST_CPR_UNIX, dst_cpr="file"),
+        # The CPR doc: "if the port type is tcp, then the port cannot be 0". QEMU has
+        # no message for it to check, so only the refusal itself is required.
+        _refusal("channel", "main-inet-port0-dst",
+                 "target main channel tcp port 0 (documented as not allowed)",
+                 DST_REFUSES, "", main="tcp", dst_main="tcp0"),
+        _refusal("memory", "ram-noshare", "memory-backend-ram,share=off",
+                 SRC_REFUSES, MSG_SHARE_REQUIRED, backend="ram-noshare", retry=False),
+        _refusal("memory", "file-noshare", "memory-backend-file,share=off",
+                 SRC_REFUSES, MSG_SHARE_REQUIRED, backend="file-noshare", retry=False),
+        _refusal("memory", "no-aux-ram-share", "-machine without aux-ram-share=on",
+                 SRC_REFUSES, MSG_NOT_CPR_COMPATIBLE, aux_ram_share=False, retry=False),
+        _refusal("memory", "no-memory-backend", "-m with no memory backend",
+                 SRC_REFUSES, "pc.ram", backend="none", retry=False),
+        _refusal("memory", "epc", "memory-backend-epc (SGX enclave memory)",
+                 SRC_REFUSES, MSG_NOT_CPR_COMPATIBLE, backend="epc", retry=False),
+        _refusal("capability", "postcopy-ram", "cpr-transfer with postcopy-ram",
+                 SRC_REFUSES, "", capabilities=("postcopy-ram",)),
+        _refusal("capability", "background-snapshot",
+                 "cpr-transfer with background-snapshot",
+                 SRC_REFUSES, "", capabilities=("background-snapshot",)),
+    ]
+    return out
 
 
 SCENARIOS: Dict[str, Scenario] = {}

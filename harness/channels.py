@@ -29,10 +29,15 @@ class Channel:
     kind: str
     src_addr: Optional[Dict[str, Any]]   # QAPI MigrationAddress for the source
     dst_incoming: Optional[str]   # the -incoming argument of the target
+    #: QAPI MigrationAddress for the target's migrate-incoming (None: same as src_addr)
+    dst_addr: Optional[Dict[str, Any]] = None
+    #: fds the target must receive via QMP ``getfd`` (with -incoming defer)
+    dst_getfd: Dict[str, int] = field(default_factory=dict)
     dst_pass_fds: Tuple[int, ...] = ()
     #: fds the source must receive via QMP ``getfd`` before ``migrate``: name -> fd
     src_getfd: Dict[str, int] = field(default_factory=dict)
     listen_path: Optional[str] = None   # a unix path the target listens on
+    listen_port: Optional[int] = None   # a TCP port the target listens on
     _owned_fds: List[int] = field(default_factory=list)
     _owned_socks: List[socket.socket] = field(default_factory=list)
 
@@ -40,6 +45,9 @@ class Channel:
         if self.src_addr is None:
             return None
         return {"channel-type": self.channel_type, "addr": self.src_addr}
+
+    def dst_qapi(self) -> Dict[str, Any]:
+        return {"channel-type": self.channel_type, "addr": self.dst_addr or self.src_addr}
 
     def close(self) -> None:
         """Close the harness's copies of fds handed to QEMU. Idempotent."""
@@ -60,16 +68,21 @@ class Channel:
         connect between the two is refused, which fails the source's ``migrate``.
         /proc/net/unix shows the listening state without consuming a connection.
         """
-        if self.listen_path is None:
+        if self.listen_path is not None:
+            ready = lambda: unix_listening(self.listen_path)  # noqa: E731
+            where = self.listen_path
+        elif self.listen_port is not None:
+            ready = lambda: tcp_listening(self.listen_port)  # noqa: E731
+            where = f"127.0.0.1:{self.listen_port}"
+        else:
             return
         start = time.monotonic()
-        while not unix_listening(self.listen_path):
+        while not ready():
             if alive is not None:
                 alive()
             if time.monotonic() - start > timeout:
-                raise WaitTimeout(f"{self.channel_type} channel listener at {self.listen_path}",
-                                  timeout, time.monotonic() - start,
-                                  "exists" if os.path.exists(self.listen_path) else "absent", side)
+                raise WaitTimeout(f"{self.channel_type} channel listener at {where}",
+                                  timeout, time.monotonic() - start, "not listening", side)
             time.sleep(0.005)
 
 
@@ -82,6 +95,22 @@ def unix_listening(path: str) -> bool:
                 parts = line.split()
                 # Num RefCount Protocol Flags Type St Inode Path; flag 0x10000 = ACCEPTCON
                 if len(parts) >= 8 and parts[-1] == path and int(parts[3], 16) & 0x10000:
+                    return True
+    except OSError:
+        return False
+    return False
+
+
+def tcp_listening(port: int) -> bool:
+    """True if some socket listens on TCP ``port`` (IPv4)."""
+    try:
+        with open("/proc/net/tcp") as f:
+            next(f)
+            for line in f:
+                parts = line.split()
+                # sl local_address rem_address st ...; st 0A = LISTEN
+                if len(parts) > 3 and parts[3] == "0A" and \
+                        int(parts[1].rsplit(":", 1)[1], 16) == port:
                     return True
     except OSError:
         return False
@@ -129,20 +158,20 @@ def main_channel(kind: str, workdir: str) -> Channel:
                        f"file:{path}")
     if kind == "fd":
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        dst_addr = {"transport": "socket", "type": "fd", "str": str(b.fileno())}
         ch = Channel("main", kind, {"transport": "socket", "type": "fd", "str": "migmain"},
-                     None, dst_pass_fds=(b.fileno(),), src_getfd={"migmain": a.fileno()})
-        ch.dst_incoming = json.dumps({"channel-type": "main", "addr": {
-            "transport": "socket", "type": "fd", "str": str(b.fileno())}})
+                     json.dumps({"channel-type": "main", "addr": dst_addr}), dst_addr=dst_addr,
+                     dst_pass_fds=(b.fileno(),), src_getfd={"migmain": a.fileno()})
         ch._owned_socks += [a, b]
         return ch
     if kind == "exec":
         # A fixed command pair joined by a FIFO: no shell string is built from input.
         fifo = os.path.join(workdir, "main.fifo")
         os.mkfifo(fifo, 0o600)
+        dst_addr = {"transport": "exec", "args": ["/bin/dd", f"if={fifo}", "status=none"]}
         return Channel("main", kind,
                        {"transport": "exec", "args": ["/bin/dd", f"of={fifo}", "status=none"]},
-                       json.dumps({"channel-type": "main", "addr": {
-                           "transport": "exec", "args": ["/bin/dd", f"if={fifo}", "status=none"]}}))
+                       json.dumps({"channel-type": "main", "addr": dst_addr}), dst_addr=dst_addr)
     raise UsageError(f"unknown main channel kind {kind!r}; known: {', '.join(MAIN_KINDS)}")
 
 
@@ -168,7 +197,8 @@ def cpr_channel(kind: str, workdir: str) -> Channel:
     if kind == "tcp":
         port = free_tcp_port()
         addr = {"transport": "socket", "type": "inet", "host": "127.0.0.1", "port": str(port)}
-        return Channel("cpr", kind, addr, json.dumps({"channel-type": "cpr", "addr": addr}))
+        return Channel("cpr", kind, addr, json.dumps({"channel-type": "cpr", "addr": addr}),
+                       listen_port=port)
     if kind == "file":
         fpath = os.path.join(workdir, "cpr.state")
         addr = {"transport": "file", "filename": fpath, "offset": 0}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
@@ -16,13 +17,26 @@ from typing import Any, Dict, List, Optional
 from harness import backends, channels, features
 from harness.capabilities import Capabilities, probe
 from harness.cleanup import private_tmpdir, remove_tmpdir
-from harness.errors import (HarnessError, QMPCommandFailed, Unsupported, UsageError,
-                            VMLaunchFailure, WaitTimeout)
+from harness.errors import (HarnessError, QMPCommandFailed, QMPConnectionLost, Unsupported,
+                            UsageError, VMLaunchFailure, WaitTimeout)
 from harness.guest import GuestImage, image, read_work_area_qmp, wait_counter_moving
 from harness.scenario import COMPLETES, DST_REFUSES, SRC_REFUSES, Scenario
 from harness.vmm import QemuProcess, tail
 
 ACCELS = ("auto", "kvm", "tcg")
+SRC_CRASHED = "src-crashed"
+DST_CRASHED = "dst-crashed"
+
+
+def describe_exit(code: Optional[int]) -> str:
+    if code is None:
+        return "did not exit"
+    if code < 0:
+        try:
+            return f"was killed by signal {-code} ({signal.Signals(-code).name})"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
 
 
 @dataclass(frozen=True)
@@ -70,6 +84,8 @@ class PairResult:
     boots_after: Optional[int] = None
     #: After a refused transfer: the source's counter kept moving.
     src_counter_after_refusal: Optional[int] = None
+    #: After a refusal: the valid transfer retried from the same source.
+    retry: Optional[Dict[str, Any]] = None
     timings: Dict[str, float] = field(default_factory=dict)
     evidence: Dict[str, Any] = field(default_factory=dict)
     artifacts: Dict[str, str] = field(default_factory=dict)
@@ -143,6 +159,23 @@ def private_tmpdir_shm() -> str:
     return private_tmpdir("shm", base="/dev/shm")
 
 
+@dataclass
+class Attempt:
+    """One try at a transfer from the (single) source to one target."""
+    tag: str
+    observed: str = ""
+    message: str = ""
+    query_migrate: Dict[str, Any] = field(default_factory=dict)
+    dst_exitcode: Optional[int] = None
+    dst_status_after: str = ""
+    src_status_after: str = ""
+    counter_after: Optional[int] = None
+    boots_after: Optional[int] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
 class _Pair:
     def __init__(self, sc: Scenario, cfg: RunConfig, accel: str, guest: GuestImage,
                  timeouts: Timeouts, workdir: str, shm_dir: Optional[str], artifacts: str,
@@ -153,6 +186,7 @@ class _Pair:
         self.r = result
         self.src: Optional[QemuProcess] = None
         self.dst: Optional[QemuProcess] = None
+        self.old_dsts: List[QemuProcess] = []
         self.chans: List[channels.Channel] = []
 
     # -- command lines --------------------------------------------------------------
@@ -166,6 +200,10 @@ class _Pair:
         return ["-name", f"cprh-{side},debug-threads=on", "-nodefaults", "-display", "none",
                 "-machine", machine, "-accel", self.accel, "-smp", str(sc.smp),
                 "-m", f"{sc.ram_mb}M", *mem.object_args, *self.guest.qemu_args(serial)]
+
+    def work_area(self, vm: QemuProcess) -> Any:
+        assert vm.qmp is not None
+        return read_work_area_qmp(vm.qmp, self.guest.layout)
 
     # -- the run --------------------------------------------------------------------------
 
@@ -188,9 +226,8 @@ class _Pair:
         self.src.launch()
         qmp = self.src.connect_qmp(self.t.start)
         self._mark("src_start", t0)
-        wa = wait_counter_moving(lambda: read_work_area_qmp(qmp, self.guest.layout),
-                                 self.guest.layout, self.t.guest, "src",
-                                 log_path=self.src.log_path)
+        wait_counter_moving(lambda: self.work_area(self.src), self.guest.layout,
+                            self.t.guest, "src", log_path=self.src.log_path)
         self._mark("src_guest_up", t0)
         if self.sc.paused:
             qmp.cmd("stop")
@@ -199,92 +236,154 @@ class _Pair:
     def transfer(self) -> None:
         assert self.src is not None and self.src.qmp is not None
         sc, sq = self.sc, self.src.qmp
-        before = read_work_area_qmp(sq, self.guest.layout)
+        before = self.work_area(self.src)
         self.r.counter_before, self.r.boots_before = before.counter, before.boots
 
-        # Channels, rendered per side (error paths give the sides different kinds).
-        dst_main = channels.main_channel(sc.side_main("dst"), self.workdir)
-        src_main = dst_main if sc.side_main("src") == sc.side_main("dst") else \
-            channels.main_channel(sc.side_main("src"), self.workdir)
-        dst_cpr = channels.cpr_channel(sc.side_cpr("dst"), self.workdir)
-        src_cpr = dst_cpr if sc.side_cpr("src") == sc.side_cpr("dst") else \
-            channels.cpr_channel(sc.side_cpr("src"), os.path.join(self.workdir, "s"))
-        self.chans = list({id(c): c for c in (dst_main, src_main, dst_cpr, src_cpr)}.values())
-
-        # Source: mode first (read back), then the target, then migrate.
+        # Source: mode first, read back; then capabilities (some must be refused).
         sq.cmd("migrate-set-parameters", {"mode": "cpr-transfer"})
         mode = sq.cmd("query-migrate-parameters").get("mode")
         if mode != "cpr-transfer":
             raise HarnessError(f"src: mode reads back as {mode!r} after setting cpr-transfer")
+        first = Attempt("first")
+        refused_early = False
         if sc.capabilities:
             try:
                 sq.cmd("migrate-set-capabilities", {"capabilities": [
                     {"capability": c, "state": True} for c in sc.capabilities]})
             except QMPCommandFailed as exc:
-                self._refused(SRC_REFUSES, exc.desc)
-                return
-
-        if not self.start_dst(dst_main, dst_cpr):
+                first.observed, first.message = SRC_REFUSES, exc.desc
+                refused_early = True
+        if not refused_early:
+            self._attempt(first, sc.side_main("src"), sc.side_main("dst"),
+                          sc.side_cpr("src"), sc.side_cpr("dst"), sc.incoming)
+        self._record(first)
+        if first.observed in (COMPLETES, SRC_CRASHED):
             return
+        self._check_src_survived()
+        if sc.retry and self.r.src_status_after in ("running", "paused"):
+            self._retry()
+
+    def _record(self, a: Attempt) -> None:
+        self.r.observed, self.r.observed_message = a.observed, a.message
+        self.r.query_migrate = a.query_migrate
+        self.r.dst_exitcode = a.dst_exitcode
+        self.r.dst_status_after, self.r.src_status_after = a.dst_status_after, a.src_status_after
+        self.r.counter_after, self.r.boots_after = a.counter_after, a.boots_after
+
+    def _retry(self) -> None:
+        """After a refusal: a valid transfer from the same source must still work."""
+        assert self.src is not None and self.src.qmp is not None
+        sq = self.src.qmp
+        if self.sc.capabilities:
+            sq.try_cmd("migrate-set-capabilities", {"capabilities": [
+                {"capability": c, "state": False} for c in self.sc.capabilities]})
+        if self.dst is not None:
+            self.dst.shutdown()
+            self.old_dsts.append(self.dst)
+            self.dst = None
+        retry = Attempt("retry")
+        self._attempt(retry, "unix", "unix", "unix", "unix", "immediate")
+        self.r.retry = retry.to_dict()
+
+    def _attempt(self, a: Attempt, src_main_kind: str, dst_main_kind: str,
+                 src_cpr_kind: str, dst_cpr_kind: str, incoming: str) -> None:
+        """Start a target and transfer to it; fill ``a`` with what was observed."""
+        assert self.src is not None and self.src.qmp is not None
+        sq = self.src.qmp
+        wd = os.path.join(self.workdir, a.tag)
+        os.makedirs(wd, mode=0o700)
+        dst_main = channels.main_channel(dst_main_kind, wd)
+        src_main = dst_main if src_main_kind == dst_main_kind else \
+            channels.main_channel(src_main_kind, os.path.join(wd, "s"))
+        dst_cpr = channels.cpr_channel(dst_cpr_kind, wd)
+        src_cpr = dst_cpr if src_cpr_kind == dst_cpr_kind else \
+            channels.cpr_channel(src_cpr_kind, os.path.join(wd, "s"))
+        self.chans += list({id(c): c for c in (dst_main, src_main, dst_cpr, src_cpr)}.values())
+
         t0 = time.monotonic()
-        for name, fd in {**src_main.src_getfd, **src_cpr.src_getfd}.items():
-            sq.send_fd(name, fd)
-        chans = [c for c in (src_main.qapi(), src_cpr.qapi()) if c is not None]
+        if not self._start_dst(a, dst_main, dst_cpr, incoming):
+            return
+        self._mark(f"{a.tag}_dst_listening", t0)
+        t0 = time.monotonic()
         try:
+            for name, fd in {**src_main.src_getfd, **src_cpr.src_getfd}.items():
+                sq.send_fd(name, fd)
+            chans = [c for c in (src_main.qapi(), src_cpr.qapi()) if c is not None]
             sq.cmd("migrate", {"channels": chans})
         except QMPCommandFailed as exc:
-            self._refused(SRC_REFUSES, exc.desc)
+            a.observed, a.message = SRC_REFUSES, exc.desc
+            a.query_migrate = sq.cmd("query-migrate")
             return
-        self._mark("migrate_issued", t0)
+        self._mark(f"{a.tag}_migrate_issued", t0)
 
         # The target creates its monitor only once it has read CPR state.
+        assert self.dst is not None
         try:
             dq = self.dst.connect_qmp(self.t.start)
         except VMLaunchFailure:
-            self._dst_exited()
+            self._dst_exited(a)
             return
-        self._mark("dst_monitor_up", t0)
-        if sc.incoming == "defer":
+        self._mark(f"{a.tag}_dst_monitor_up", t0)
+        if incoming == "defer":
+            for name, fd in dst_main.dst_getfd.items():
+                dq.send_fd(name, fd)
             try:
-                dq.cmd("migrate-incoming", {"channels": [dst_main.qapi()]})
+                dq.cmd("migrate-incoming", {"channels": [dst_main.dst_qapi()]})
             except QMPCommandFailed as exc:
-                self._refused(DST_REFUSES, exc.desc)
+                a.observed, a.message = DST_REFUSES, exc.desc
+                a.query_migrate = sq.cmd("query-migrate")
                 return
 
-        status = self._wait_migration(sq, t0)
-        self.r.query_migrate = sq.cmd("query-migrate")
+        try:
+            status = self._wait_migration(sq, t0)
+            a.query_migrate = sq.cmd("query-migrate")
+        except QMPConnectionLost:
+            self._crashed(a, self.src)
+            return
         if status != "completed":
             if not self.dst.is_running():
-                self._dst_exited()
+                self._dst_exited(a)
             else:
-                self._refused("failed", self.r.query_migrate.get("error-desc", status))
+                a.observed = "failed"
+                a.message = a.query_migrate.get("error-desc", status)
+                a.dst_status_after = dq.cmd("query-status")["status"]
             return
-        self._mark("completed", t0)
-        self.r.observed = COMPLETES
-        self._settle_after_completion(t0)
+        self._mark(f"{a.tag}_completed", t0)
+        a.observed = COMPLETES
+        self._settle_after_completion(a, t0)
 
-    def start_dst(self, main: channels.Channel, cpr: channels.Channel) -> bool:
-        """Launch the target; False if it exited before listening (a refusal)."""
-        t0 = time.monotonic()
-        incoming = ["-incoming", "defer" if self.sc.incoming == "defer" else main.dst_incoming]
+    def _start_dst(self, a: Attempt, main: channels.Channel, cpr: channels.Channel,
+                   incoming: str) -> bool:
+        """Launch the target; False if it exited before it was ready (a refusal)."""
+        args = ["-incoming", "defer" if incoming == "defer" else main.dst_incoming]
         if cpr.dst_incoming is not None:
-            incoming += ["-incoming", cpr.dst_incoming]
+            args += ["-incoming", cpr.dst_incoming]
         fds = main.dst_pass_fds + cpr.dst_pass_fds
-        self.dst = QemuProcess("dst", self.cfg.qemu_dst, self.vm_args("dst") + incoming,
+        self.dst = QemuProcess("dst", self.cfg.qemu_dst, self.vm_args("dst") + args,
                                self.workdir, self.artifacts, pass_fds=fds)
-        self.r.cmdlines["dst"] = self.dst.cmdline
-        self.r.artifacts["dst.log"] = self.dst.log_path
+        if a.tag != "first":
+            self.dst.log_path = os.path.join(self.artifacts, f"dst-{a.tag}.log")
+        self.r.cmdlines["dst" if a.tag == "first" else f"dst-{a.tag}"] = self.dst.cmdline
+        self.r.artifacts["dst.log" if a.tag == "first" else f"dst-{a.tag}.log"] = \
+            self.dst.log_path
         self.dst.launch()
-        for c in (main, cpr):  # our copies of the fds now live in the target
+        for c in (main, cpr):  # our copies of fds handed over now live in the target
             if c.dst_pass_fds and not c.src_getfd:
                 c.close()
+        alive = lambda: self.dst.check_alive("before it was ready for the transfer")  # noqa
         try:
-            cpr.wait_listening(self.t.listen, lambda: self.dst.check_alive(
-                "before listening on its cpr channel"))
+            if cpr.listen_path is None and cpr.listen_port is None:
+                # Nothing to watch for (a cpr channel the target should refuse, or
+                # none): give a refusing target the time to exit.
+                deadline = time.monotonic() + 2.0
+                while time.monotonic() < deadline:
+                    alive()
+                    time.sleep(0.02)
+            else:
+                cpr.wait_listening(self.t.listen, alive)
         except VMLaunchFailure:
-            self._dst_exited()
+            self._dst_exited(a)
             return False
-        self._mark("dst_listening", t0)
         return True
 
     def _wait_migration(self, sq: Any, t0: float) -> str:
@@ -301,9 +400,10 @@ class _Pair:
                                   self.src.log_path if self.src else None)
             time.sleep(0.01)
 
-    def _settle_after_completion(self, t0: float) -> None:
+    def _settle_after_completion(self, a: Attempt, t0: float) -> None:
         assert self.src is not None and self.dst is not None
         dq, sq = self.dst.qmp, self.src.qmp
+        assert dq is not None and sq is not None
         want = "paused" if self.sc.paused else "running"
         deadline = time.monotonic() + self.t.settle
         status = ""
@@ -312,48 +412,53 @@ class _Pair:
             if status == want:
                 break
             time.sleep(0.01)
-        self._mark("dst_" + want, t0)
-        self.r.dst_status_after = status
-        self.r.src_status_after = sq.cmd("query-status")["status"]
-        self.r.evidence["dst_query_migrate"] = dq.cmd("query-migrate")
+        self._mark(f"{a.tag}_dst_{want}", t0)
+        a.dst_status_after = status
+        a.src_status_after = sq.cmd("query-status")["status"]
+        self.r.evidence.setdefault("dst_query_migrate", dq.cmd("query-migrate"))
         if self.sc.paused:
-            wa = read_work_area_qmp(dq, self.guest.layout)
+            wa = self.work_area(self.dst)
         else:
             try:
-                wa = wait_counter_moving(lambda: read_work_area_qmp(dq, self.guest.layout),
-                                         self.guest.layout, self.t.settle, "dst",
-                                         above=self.r.counter_before,
+                wa = wait_counter_moving(lambda: self.work_area(self.dst), self.guest.layout,
+                                         self.t.settle, "dst", above=self.r.counter_before,
                                          log_path=self.dst.log_path)
             except WaitTimeout as exc:
                 wa = exc.last_state if hasattr(exc.last_state, "counter") else \
-                    read_work_area_qmp(dq, self.guest.layout)
-        self.r.counter_after, self.r.boots_after = wa.counter, wa.boots
+                    self.work_area(self.dst)
+        a.counter_after, a.boots_after = wa.counter, wa.boots
 
-    def _refused(self, kind: str, message: str) -> None:
-        self.r.observed = kind
-        self.r.observed_message = message
-        self._check_src_survived()
-
-    def _dst_exited(self) -> None:
-        assert self.dst is not None
+    def _crashed(self, a: Attempt, vm: QemuProcess) -> None:
+        """A QEMU died under us (not on purpose): say which, how, and show its log."""
         try:
-            code = self.dst.wait_exit(self.t.exit)
+            code = vm.wait_exit(self.t.exit)
         except WaitTimeout:
             code = None
-        self.r.dst_exitcode = code
-        self.r.observed = DST_REFUSES
-        self.r.observed_message = tail(self.dst.log_path, 10)
-        # The source sees its migration fail and resumes the guest.
+        how = describe_exit(code)
+        a.observed = SRC_CRASHED if vm.side == "src" else DST_CRASHED
+        a.message = f"{vm.side} QEMU {how} during the transfer; log {vm.log_path}: " + \
+            tail(vm.log_path, 5)
+        if vm.side == "src":
+            a.src_status_after = "dead"
+
+    def _dst_exited(self, a: Attempt) -> None:
+        assert self.dst is not None
+        try:
+            a.dst_exitcode = self.dst.wait_exit(self.t.exit)
+        except WaitTimeout:
+            a.dst_exitcode = None
+        a.observed = DST_REFUSES
+        a.message = tail(self.dst.log_path, 10)
+        # The source sees its migration fail (if it had started one) and carries on.
         if self.src is not None and self.src.qmp is not None:
             sq = self.src.qmp
             deadline = time.monotonic() + self.t.settle
             while time.monotonic() < deadline:
                 st = sq.cmd("query-migrate").get("status")
-                if st in ("failed", "cancelled", "completed"):
+                if st in (None, "none", "failed", "cancelled", "completed"):
                     break
                 time.sleep(0.02)
-            self.r.query_migrate = sq.cmd("query-migrate")
-        self._check_src_survived()
+            a.query_migrate = sq.cmd("query-migrate")
 
     def _check_src_survived(self) -> None:
         """After a refusal the source must still run its guest, in its prior state."""
@@ -370,33 +475,36 @@ class _Pair:
         self.r.src_status_after = status
         if status == "running":
             try:
-                wa = wait_counter_moving(lambda: read_work_area_qmp(sq, self.guest.layout),
-                                         self.guest.layout, self.t.settle, "src",
-                                         above=self.r.counter_before)
+                wa = wait_counter_moving(lambda: self.work_area(self.src), self.guest.layout,
+                                         self.t.settle, "src", above=self.r.counter_before)
                 self.r.src_counter_after_refusal = wa.counter
             except WaitTimeout:
                 self.r.src_counter_after_refusal = None
 
     def teardown(self) -> None:
-        """Stop both sides; the second teardown runs even if the first raises."""
+        """Stop every QEMU; each teardown runs even if an earlier one raises."""
+        vms = [("dst", self.dst)] + [(f"dst-{i}", v) for i, v in enumerate(self.old_dsts)] + \
+            [("src", self.src)]
+        for side, vm in vms:
+            if vm is not None and vm.qmp is not None and side in ("src", "dst"):
+                self.r.transcripts[side] = vm.qmp.transcript_text()
         try:
-            for side, vm in (("src", self.src), ("dst", self.dst)):
-                if vm is not None and vm.qmp is not None:
-                    self.r.transcripts[side] = vm.qmp.transcript_text()
+            _shutdown_all([vm for _, vm in vms if vm is not None])
         finally:
-            try:
-                if self.dst is not None:
-                    self.dst.shutdown()
-            finally:
-                try:
-                    if self.src is not None:
-                        self.src.shutdown()
-                finally:
-                    for c in self.chans:
-                        c.close()
+            for c in self.chans:
+                c.close()
         for side in ("src", "dst"):
             if side in self.r.transcripts:
                 path = os.path.join(self.artifacts, f"{side}.qmp.jsonl")
                 with open(path, "w") as f:
                     f.write(self.r.transcripts[side])
                 self.r.artifacts[f"{side}.qmp"] = path
+
+
+def _shutdown_all(vms: List[QemuProcess]) -> None:
+    if not vms:
+        return
+    try:
+        vms[0].shutdown()
+    finally:
+        _shutdown_all(vms[1:])

@@ -54,6 +54,8 @@ class Scenario:
     guest: str = "x86-bios"
     #: Behavioural features both binaries must have (harness.features); else a skip.
     requires: tuple = ()
+    #: After a refusal, retry a valid transfer from the same source (which must work).
+    retry: bool = True
     area: str = "transfer"        # report grouping: transfer, channel, memory, ...
     expect: Outcome = field(default_factory=Outcome)
 

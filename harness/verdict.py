@@ -59,4 +59,22 @@ def judge(r: PairResult) -> List[Mismatch]:
             check("source guest progress after refusal",
                   r.src_counter_after_refusal is not None, f"> {r.counter_before}",
                   r.src_counter_after_refusal)
+        if sc.retry:
+            rt = r.retry or {}
+            check("retry of a valid transfer", rt.get("observed") == COMPLETES, COMPLETES,
+                  rt.get("observed") or "not attempted",
+                  (rt.get("message") or "")[-300:] or
+                  "after a refusal, a valid transfer from the same source must complete")
+            if rt.get("observed") == COMPLETES:
+                want = "paused" if sc.paused else "running"
+                check("retry: target run state", rt.get("dst_status_after") == want, want,
+                      rt.get("dst_status_after"))
+                check("retry: source run state", rt.get("src_status_after") == "postmigrate",
+                      "postmigrate", rt.get("src_status_after"))
+                check("retry: guest reset", rt.get("boots_after") == r.boots_before,
+                      r.boots_before, rt.get("boots_after"))
+                if not sc.paused:
+                    check("retry: guest progress",
+                          (rt.get("counter_after") or 0) > (r.src_counter_after_refusal or 0),
+                          f"> {r.src_counter_after_refusal}", rt.get("counter_after"))
     return out

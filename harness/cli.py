@@ -1,0 +1,118 @@
+"""Command line: ``python -m harness {probe,list,run}`` (also ``cpr-harness``).
+
+Errors the user can fix are one line on stderr and exit code 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from harness import catalogue
+from harness.errors import HarnessError
+
+ROOT = Path(__file__).resolve().parent.parent
+EXIT_USAGE = 2
+
+
+def _err(msg: str) -> int:
+    print(f"cpr-harness: error: {msg}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from harness.capabilities import probe
+    from harness.features import FEATURES
+
+    caps = probe(args.qemu)
+    if args.json:
+        d = caps.to_dict()
+        d["features"] = {k: f(caps.path)[0] for k, f in FEATURES.items()}
+        print(json.dumps(d, indent=2, default=str))
+    else:
+        print(caps.summary())
+        for name, fn in FEATURES.items():
+            ok, reason = fn(caps.path)
+            print(f"  feature {name}: {'yes' if ok else 'no'}" + (f" ({reason})" if reason else ""))
+    # 0: supports cpr-transfer; 1: is QEMU but does not.
+    return 0 if not caps.cpr_transfer_problems() else 1
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    for sc in catalogue.select(area=args.area or ""):
+        print(f"{sc.id:60s} {sc.expect}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, extra: List[str]) -> int:
+    """Run the conformance suite through pytest with this project's conftest."""
+    from harness.capabilities import probe
+
+    for sid in args.scenario or []:
+        catalogue.get(sid)  # unknown id: UsageError before anything starts
+    for side, binary in (("src", args.qemu_src), ("dst", args.qemu_dst)):
+        caps = probe(binary)
+        problems = caps.cpr_transfer_problems()
+        if problems:
+            return _err(f"--qemu-{side} {caps.path} ({caps.version_str}) does not support "
+                        f"cpr-transfer: {'; '.join(problems)}")
+    import pytest
+
+    pargs = [str(ROOT / "suites" / "conformance"), "-p", "no:cacheprovider",
+             "--rootdir", str(ROOT), "-c", str(ROOT / "pyproject.toml"),
+             "--qemu-src", args.qemu_src, "--qemu-dst", args.qemu_dst,
+             "--accel", args.accel, "--reports", args.reports,
+             "--junitxml", os.path.join(args.reports, "junit.xml")]
+    if args.jobs != 1:
+        pargs += ["-n", str(args.jobs)]
+    for sid in args.scenario or []:
+        pargs += ["--scenario", sid]
+    return int(pytest.main(pargs + extra))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cpr-harness",
+                                description="cpr-transfer conformance harness for QEMU")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    pp = sub.add_parser("probe", help="say what a QEMU binary supports for cpr-transfer")
+    pp.add_argument("--qemu", default="qemu-system-x86_64", metavar="PATH")
+    pp.add_argument("--json", action="store_true", help="machine-readable output")
+
+    pl = sub.add_parser("list", help="list the scenario ids")
+    pl.add_argument("--area", help="only this area (e.g. transfer)")
+
+    pr = sub.add_parser("run", help="run the conformance suite (extra args go to pytest)")
+    pr.add_argument("--qemu-src", default=os.environ.get("CPRH_QEMU_SRC", "qemu-system-x86_64"),
+                    metavar="PATH")
+    pr.add_argument("--qemu-dst", default=os.environ.get("CPRH_QEMU_DST", "qemu-system-x86_64"),
+                    metavar="PATH")
+    pr.add_argument("--accel", choices=("auto", "kvm", "tcg"),
+                    default=os.environ.get("CPRH_ACCEL", "auto"))
+    pr.add_argument("--reports", default=os.environ.get("CPRH_REPORTS", str(ROOT / "reports")),
+                    metavar="DIR")
+    pr.add_argument("-j", "--jobs", type=int, default=2, metavar="N",
+                    help="parallel pytest-xdist workers (default 2; 1 = no xdist)")
+    pr.add_argument("--scenario", action="append", metavar="ID",
+                    help="run only this scenario id (repeatable); see 'list'")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "run":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        if args.command == "probe":
+            return cmd_probe(args)
+        if args.command == "list":
+            return cmd_list(args)
+        return cmd_run(args, extra)
+    except HarnessError as exc:
+        return _err(str(exc))
+    except KeyboardInterrupt:
+        return 130
