@@ -1,0 +1,170 @@
+"""Self-tests of process life cycle: QEMU logs to its own file, dies with its runner,
+and nothing (process, socket, temp dir) is left behind, even after ``kill -9``."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from harness.errors import VMLaunchFailure, WaitTimeout
+from harness.vmm import QemuProcess
+
+pytestmark = pytest.mark.selftest
+
+ROOT = Path(__file__).resolve().parents[2]
+QEMU = shutil.which("qemu-system-x86_64")
+needs_qemu = pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 not on PATH")
+IDLE_ARGS = ["-machine", "none", "-nodefaults", "-display", "none", "-S"]
+
+
+def wait_until(pred, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def qemu_descendants(pid):
+    try:
+        kids = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+    out = []
+    for k in kids:
+        try:
+            if k.name().startswith("qemu-system"):
+                out.append(k)
+        except psutil.Error:
+            pass
+    return out
+
+
+def gone(pids):
+    return all(not psutil.pid_exists(p) or psutil.Process(p).status() == psutil.STATUS_ZOMBIE
+               for p in pids)
+
+
+@needs_qemu
+def test_qemu_output_goes_to_its_log_not_ours(tmp_path):
+    vm = QemuProcess("src", QEMU, IDLE_ARGS, str(tmp_path), str(tmp_path))
+    vm.launch()
+    try:
+        vm.connect_qmp(20.0)
+        for fd in (1, 2):
+            assert os.readlink(f"/proc/{vm.pid}/fd/{fd}") == vm.log_path
+        assert os.readlink(f"/proc/{vm.pid}/fd/0") == "/dev/null"
+        # Dies with its parent: PR_SET_PDEATHSIG is SIGKILL (field 'PPid' aside,
+        # /proc does not show it; the kill -9 tests below show the effect).
+        assert vm.qmp.cmd("query-status")["status"] == "prelaunch"
+    finally:
+        code = vm.shutdown()
+    assert code == 0 and vm.intent == "quit"
+    assert vm.shutdown() == 0  # idempotent
+
+
+def test_missing_binary_is_a_launch_failure(tmp_path):
+    vm = QemuProcess("src", str(tmp_path / "no-such-qemu"), [], str(tmp_path), str(tmp_path))
+    with pytest.raises(VMLaunchFailure, match="executable not found"):
+        vm.launch()
+
+
+@needs_qemu
+def test_bad_arguments_fail_fast_with_the_log(tmp_path):
+    vm = QemuProcess("dst", QEMU, IDLE_ARGS + ["-object", "no-such-type,id=x"],
+                     str(tmp_path), str(tmp_path))
+    vm.launch()
+    start = time.monotonic()
+    with pytest.raises(VMLaunchFailure) as info:
+        vm.connect_qmp(30.0)
+    assert time.monotonic() - start < 10, "a dead QEMU must not wait out the timeout"
+    assert "no-such-type" in str(info.value) and info.value.exitcode == 1
+    assert vm.log_path in str(info.value)
+    vm.shutdown()
+
+
+@needs_qemu
+def test_qmp_waits_are_bounded(tmp_path):
+    with QemuProcess("src", QEMU, IDLE_ARGS, str(tmp_path), str(tmp_path)) as vm:
+        vm.launch()
+        qmp = vm.connect_qmp(20.0)
+        start = time.monotonic()
+        with pytest.raises(WaitTimeout) as info:
+            qmp.wait_event("NO_SUCH_EVENT", timeout=0.5)
+        assert 0.4 < time.monotonic() - start < 5
+        assert info.value.side == "src" and "NO_SUCH_EVENT" in str(info.value)
+
+
+RUNNER = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, {root!r})
+    from harness.cleanup import private_tmpdir
+    from harness.vmm import QemuProcess
+    d = private_tmpdir()
+    vm = QemuProcess("src", {qemu!r}, {args!r}, d, d)
+    vm.launch()
+    vm.connect_qmp(20.0)
+    print(vm.pid, d, flush=True)
+    time.sleep(120)
+""")
+
+
+@needs_qemu
+@pytest.mark.parametrize("wrapper", ["direct", "forking-wrapper"])
+def test_kill9_of_runner_leaves_nothing(tmp_path, wrapper):
+    qemu = QEMU
+    if wrapper == "forking-wrapper":
+        # A wrapper that forks instead of exec'ing: PDEATHSIG only reaches the shell,
+        # the janitor must still find QEMU through its process group.
+        qemu = str(tmp_path / "qemu-wrapper")
+        Path(qemu).write_text(f'#!/bin/sh\n"{QEMU}" "$@"\n')
+        os.chmod(qemu, 0o755)
+    base = tmp_path / "t"
+    base.mkdir()
+    env = dict(os.environ, CPRH_TMPDIR=str(base))
+    runner = subprocess.Popen(
+        [sys.executable, "-c", RUNNER.format(root=str(ROOT), qemu=qemu, args=IDLE_ARGS)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+    try:
+        line = runner.stdout.readline().split()
+        assert len(line) == 2, "runner did not start its QEMU"
+        workdir = line[1]
+        qemus = [p.pid for p in qemu_descendants(runner.pid)]
+        assert qemus and os.path.isdir(workdir)
+    finally:
+        runner.send_signal(signal.SIGKILL)
+        runner.wait(10)
+    wait_until(lambda: gone(qemus), 15, f"QEMU {qemus} to die with its runner")
+    wait_until(lambda: not os.path.exists(workdir), 15, f"{workdir} to be removed")
+    assert os.listdir(base) == []
+
+
+@needs_qemu
+@pytest.mark.parametrize("jobs", [0, 2], ids=["serial", "xdist-2"])
+def test_kill9_of_pytest_mid_case_leaves_nothing(tmp_path, jobs):
+    """The issue's own check: kill -9 the pytest process while a case runs."""
+    base = tmp_path / "t"
+    base.mkdir()
+    env = dict(os.environ, CPRH_TMPDIR=str(base))
+    cmd = [sys.executable, "-m", "pytest", str(ROOT / "suites" / "conformance"),
+           "-p", "no:cacheprovider", "--reports", str(tmp_path / "reports"), "-q"]
+    if jobs:
+        cmd += ["-n", str(jobs)]
+    proc = subprocess.Popen(cmd, cwd=str(ROOT), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    seen = set()
+    try:
+        wait_until(lambda: seen.update(p.pid for p in qemu_descendants(proc.pid)) or
+                   bool(seen), 60, "a QEMU of the pytest run to start")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    wait_until(lambda: gone(seen), 30, f"QEMU {sorted(seen)} to die after kill -9 of pytest")
+    wait_until(lambda: os.listdir(base) == [], 30, f"temp dirs under {base} to be removed")
