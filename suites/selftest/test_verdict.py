@@ -1,0 +1,72 @@
+"""Self-tests of the verdict: each way a transfer can go wrong is named."""
+import pytest
+
+from harness import catalogue
+from harness.pair import PairResult
+from harness.scenario import COMPLETES, DST_REFUSES, SRC_REFUSES
+from harness.verdict import judge
+
+pytestmark = pytest.mark.selftest
+
+GOOD = catalogue.get("transfer/unix-unix-memfd-immediate-q35")
+REFUSE = catalogue.get("channel/cpr-missing")
+
+
+def good_result(**kw):
+    r = PairResult(scenario=GOOD, observed=COMPLETES, src_status_after="postmigrate",
+                   dst_status_after="running", query_migrate={"status": "completed"},
+                   counter_before=100, counter_after=200, boots_before=1, boots_after=1)
+    for k, v in kw.items():
+        setattr(r, k, v)
+    return r
+
+
+def checks(r):
+    return [m.check for m in judge(r)]
+
+
+def test_a_good_transfer_passes():
+    assert judge(good_result()) == []
+
+
+@pytest.mark.parametrize("change,check", [
+    ({"observed": SRC_REFUSES, "observed_message": "boom"}, "outcome"),
+    ({"query_migrate": {"status": "failed"}}, "query-migrate status"),
+    ({"src_status_after": "running"}, "source run state"),
+    ({"dst_status_after": "paused"}, "target run state"),
+    ({"boots_after": 2}, "guest reset"),
+    ({"counter_after": 100}, "guest progress"),
+    ({"counter_after": None}, "guest progress"),
+])
+def test_each_failure_is_named(change, check):
+    assert check in checks(good_result(**change))
+
+
+def refusal(**kw):
+    r = PairResult(scenario=REFUSE, observed=SRC_REFUSES,
+                   observed_message="missing 'cpr' migration channel",
+                   src_status_after="running", counter_before=5, src_counter_after_refusal=9,
+                   boots_before=1,
+                   retry={"observed": COMPLETES, "dst_status_after": "running",
+                          "src_status_after": "postmigrate", "boots_after": 1,
+                          "counter_after": 20})
+    for k, v in kw.items():
+        setattr(r, k, v)
+    return r
+
+
+def test_a_correct_refusal_passes():
+    assert judge(refusal()) == []
+
+
+@pytest.mark.parametrize("change,check", [
+    ({"observed": DST_REFUSES}, "outcome"),
+    ({"observed": COMPLETES}, "outcome"),
+    ({"observed_message": "some other error"}, "error message"),
+    ({"src_status_after": "postmigrate"}, "source survives refusal"),
+    ({"src_counter_after_refusal": None}, "source guest progress after refusal"),
+    ({"retry": None}, "retry of a valid transfer"),
+    ({"retry": {"observed": "failed", "message": "x"}}, "retry of a valid transfer"),
+])
+def test_each_refusal_failure_is_named(change, check):
+    assert check in checks(refusal(**change))
