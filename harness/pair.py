@@ -19,6 +19,7 @@ from harness.capabilities import Capabilities, probe
 from harness.cleanup import private_tmpdir, remove_tmpdir
 from harness.errors import (HarnessError, QMPCommandFailed, QMPConnectionLost, Unsupported,
                             UsageError, VMLaunchFailure, WaitTimeout)
+from harness.observe import NULL_OBSERVER, Observer
 from harness.guest import GuestImage, image, read_work_area_qmp, wait_counter_moving
 from harness.scenario import COMPLETES, DST_REFUSES, SRC_REFUSES, Scenario
 from harness.vmm import QemuProcess, tail
@@ -130,13 +131,15 @@ def check_supported(caps: Capabilities, sc: Scenario) -> None:
             raise Unsupported(reason)
 
 
-def run_scenario(sc: Scenario, cfg: RunConfig, artifacts_dir: str) -> PairResult:
+def run_scenario(sc: Scenario, cfg: RunConfig, artifacts_dir: str,
+                 observer: Observer = NULL_OBSERVER) -> PairResult:
     """Run ``sc`` on a fresh QEMU pair; logs and serial output go to ``artifacts_dir``."""
-    caps_src = probe(cfg.qemu_src)
-    caps_dst = probe(cfg.qemu_dst)
-    check_supported(caps_src, sc)
-    check_supported(caps_dst, sc)
-    accel = resolve_accel(cfg.accel, sc, caps_src, caps_dst)
+    with observer.step("probe QEMU binaries"):
+        caps_src = probe(cfg.qemu_src)
+        caps_dst = probe(cfg.qemu_dst)
+        check_supported(caps_src, sc)
+        check_supported(caps_dst, sc)
+        accel = resolve_accel(cfg.accel, sc, caps_src, caps_dst)
     guest = image(sc.guest)
     os.makedirs(artifacts_dir, exist_ok=True)
     timeouts = cfg.timeouts if accel == "kvm" else cfg.timeouts.scaled(2.0)
@@ -146,7 +149,8 @@ def run_scenario(sc: Scenario, cfg: RunConfig, artifacts_dir: str) -> PairResult
     shm_dir = private_tmpdir_shm() if backends.BACKENDS[sc.backend].qom_type == \
         "memory-backend-file" else None
     try:
-        _Pair(sc, cfg, accel, guest, timeouts, workdir, shm_dir, artifacts_dir, result).run()
+        _Pair(sc, cfg, accel, guest, timeouts, workdir, shm_dir, artifacts_dir, result,
+              observer).run()
     finally:
         remove_tmpdir(workdir)
         if shm_dir:
@@ -179,8 +183,9 @@ class Attempt:
 class _Pair:
     def __init__(self, sc: Scenario, cfg: RunConfig, accel: str, guest: GuestImage,
                  timeouts: Timeouts, workdir: str, shm_dir: Optional[str], artifacts: str,
-                 result: PairResult):
+                 result: PairResult, observer: Observer = NULL_OBSERVER):
         self.sc, self.cfg, self.accel, self.guest = sc, cfg, accel, guest
+        self.obs = observer
         self.t = timeouts
         self.workdir, self.shm_dir, self.artifacts = workdir, shm_dir, artifacts
         self.r = result
@@ -209,10 +214,12 @@ class _Pair:
 
     def run(self) -> None:
         try:
-            self.start_src()
+            with self.obs.step("start src and boot the guest"):
+                self.start_src()
             self.transfer()
         finally:
-            self.teardown()
+            with self.obs.step("tear down both sides"):
+                self.teardown()
 
     def _mark(self, name: str, t0: float) -> None:
         self.r.timings[name] = round(time.monotonic() - t0, 4)
@@ -254,14 +261,17 @@ class _Pair:
                 first.observed, first.message = SRC_REFUSES, exc.desc
                 refused_early = True
         if not refused_early:
-            self._attempt(first, sc.side_main("src"), sc.side_main("dst"),
-                          sc.side_cpr("src"), sc.side_cpr("dst"), sc.incoming)
+            with self.obs.step("transfer"):
+                self._attempt(first, sc.side_main("src"), sc.side_main("dst"),
+                              sc.side_cpr("src"), sc.side_cpr("dst"), sc.incoming)
         self._record(first)
         if first.observed in (COMPLETES, SRC_CRASHED):
             return
-        self._check_src_survived()
+        with self.obs.step("check the source survived the refusal"):
+            self._check_src_survived()
         if sc.retry and self.r.src_status_after in ("running", "paused"):
-            self._retry()
+            with self.obs.step("retry a valid transfer from the same source"):
+                self._retry()
 
     def _record(self, a: Attempt) -> None:
         self.r.observed, self.r.observed_message = a.observed, a.message
@@ -301,8 +311,9 @@ class _Pair:
         self.chans += list({id(c): c for c in (dst_main, src_main, dst_cpr, src_cpr)}.values())
 
         t0 = time.monotonic()
-        if not self._start_dst(a, dst_main, dst_cpr, incoming):
-            return
+        with self.obs.step(f"start dst ({a.tag})"):
+            if not self._start_dst(a, dst_main, dst_cpr, incoming):
+                return
         self._mark(f"{a.tag}_dst_listening", t0)
         t0 = time.monotonic()
         try:
