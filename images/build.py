@@ -86,6 +86,15 @@ BINUTILS_X86 = (
     Tool("ld", "GNU linker (ld)", ("x86_64-linux-gnu-ld", "ld"), "binutils"),
     Tool("objcopy", "objcopy", ("x86_64-linux-gnu-objcopy", "objcopy"), "binutils"),
 )
+# Cross binutils for the aarch64 guest: only the prefixed names exist on an x86 host.
+BINUTILS_AARCH64 = (
+    Tool("as", "GNU assembler for aarch64", ("aarch64-linux-gnu-as",),
+         "binutils-aarch64-linux-gnu"),
+    Tool("ld", "GNU linker for aarch64", ("aarch64-linux-gnu-ld",),
+         "binutils-aarch64-linux-gnu"),
+    Tool("objcopy", "objcopy for aarch64", ("aarch64-linux-gnu-objcopy",),
+         "binutils-aarch64-linux-gnu"),
+)
 
 
 @dataclass(frozen=True)
@@ -99,6 +108,10 @@ class ImageSpec:
     # argv templates; {as} {ld} {objcopy} = tools, {src} {gen} {obj} {elf} {bin} = paths
     recipe: Tuple[Tuple[str, ...], ...]
     output: str                    # file in the temp dir that is the image
+    # integer layout keys: validated, and emitted as `.set` constants in this order
+    int_keys: Tuple[str, ...] = ()
+    # (offset in the image, expected bytes, what they are): checked after the link
+    entry_check: Tuple[int, bytes, str] = (0, b"", "")
 
 
 IMAGES: Dict[str, ImageSpec] = {
@@ -117,6 +130,28 @@ IMAGES: Dict[str, ImageSpec] = {
             ("{objcopy}", "-O", "binary", "--gap-fill", "0xff", "{elf}", "{bin}"),
         ),
         output="guest.bin",
+        int_keys=("WORK_BASE", "WORK_SIZE", "MAGIC", "VERSION", "HEARTBEAT_SHIFT",
+                  "SERIAL_PORT", "ROM_BASE", "ROM_SIZE"),
+        entry_check=(-16, b"\xfa", "cli at the reset vector"),
+    ),
+    "aarch64-virt": ImageSpec(
+        name="aarch64-virt",
+        description="bare-metal aarch64 firmware for -machine virt -bios (64 KiB at 0x0)",
+        src_dir=HERE / "aarch64",
+        sources=("guest.S", "link.ld", "layout.json"),
+        layout_file="layout.json",
+        tools=BINUTILS_AARCH64,
+        recipe=(
+            ("{as}", "--fatal-warnings", "-I", "{gen}", "-o", "{obj}", "{src}/guest.S"),
+            ("{ld}", "-m", "aarch64elf", "-T", "{src}/link.ld", "-nostdlib",
+             "--build-id=none", "--fatal-warnings", "-o", "{elf}", "{obj}"),
+            ("{objcopy}", "-O", "binary", "{elf}", "{bin}"),
+        ),
+        output="guest.bin",
+        int_keys=("WORK_BASE", "WORK_SIZE", "MAGIC", "VERSION", "HEARTBEAT_SHIFT",
+                  "SERIAL_BASE", "RAM_BASE", "ROM_BASE", "ROM_SIZE"),
+        # mrs x0, mpidr_el1: the boot-CPU check that starts _start
+        entry_check=(0, bytes.fromhex("a00038d5"), "mrs x0, mpidr_el1 at 0x0"),
     ),
 }
 
@@ -125,8 +160,6 @@ IMAGES: Dict[str, ImageSpec] = {
 # layout
 
 
-_INT_KEYS = ("WORK_BASE", "WORK_SIZE", "MAGIC", "VERSION", "HEARTBEAT_SHIFT",
-             "SERIAL_PORT", "ROM_BASE", "ROM_SIZE")
 _STR_KEYS = ("BOOT_MARKER", "HEARTBEAT")
 _FIELDS = ("magic", "version", "counter", "boots", "heartbeats")
 
@@ -146,17 +179,18 @@ def _load_layout(spec: ImageSpec) -> dict:
         raise BuildError(f"{spec.name}: cannot read {path}: {e.strerror}") from None
     except ValueError as e:
         raise BuildError(f"{spec.name}: {path} is not valid JSON: {e}") from None
-    _validate_layout(spec.name, path, data)
+    _validate_layout(spec, path, data)
     return data
 
 
-def _validate_layout(name: str, path: Path, d: dict) -> None:
+def _validate_layout(spec: ImageSpec, path: Path, d: dict) -> None:
+    name = spec.name
     def bad(msg: str) -> BuildError:
         return BuildError(f"{name}: {path}: {msg}")
 
     if not isinstance(d, dict):
         raise bad("top level must be an object")
-    for k in _INT_KEYS:
+    for k in spec.int_keys:
         v = d.get(k)
         if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 2**32:
             raise bad(f"{k} must be an integer in [0, 2^32)")
@@ -186,6 +220,21 @@ def _validate_layout(name: str, path: Path, d: dict) -> None:
         raise bad("the work area must be one page-aligned 4 KiB page")
     if not 1 <= d["HEARTBEAT_SHIFT"] <= 31:
         raise bad("HEARTBEAT_SHIFT must be in 1..31")
+    if "RAM_BASE" in d and not (
+            d["RAM_BASE"] <= d["WORK_BASE"] and d["RAM_BASE"] % 4096 == 0):
+        raise bad("the work area must lie in RAM (WORK_BASE >= RAM_BASE, page-aligned)")
+    if d["ROM_SIZE"] == 0 or d["ROM_SIZE"] % 65536:
+        raise bad("ROM_SIZE must be a non-zero multiple of 64 KiB")
+    writes = d.get("QEMU_WRITES", [])
+    if not isinstance(writes, list):
+        raise bad("QEMU_WRITES must be a list")
+    for w in writes:
+        if (not isinstance(w, dict) or not isinstance(w.get("base"), int)
+                or not isinstance(w.get("size"), int) or w["size"] <= 0
+                or not isinstance(w.get("what"), str)):
+            raise bad("each QEMU_WRITES entry needs an integer base and size and a 'what'")
+        if w["base"] < d["WORK_BASE"] + d["WORK_SIZE"] and d["WORK_BASE"] < w["base"] + w["size"]:
+            raise bad(f"the work area overlaps RAM that QEMU writes ({w['what']})")
 
 
 def layout(name: str) -> dict:
@@ -193,12 +242,12 @@ def layout(name: str) -> dict:
     return _load_layout(_spec(name))
 
 
-def _gen_include(d: dict) -> str:
+def _gen_include(spec: ImageSpec, d: dict) -> str:
     """Assembler constants for guest.S, generated from the layout JSON."""
     lines = [
         "/* Generated by images/build.py from layout.json. Do not edit. */",
     ]
-    for k in _INT_KEYS:
+    for k in spec.int_keys:
         lines.append(f"\t.set {k}, {d[k]:#x}")
     for f in _FIELDS:
         lines.append(f"\t.set OFF_{f.upper()}, {d['OFFSETS'][f]:#x}")
@@ -276,8 +325,11 @@ def _check_image(spec: ImageSpec, lay: dict, data: bytes) -> None:
         raise bad(f"size {len(data)} bytes, expected exactly {size}")
     if size % 65536:
         raise bad(f"size {size} is not a multiple of 64 KiB (QEMU -bios needs that)")
-    if data[size - 16] != 0xFA:  # cli at the reset vector
-        raise bad(f"no cli at the reset vector (byte {data[size - 16]:#04x})")
+    off, want, what = spec.entry_check
+    off %= size
+    got = data[off:off + len(want)]
+    if got != want:
+        raise bad(f"no {what} (bytes {got.hex()} at offset {off:#x}, expected {want.hex()})")
     for key in _STR_KEYS:
         if data.find(lay[key].encode("ascii")) < 0:
             raise bad(f"{key} string {lay[key]!r} not found in the image")
@@ -295,7 +347,7 @@ def build(name: str, out_dir: Optional[Path] = None, force: bool = False) -> Pat
     """
     spec = _spec(name)
     lay = _load_layout(spec)
-    include = _gen_include(lay)
+    include = _gen_include(spec, lay)
     digest = _hash_inputs(spec, include)
     out = Path(out_dir if out_dir is not None else DEFAULT_OUT_DIR).resolve()
     final = out / f"{name}-{digest}.bin"

@@ -1,26 +1,35 @@
 #!/usr/bin/env bash
 # Host set-up for the cpr-transfer conformance harness, on Debian 12 (bookworm).
-# Idempotent: adds bookworm-backports, installs QEMU >= 10.0 and the guest toolchain.
+# Idempotent: adds bookworm-backports, installs QEMU >= 10.0 (x86 and arm) and the
+# guest toolchains (binutils, aarch64 cross binutils).
 # Run as root. As another user it only checks and says what is missing.
 set -euo pipefail
 
 QEMU_MIN="10.0"
-APT_PKGS_BACKPORTS=(qemu-system-x86 qemu-utils)
-APT_PKGS=(binutils python3-venv python3-pip procps)
+APT_PKGS_BACKPORTS=(qemu-system-x86 qemu-system-arm qemu-utils)
+# The linux-x86 guest needs no package here: images/build.py fetches its kernel and
+# busybox with `apt-get download` and unpacks them with dpkg-deb (both always on Debian).
+APT_PKGS=(binutils binutils-aarch64-linux-gnu python3-venv python3-pip procps)
 BACKPORTS_FILE=/etc/apt/sources.list.d/bookworm-backports.sources
 
 say() { printf 'setup-host: %s\n' "$*" >&2; }
 
-qemu_ok() {
-    command -v qemu-system-x86_64 >/dev/null 2>&1 || return 1
+qemu_bin_ok() {
+    command -v "$1" >/dev/null 2>&1 || return 1
     local v
-    v=$(qemu-system-x86_64 --version | sed -n 's/^QEMU emulator version \([0-9]*\.[0-9]*\).*/\1/p')
+    v=$("$1" --version | sed -n 's/^QEMU emulator version \([0-9]*\.[0-9]*\).*/\1/p')
     [ -n "$v" ] || return 1
     [ "$(printf '%s\n%s\n' "$QEMU_MIN" "$v" | sort -V | head -n1)" = "$QEMU_MIN" ]
 }
 
+qemu_ok() {
+    qemu_bin_ok qemu-system-x86_64 && qemu_bin_ok qemu-system-aarch64
+}
+
 tools_ok() {
-    command -v as >/dev/null && command -v ld >/dev/null && command -v objcopy >/dev/null
+    command -v as >/dev/null && command -v ld >/dev/null && command -v objcopy >/dev/null &&
+        command -v aarch64-linux-gnu-as >/dev/null && command -v aarch64-linux-gnu-ld >/dev/null &&
+        command -v aarch64-linux-gnu-objcopy >/dev/null && command -v dpkg-deb >/dev/null
 }
 
 if qemu_ok && tools_ok; then
@@ -39,7 +48,7 @@ fi
 . /etc/os-release
 if [ "${VERSION_CODENAME:-}" != "bookworm" ]; then
     say "this script knows Debian 12 (bookworm); this is '${PRETTY_NAME:-unknown}'."
-    say "install QEMU >= $QEMU_MIN (qemu-system-x86_64), binutils and python3-venv with your package manager."
+    say "install QEMU >= $QEMU_MIN (qemu-system-x86_64, qemu-system-aarch64), binutils, aarch64 cross binutils and python3-venv with your package manager."
     exit 1
 fi
 
@@ -67,3 +76,4 @@ if ! qemu_ok; then
     exit 1
 fi
 say "ready: $(qemu-system-x86_64 --version | head -n1)"
+say "ready: $(qemu-system-aarch64 --version | head -n1)"
