@@ -12,7 +12,7 @@ import os
 import signal
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from harness import backends, channels, features
 from harness.capabilities import Capabilities, probe
@@ -20,6 +20,7 @@ from harness.cleanup import private_tmpdir, remove_tmpdir
 from harness.errors import (HarnessError, QMPCommandFailed, QMPConnectionLost, Unsupported,
                             UsageError, VMLaunchFailure, WaitTimeout)
 from harness.observe import NULL_OBSERVER, Observer
+from harness.evidence import M_RESUMED, M_TRANSFER, RamEvidence
 from harness.guest import GuestImage, image, read_work_area_qmp, wait_counter_moving
 from harness.scenario import COMPLETES, DST_REFUSES, SRC_REFUSES, Scenario
 from harness.vmm import QemuProcess, tail
@@ -131,8 +132,18 @@ def check_supported(caps: Capabilities, sc: Scenario) -> None:
             raise Unsupported(reason)
 
 
+@dataclass(frozen=True)
+class Hooks:
+    """Test-only interventions (the harness's self-tests use them; runs do not).
+
+    ``before_verify(ramfd)``: called after the target resumed, before the RAM pattern is
+    verified through ``ramfd`` (the target's RAM file).
+    """
+    before_verify: Optional[Callable[[Any], None]] = None
+
+
 def run_scenario(sc: Scenario, cfg: RunConfig, artifacts_dir: str,
-                 observer: Observer = NULL_OBSERVER) -> PairResult:
+                 observer: Observer = NULL_OBSERVER, hooks: Hooks = Hooks()) -> PairResult:
     """Run ``sc`` on a fresh QEMU pair; logs and serial output go to ``artifacts_dir``."""
     with observer.step("probe QEMU binaries"):
         caps_src = probe(cfg.qemu_src)
@@ -150,7 +161,7 @@ def run_scenario(sc: Scenario, cfg: RunConfig, artifacts_dir: str,
         "memory-backend-file" else None
     try:
         _Pair(sc, cfg, accel, guest, timeouts, workdir, shm_dir, artifacts_dir, result,
-              observer).run()
+              observer, hooks).run()
     finally:
         remove_tmpdir(workdir)
         if shm_dir:
@@ -183,9 +194,16 @@ class Attempt:
 class _Pair:
     def __init__(self, sc: Scenario, cfg: RunConfig, accel: str, guest: GuestImage,
                  timeouts: Timeouts, workdir: str, shm_dir: Optional[str], artifacts: str,
-                 result: PairResult, observer: Observer = NULL_OBSERVER):
+                 result: PairResult, observer: Observer = NULL_OBSERVER,
+                 hooks: Hooks = Hooks()):
         self.sc, self.cfg, self.accel, self.guest = sc, cfg, accel, guest
         self.obs = observer
+        self.hooks = hooks
+        self.mem = backends.render(sc.backend, sc.ram_mb, sc.prealloc, shm_dir)
+        self.ev = RamEvidence(sc.backend, sc.machine, sc.ram_mb, guest, artifacts,
+                              self.mem.mem_path, sample_pause=sc.positive and not sc.paused,
+                              max_seconds=timeouts.transfer + timeouts.settle + 30)
+        result.evidence = self.ev.data
         self.t = timeouts
         self.workdir, self.shm_dir, self.artifacts = workdir, shm_dir, artifacts
         self.r = result
@@ -198,7 +216,7 @@ class _Pair:
 
     def vm_args(self, side: str) -> List[str]:
         sc = self.sc
-        mem = backends.render(sc.backend, sc.ram_mb, sc.prealloc, self.shm_dir)
+        mem = self.mem
         machine = sc.machine + mem.machine_props + (",aux-ram-share=on" if sc.aux_ram_share else "")
         serial = os.path.join(self.artifacts, f"{side}.serial")
         self.r.artifacts[f"{side}.serial"] = serial
@@ -239,6 +257,11 @@ class _Pair:
         if self.sc.paused:
             qmp.cmd("stop")
         self.r.src_status_before = qmp.cmd("query-status")["status"]
+        with self.obs.step("fill guest RAM with the seeded pattern"):
+            self.ev.prepare(self.src.pid)
+        if self.ev.sample_pause:
+            with self.obs.step("start the pause sampler; noise floor on the idle pair"):
+                self.ev.start_sampler()
 
     def transfer(self) -> None:
         assert self.src is not None and self.src.qmp is not None
@@ -320,6 +343,7 @@ class _Pair:
             for name, fd in {**src_main.src_getfd, **src_cpr.src_getfd}.items():
                 sq.send_fd(name, fd)
             chans = [c for c in (src_main.qapi(), src_cpr.qapi()) if c is not None]
+            self.ev.mark(M_TRANSFER)
             sq.cmd("migrate", {"channels": chans})
         except QMPCommandFailed as exc:
             a.observed, a.message = SRC_REFUSES, exc.desc
@@ -362,6 +386,12 @@ class _Pair:
         self._mark(f"{a.tag}_completed", t0)
         a.observed = COMPLETES
         self._settle_after_completion(a, t0)
+        self.ev.mark(M_RESUMED)
+        time.sleep(0.05)  # a short tail so the sampler sees the counter move on
+        self.ev.stop_sampler(a.query_migrate)
+        with self.obs.step("verify RAM in place and intact (through the target)"):
+            self.ev.check_stream(a.query_migrate)
+            self.ev.verify_after(self.src.pid, self.dst.pid, self.hooks.before_verify)
 
     def _start_dst(self, a: Attempt, main: channels.Channel, cpr: channels.Channel,
                    incoming: str) -> bool:
@@ -484,6 +514,7 @@ class _Pair:
                 break
             time.sleep(0.02)
         self.r.src_status_after = status
+        self.ev.verify_after(self.src.pid, None)
         if status == "running":
             try:
                 wa = wait_counter_moving(lambda: self.work_area(self.src), self.guest.layout,
@@ -494,6 +525,7 @@ class _Pair:
 
     def teardown(self) -> None:
         """Stop every QEMU; each teardown runs even if an earlier one raises."""
+        self.ev.close()
         vms = [("dst", self.dst)] + [(f"dst-{i}", v) for i, v in enumerate(self.old_dsts)] + \
             [("src", self.src)]
         for side, vm in vms:

@@ -5,7 +5,7 @@ anything; it reads a :class:`harness.pair.PairResult`.
 """
 from __future__ import annotations
 
-from typing import List
+from typing import Callable, List
 
 from harness.errors import Mismatch
 from harness.pair import PairResult
@@ -48,6 +48,7 @@ def judge(r: PairResult) -> List[Mismatch]:
                       "the guest's counter must continue past its pre-transfer value")
         else:
             check("guest progress", False, "counter read before and after", None)
+        _check_ram_evidence(r, check, retry=False)
     else:
         if exp.message:
             check("error message", exp.message in r.observed_message, exp.message,
@@ -59,6 +60,11 @@ def judge(r: PairResult) -> List[Mismatch]:
             check("source guest progress after refusal",
                   r.src_counter_after_refusal is not None, f"> {r.counter_before}",
                   r.src_counter_after_refusal)
+        ev = r.evidence
+        if ev.get("applicable") and "pattern_src_after_refusal" in ev:
+            p = ev["pattern_src_after_refusal"]
+            check("source RAM intact after refusal", p.get("ok") is True, "pattern intact",
+                  p.get("description"))
         if sc.retry:
             rt = r.retry or {}
             check("retry of a valid transfer", rt.get("observed") == COMPLETES, COMPLETES,
@@ -77,4 +83,32 @@ def judge(r: PairResult) -> List[Mismatch]:
                     check("retry: guest progress",
                           (rt.get("counter_after") or 0) > (r.src_counter_after_refusal or 0),
                           f"> {r.src_counter_after_refusal}", rt.get("counter_after"))
+                _check_ram_evidence(r, check, retry=True)
     return out
+
+
+def _check_ram_evidence(r: PairResult, check: Callable[..., None], retry: bool) -> None:
+    """The in-place RAM evidence of a completed transfer (docs/ram-evidence.md)."""
+    ev = r.evidence
+    if not ev.get("applicable"):
+        return
+    pre = "retry: " if retry else ""
+    same = ev.get("same_memory")
+    check(pre + "same memory mapped by the target", bool(same and same.get("same")),
+          "the source's RAM file (same inode)",
+          None if not same else f"src inode {same.get('src_inode')} dst inode "
+                                f"{same.get('dst_inode')}")
+    stream = ev.get("stream") or {}
+    check(pre + "no RAM pages in the main stream",
+          stream.get("normal") == 0 and stream.get("normal-bytes") == 0,
+          "ram.normal == 0", {k: stream.get(k) for k in ("normal", "normal-bytes")})
+    pat = ev.get("pattern") or {}
+    check(pre + "RAM pattern intact", pat.get("ok") is True, "every page unchanged",
+          pat.get("description", "not verified"))
+    if not retry and not r.scenario.paused:
+        pause = ev.get("pause") or {}
+        check("pause measured", pause.get("guest_pause_ms") is not None,
+              "a stall measured by the host-side sampler", pause.get("error", pause))
+        check("guest counter never went back", pause.get("counter_went_back") is False,
+              False, pause.get("counter_went_back"),
+              "the sampler saw the guest's counter go backwards: a reset")
