@@ -84,6 +84,8 @@ class PairResult:
     counter_after: Optional[int] = None
     boots_before: Optional[int] = None
     boots_after: Optional[int] = None
+    #: The guest's counter was seen changing on the target after the transfer.
+    counter_moved_on_dst: Optional[bool] = None
     #: After a refused transfer: the source's counter kept moving.
     src_counter_after_refusal: Optional[int] = None
     #: After a refusal: the valid transfer retried from the same source.
@@ -186,6 +188,8 @@ class Attempt:
     src_status_after: str = ""
     counter_after: Optional[int] = None
     boots_after: Optional[int] = None
+    #: The guest's counter was seen changing on the target after the transfer.
+    counter_moved_on_dst: Optional[bool] = None
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -302,6 +306,7 @@ class _Pair:
         self.r.dst_exitcode = a.dst_exitcode
         self.r.dst_status_after, self.r.src_status_after = a.dst_status_after, a.src_status_after
         self.r.counter_after, self.r.boots_after = a.counter_after, a.boots_after
+        self.r.counter_moved_on_dst = a.counter_moved_on_dst
 
     def _retry(self) -> None:
         """After a refusal: a valid transfer from the same source must still work."""
@@ -459,12 +464,20 @@ class _Pair:
         self.r.evidence.setdefault("dst_query_migrate", dq.cmd("query-migrate"))
         if self.sc.paused:
             wa = self.work_area(self.dst)
+            time.sleep(0.2)
+            again = self.work_area(self.dst)
+            a.counter_moved_on_dst = again.counter != wa.counter
+            wa = again
         else:
+            # Moving on the target, after the switch-over: a value above the one read
+            # before the transfer is not enough (the source ran on until it stopped).
             try:
                 wa = wait_counter_moving(lambda: self.work_area(self.dst), self.guest.layout,
                                          self.t.settle, "dst", above=self.r.counter_before,
                                          log_path=self.dst.log_path)
+                a.counter_moved_on_dst = True
             except WaitTimeout as exc:
+                a.counter_moved_on_dst = False
                 wa = exc.last_state if hasattr(exc.last_state, "counter") else \
                     self.work_area(self.dst)
         a.counter_after, a.boots_after = wa.counter, wa.boots

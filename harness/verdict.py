@@ -40,12 +40,15 @@ def judge(r: PairResult) -> List[Mismatch]:
               "the guest's boot count changed: it was restarted, not transferred")
         if r.counter_before is not None and r.counter_after is not None:
             if sc.paused:
-                check("guest counter (paused)", r.counter_after == r.counter_before,
-                      r.counter_before, r.counter_after, "a paused guest ran")
+                check("guest counter (paused)", r.counter_after == r.counter_before
+                      and r.counter_moved_on_dst is False, r.counter_before,
+                      r.counter_after, "a paused guest ran")
             else:
-                check("guest progress", r.counter_after > r.counter_before,
-                      f"> {r.counter_before}", r.counter_after,
-                      "the guest's counter must continue past its pre-transfer value")
+                check("guest progress", r.counter_after > r.counter_before
+                      and r.counter_moved_on_dst is True,
+                      f"> {r.counter_before} and moving on the target", r.counter_after,
+                      "the guest's counter must keep increasing on the target, past its "
+                      "pre-transfer value")
         else:
             check("guest progress", False, "counter read before and after", None)
         _check_ram_evidence(r, check, retry=False)
@@ -81,8 +84,10 @@ def judge(r: PairResult) -> List[Mismatch]:
                       r.boots_before, rt.get("boots_after"))
                 if not sc.paused:
                     check("retry: guest progress",
-                          (rt.get("counter_after") or 0) > (r.src_counter_after_refusal or 0),
-                          f"> {r.src_counter_after_refusal}", rt.get("counter_after"))
+                          (rt.get("counter_after") or 0) > (r.src_counter_after_refusal or 0)
+                          and rt.get("counter_moved_on_dst") is True,
+                          f"> {r.src_counter_after_refusal} and moving on the target",
+                          rt.get("counter_after"))
                 _check_ram_evidence(r, check, retry=True)
     return out
 

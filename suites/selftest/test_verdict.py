@@ -15,7 +15,8 @@ REFUSE = catalogue.get("channel/cpr-missing")
 def good_result(**kw):
     r = PairResult(scenario=GOOD, observed=COMPLETES, src_status_after="postmigrate",
                    dst_status_after="running", query_migrate={"status": "completed"},
-                   counter_before=100, counter_after=200, boots_before=1, boots_after=1)
+                   counter_before=100, counter_after=200, boots_before=1, boots_after=1,
+                   counter_moved_on_dst=True)
     for k, v in kw.items():
         setattr(r, k, v)
     return r
@@ -37,6 +38,9 @@ def test_a_good_transfer_passes():
     ({"boots_after": 2}, "guest reset"),
     ({"counter_after": 100}, "guest progress"),
     ({"counter_after": None}, "guest progress"),
+    # above the pre-transfer value but not moving on the target: the source ran on
+    # until it stopped, then nothing (a target that never resumed)
+    ({"counter_moved_on_dst": False}, "guest progress"),
 ])
 def test_each_failure_is_named(change, check):
     assert check in checks(good_result(**change))
@@ -49,7 +53,7 @@ def refusal(**kw):
                    boots_before=1,
                    retry={"observed": COMPLETES, "dst_status_after": "running",
                           "src_status_after": "postmigrate", "boots_after": 1,
-                          "counter_after": 20})
+                          "counter_after": 20, "counter_moved_on_dst": True})
     for k, v in kw.items():
         setattr(r, k, v)
     return r
@@ -67,6 +71,9 @@ def test_a_correct_refusal_passes():
     ({"src_counter_after_refusal": None}, "source guest progress after refusal"),
     ({"retry": None}, "retry of a valid transfer"),
     ({"retry": {"observed": "failed", "message": "x"}}, "retry of a valid transfer"),
+    ({"retry": {"observed": COMPLETES, "dst_status_after": "running",
+                "src_status_after": "postmigrate", "boots_after": 1, "counter_after": 20,
+                "counter_moved_on_dst": False}}, "retry: guest progress"),
 ])
 def test_each_refusal_failure_is_named(change, check):
     assert check in checks(refusal(**change))
