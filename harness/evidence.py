@@ -26,7 +26,8 @@ from typing import Any, Callable, Dict, Optional
 from harness import ram
 from harness.backends import BACKENDS
 from harness.guest import GuestImage
-from harness.sampler import Sampler, SamplerError
+from harness.errors import HarnessError
+from harness.sampler import Sampler
 
 #: How long the sampler watches the idle pair before the transfer (noise floor).
 NOISE_WINDOW_S = 0.5
@@ -99,13 +100,13 @@ class RamEvidence:
             return
         try:
             res = self.sampler.stop()
-        except SamplerError as exc:
+            noise = res.longest_between(M_NOISE, M_TRANSFER)
+            pause = res.longest_between(M_TRANSFER, M_RESUMED)
+        except HarnessError as exc:  # died, timed out, or a mark never arrived
             self.data["pause"] = {"error": str(exc)}
             return
         finally:
             self.sampler.close()
-        noise = res.longest_between(M_NOISE, M_TRANSFER)
-        pause = res.longest_between(M_TRANSFER, M_RESUMED)
         self.data["pause"] = {
             "guest_pause_ms": round(pause.duration_ms, 3) if pause else None,
             "guest_pause_max_ms": round(pause.max_ms, 3) if pause else None,
@@ -116,8 +117,7 @@ class RamEvidence:
             "median_interval_us": round(res.median_interval_ns / 1e3, 2),
             "samples": res.samples,
             "counter_went_back": res.reset,
-            "stalled_at_end": res.longest is not None and res.longest.end_ns is None
-                              and res.longest is pause,
+            "stalled_at_end": pause is not None and pause.end_ns is None,
         }
         self.data["sampler"] = res.to_dict()
 

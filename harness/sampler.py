@@ -160,20 +160,24 @@ class SamplerResult:
     def longest_between(self, start: str, end: str) -> Optional[Stall]:
         """Longest stall overlapping the span from mark ``start`` to the next ``end``.
 
-        "<start>" and "<end>" name the beginning and end of sampling.
+        "<start>" and "<end>" name the beginning and end of sampling. None: no stall of
+        at least the threshold. A mark that never arrived (e.g. the sampler stopped at
+        max_seconds first) raises :class:`SamplerError`.
         """
         labels = [w.start for w in self.windows] + [self.windows[-1].end]
         try:
             i = labels.index(start)
             j = labels.index(end, i + 1)
         except ValueError:
-            raise UsageError(f"sampler: no span {start!r}..{end!r}; marks: {labels}") from None
+            raise SamplerError(f"sampler: no span {start!r}..{end!r} in this run (stopped by "
+                               f"{self.stopped_by}); marks: {labels}") from None
         found = [w.longest for w in self.windows[i:j] if w.longest is not None]
         return max(found, key=lambda s: s.duration_ns, default=None)
 
     def describe(self) -> str:
         parts = [f"{self.samples} reads in {self.duration_s:.2f}s "
-                 f"({self.rate_hz / 1e6:.2f} M/s, median interval {self.median_interval_ns} ns)"]
+                 f"({self.rate_hz / 1e6:.2f} M/s, median interval {self.median_interval_ns} ns, "
+                 f"longest gap {self.max_interval_ns / 1e6:.3f} ms)"]
         parts.append("longest stall " + (self.longest.describe() if self.longest else
                                          f"< {self.threshold_ns / 1e3:.0f} us"))
         if self.reset:
@@ -228,6 +232,7 @@ class Sampler:
         self.threshold_us = float(threshold_us)
         self.log_path = log_path
         self.ready: Optional[Dict[str, Any]] = None
+        self.result: Optional[SamplerResult] = None
         self._proc: Optional[subprocess.Popen] = None
         self._stderr: Optional[IO[bytes]] = None
         self._buf = b""
@@ -259,10 +264,14 @@ class Sampler:
                "--threshold-us", repr(self.threshold_us)]
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=self._stderr, close_fds=True, env=env)
-        msg = self._read_message(timeout, "the sampler's first read of the counter",
-                                 when="before its first read")
-        if msg.get("event") != "ready":
-            raise SamplerError(f"sampler: expected a ready message, got {msg!r}")
+        try:
+            msg = self._read_message(timeout, "the sampler's first read of the counter",
+                                     when="before its first read")
+            if msg.get("event") != "ready":
+                raise SamplerError(f"sampler: expected a ready message, got {msg!r}")
+        except BaseException:
+            self.close()
+            raise
         self.ready = msg
         return self
 
@@ -275,7 +284,12 @@ class Sampler:
         return t_ns
 
     def stop(self, timeout: float = 10.0) -> SamplerResult:
-        """Ask for the results (or collect those written at max_seconds) and reap."""
+        """Ask for the results (or collect those written at max_seconds) and reap.
+
+        A second call returns the same result.
+        """
+        if self.result is not None:
+            return self.result
         if self._proc is None:
             raise SamplerError("sampler not started")
         if self._proc.poll() is None:
@@ -291,7 +305,8 @@ class Sampler:
         except subprocess.TimeoutExpired:
             pass  # close() kills it
         self.close()
-        return SamplerResult.from_dict(msg["result"])
+        self.result = SamplerResult.from_dict(msg["result"])
+        return self.result
 
     def close(self) -> None:
         """Kill the child if it still runs; idempotent."""
@@ -347,6 +362,8 @@ class Sampler:
 
     def _read_message(self, timeout: float, what: str, when: str) -> Dict[str, Any]:
         assert self._proc is not None and self._proc.stdout is not None
+        if self._proc.stdout.closed:
+            raise SamplerError("sampler already closed: nothing more to read from it")
         fd = self._proc.stdout.fileno()
         start = time.monotonic()
         deadline = start + timeout
@@ -383,21 +400,25 @@ def _emit(obj: Dict[str, Any]) -> None:
 def _parse_command(line: bytes) -> Tuple[str, Optional[str], Optional[int]]:
     text = line.decode(errors="replace").strip()
     if text.startswith("{"):
-        obj = json.loads(text)
-        return str(obj.get("cmd", "")), obj.get("label"), obj.get("t_ns")
+        try:
+            obj = json.loads(text)
+            return str(obj.get("cmd", "")), obj.get("label"), obj.get("t_ns")
+        except (ValueError, AttributeError):
+            return "?", None, None     # reported as unknown, the sampling goes on
     cmd, _, rest = text.partition(" ")
     return cmd, (rest.strip() or None), None
 
 
 def _map_word(path: str, offset: int) -> Tuple[mmap.mmap, memoryview]:
-    page = mmap.PAGESIZE
-    base = offset - offset % page
     fd = os.open(path, os.O_RDONLY)
     try:
-        size = os.fstat(fd).st_size
-        if offset + 8 > size:
-            raise OSError(f"offset {offset:#x} + 8 is beyond the file's {size} bytes")
-        mm = mmap.mmap(fd, min(page, size - base), mmap.MAP_SHARED, mmap.PROT_READ,
+        st = os.fstat(fd)
+        if offset + 8 > st.st_size:
+            raise OSError(f"offset {offset:#x} + 8 is beyond the file's {st.st_size} bytes")
+        # One page around the word; on hugetlbfs that page is a huge page (st_blksize).
+        page = max(mmap.PAGESIZE, st.st_blksize)
+        base = offset - offset % page
+        mm = mmap.mmap(fd, min(page, st.st_size - base), mmap.MAP_SHARED, mmap.PROT_READ,
                        offset=base)
     finally:
         os.close(fd)

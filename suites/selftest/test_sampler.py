@@ -1,0 +1,239 @@
+"""Self-tests of harness.sampler against a memfd counter driven by a thread (no QEMU)."""
+import json
+import mmap
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from harness.errors import UsageError, WaitTimeout
+from harness.ram import WorkArea
+from harness.sampler import (END, START, Sampler, SamplerDied, SamplerError,
+                              SamplerResult)
+
+pytestmark = pytest.mark.selftest
+
+WORK = WorkArea()
+OFFSET = WORK.counter_gpa          # offset == GPA below 4 GiB
+
+
+class CounterWriter(threading.Thread):
+    """Plays the guest: increments the u64 counter as fast as it can.
+
+    ``do(fn)`` runs ``fn(set_value)`` inside the writer loop and waits for it, so a
+    pause or a reset happens exactly between two of the test's marks.
+    """
+
+    def __init__(self, mm, start=1000):
+        super().__init__(daemon=True)
+        # A native memoryview item stores the u64 at once, like the guest's single
+        # store; struct.pack_into would zero it first and the sampler could see 0.
+        self.word = memoryview(mm)[OFFSET:OFFSET + 8].cast("Q")
+        self.value = start
+        self.jobs = queue.Queue()
+        self.halt = threading.Event()
+
+    def run(self):
+        word, value, jobs = self.word, self.value, self.jobs
+        while not self.halt.is_set():
+            for _ in range(1000):
+                value += 1
+                word[0] = value
+            if not jobs.empty():
+                fn, done = jobs.get()
+                value = fn(value)
+                word[0] = value
+                done.set()
+
+    def do(self, fn):
+        done = threading.Event()
+        self.jobs.put((fn, done))
+        assert done.wait(10)
+
+    def pause(self, seconds):
+        self.do(lambda v: (time.sleep(seconds), v)[1])
+
+    def stop(self):
+        self.halt.set()
+        self.join(10)
+        self.word.release()
+
+
+@pytest.fixture
+def counter():
+    fd = os.memfd_create("memory-backend-memfd-sampler")
+    os.ftruncate(fd, 1 << 20)
+    mm = mmap.mmap(fd, 1 << 20)
+    writer = CounterWriter(mm)
+    writer.start()
+    try:
+        yield f"/proc/{os.getpid()}/fd/{fd}", writer
+    finally:
+        writer.stop()
+        mm.close()
+        os.close(fd)
+
+
+def _measure_pause(path, writer):
+    with Sampler(path, OFFSET, max_seconds=30) as s:
+        s.start()
+        assert s.ready["event"] == "ready" and s.ready["value"] >= 1000
+        time.sleep(0.2)                      # the noise window
+        s.mark("pause-start")
+        writer.pause(0.050)
+        s.mark("pause-done")
+        time.sleep(0.1)
+        return s.stop()
+
+
+def test_measures_a_50ms_stall_between_marks(counter):
+    path, writer = counter
+    # The sampler reports its own gaps between reads: a gap of 10 ms means the host was
+    # too busy to measure a 50 ms stall to +-10 ms. Such a run is retried, not judged.
+    for _ in range(3):
+        r = _measure_pause(path, writer)
+        if r.max_interval_ns < 10e6:
+            break
+    assert r.stopped_by == "stop"
+    assert r.rate_hz > 100_000, r.describe()         # well above 1 kHz
+    assert 0 < r.median_interval_ns < 100_000
+    assert 40e6 <= r.longest.duration_ns <= 200e6, r.describe()
+    paused = r.longest_between("pause-start", "pause-done")
+    assert 40e6 <= paused.duration_ns <= paused.max_ns <= 200e6, paused
+    assert paused.end_ns is not None
+    mark_ns = {START: r.t0_ns, **{m.label: m.t_ns for m in r.marks}}
+    assert paused.start_ns - mark_ns["pause-start"] < 40e6    # began at the mark, or
+    assert paused.start_ns - mark_ns[paused.mark] == paused.since_mark_ns   # earlier under load
+    assert [m.label for m in r.marks] == ["pause-start", "pause-done"]
+    assert [(w.start, w.end) for w in r.windows] == [
+        (START, "pause-start"), ("pause-start", "pause-done"), ("pause-done", END)]
+    assert r.top[0] == r.longest and len(r.top) <= 5
+    assert r.windows[1].longest == paused
+    assert not r.reset and r.last_value > r.first_value >= 1000
+    print(f"\n{r.describe()}; noise window: {r.windows[0].longest}")
+    assert SamplerResult.from_dict(json.loads(json.dumps(r.to_dict()))) == r
+
+
+def test_counter_going_backwards_is_a_reset(counter):
+    path, writer = counter
+    with Sampler(path, OFFSET, max_seconds=30) as s:
+        s.start()
+        # Far up first: even a sampler descheduled for long cannot see the restarted
+        # counter climb back past the old value (which would make the step a glitch).
+        writer.do(lambda v: 10 ** 15)
+        time.sleep(0.05)
+        writer.do(lambda v: 7)               # the guest rebooted
+        time.sleep(0.05)
+        r = s.stop()
+    assert r.reset
+    step = r.backward_steps[0]
+    assert step.kind == "reset"
+    assert 7 <= step.to_value < step.from_value    # the first value seen after the reset
+    assert "RESET" in r.describe()
+
+
+def test_a_momentary_dip_is_a_glitch_not_a_reset(counter):
+    # What a torn 32-bit update looks like: low for a moment, then above where it was.
+    path, writer = counter
+
+    def dip(v):
+        writer.word[0] = v - 2 ** 20
+        time.sleep(0.1)                      # long enough to be seen under load
+        return v + 1
+
+    with Sampler(path, OFFSET, max_seconds=30) as s:
+        s.start()
+        time.sleep(0.05)
+        writer.do(dip)
+        time.sleep(0.05)
+        r = s.stop()
+    assert not r.reset
+    assert [b.kind for b in r.backward_steps] == ["glitch"]
+
+
+def test_stops_by_itself_after_max_seconds(counter):
+    path, _ = counter
+    with Sampler(path, OFFSET, max_seconds=0.3) as s:
+        s.start()
+        deadline = time.monotonic() + 10
+        while s.running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not s.running()
+        with pytest.raises(SamplerDied, match="code 0"):
+            s.mark("too-late")
+        r = s.stop()
+    assert r.stopped_by == "max_seconds"
+    assert 0.3 <= r.duration_s < 2.0
+    assert s.stop() is r                      # asking again gives the same result
+    with pytest.raises(SamplerError, match="max_seconds"):
+        r.longest_between(START, "too-late")  # that mark never arrived
+
+
+def _child(path, *extra):
+    return subprocess.Popen(
+        [sys.executable, "-m", "harness.sampler", "--path", path, "--offset", str(OFFSET),
+         "--max-seconds", "30", *extra],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_child_exits_on_stdin_eof(counter):
+    path, _ = counter
+    proc = _child(path)
+    try:
+        assert json.loads(proc.stdout.readline())["event"] == "ready"
+        t0 = time.monotonic()
+        proc.stdin.close()                    # the parent is gone
+        assert proc.wait(timeout=5) == 3
+        assert time.monotonic() - t0 < 2
+        assert proc.stdout.read() == b""      # no result for nobody
+        assert b"stdin closed" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_child_takes_plain_text_commands(counter):
+    path, _ = counter
+    proc = _child(path)
+    try:
+        assert json.loads(proc.stdout.readline())["event"] == "ready"
+        out, _ = proc.communicate(b"mark by hand\nstop\n", timeout=10)
+        result = json.loads(out)["result"]
+        assert [m["label"] for m in result["marks"]] == ["by hand"]
+        assert result["stopped_by"] == "stop" and proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_unreadable_path_is_a_typed_death(tmp_path):
+    with Sampler(str(tmp_path / "missing"), OFFSET, max_seconds=5) as s:
+        with pytest.raises(SamplerDied) as info:
+            s.start()
+    err = info.value
+    assert err.exitcode == 2 and "cannot map" in err.stderr_tail and "cannot map" in str(err)
+
+
+def test_start_timeout_is_typed_and_the_child_is_killed(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)                           # opening it blocks: the child never gets ready
+    log = tmp_path / "sampler.log"
+    with Sampler(str(fifo), OFFSET, max_seconds=30, log_path=str(log)) as s:
+        with pytest.raises(WaitTimeout) as info:
+            s.start(timeout=0.5)
+        proc = s._proc
+    assert "first read" in str(info.value) and str(log) in str(info.value)
+    assert proc.returncode is not None        # killed and reaped on exit
+
+
+def test_bad_arguments():
+    with pytest.raises(UsageError, match="aligned"):
+        Sampler("/dev/null", 0x10004, 1)
+    with pytest.raises(UsageError):
+        Sampler("/dev/null", 0, 0)
