@@ -60,8 +60,12 @@ class MemoryArgs:
     mem_path: Optional[str]   # the backing file, when there is one
 
 
-def render(kind: str, size_mb: int, prealloc: bool, shm_dir: Optional[str]) -> MemoryArgs:
-    """Arguments for a back-end of ``kind``. ``shm_dir``: private dir on /dev/shm."""
+def render(kind: str, size_mb: int, prealloc: bool, shm_dir: Optional[str],
+           check_host: bool = True) -> MemoryArgs:
+    """Arguments for a back-end of ``kind``. ``shm_dir``: private dir on /dev/shm.
+
+    ``check_host``: raise Unsupported when the host cannot provide it (huge pages).
+    """
     b = BACKENDS.get(kind)
     if b is None:
         raise UsageError(f"unknown memory backend {kind!r}; known: {', '.join(BACKENDS)}")
@@ -77,7 +81,7 @@ def render(kind: str, size_mb: int, prealloc: bool, shm_dir: Optional[str]) -> M
     if b.hugetlb:
         needed = size_mb // 2
         free = hugepages_free()
-        if free < needed:
+        if check_host and free < needed:
             raise Unsupported(f"{b.name} needs {needed} free 2 MiB huge pages, the host has "
                               f"{free} (echo N > /proc/sys/vm/nr_hugepages)")
         props += ["hugetlb=on", "hugetlbsize=2M"]

@@ -188,9 +188,9 @@ def cpr_channel(kind: str, workdir: str) -> Channel:
         lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         lsock.bind(path)
         lsock.listen(1)
+        dst_addr = {"transport": "socket", "type": "fd", "str": str(lsock.fileno())}
         ch = Channel("cpr", kind, _unix_addr(path),
-                     json.dumps({"channel-type": "cpr", "addr": {
-                         "transport": "socket", "type": "fd", "str": str(lsock.fileno())}}),
+                     json.dumps({"channel-type": "cpr", "addr": dst_addr}), dst_addr=dst_addr,
                      dst_pass_fds=(lsock.fileno(),))
         ch._owned_socks.append(lsock)
         return ch

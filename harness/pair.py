@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
 from harness import backends, channels, features
+from harness import dialect as dialects
+from harness.dialect import Dialect
 from harness.capabilities import Capabilities, probe
 from harness.cleanup import private_tmpdir, remove_tmpdir
 from harness.errors import (HarnessError, QMPCommandFailed, QMPConnectionLost, Unsupported,
@@ -60,17 +62,22 @@ class RunConfig:
     qemu_src: str = "qemu-system-x86_64"
     qemu_dst: str = "qemu-system-x86_64"
     accel: str = "auto"
+    #: "auto" (from the probed QMP schema), or a dialect name to force.
+    dialect: str = "auto"
     timeouts: Timeouts = field(default_factory=Timeouts)
 
     def __post_init__(self) -> None:
         if self.accel not in ACCELS:
             raise UsageError(f"unknown accel {self.accel!r}; use one of: {', '.join(ACCELS)}")
+        if self.dialect != "auto":
+            dialects.get(self.dialect)  # UsageError for an unknown name
 
 
 @dataclass
 class PairResult:
     scenario: Scenario
     accel: str = ""
+    dialect: str = ""
     qemu_src_version: str = ""
     qemu_dst_version: str = ""
     observed: str = ""                # COMPLETES / SRC_REFUSES / DST_REFUSES / "failed"
@@ -120,8 +127,17 @@ def resolve_accel(run_accel: str, sc: Scenario, src: Capabilities, dst: Capabili
     return want
 
 
-def check_supported(caps: Capabilities, sc: Scenario) -> None:
+def choose_dialect(cfg: RunConfig, src: Capabilities, dst: Capabilities) -> Dialect:
+    if cfg.dialect == "auto" and src.dialect != dst.dialect:
+        raise Unsupported(f"src speaks the {src.dialect} cpr-transfer dialect, dst speaks "
+                          f"{dst.dialect}; pass --dialect to force one")
+    return dialects.choose(src.dialect, cfg.dialect)
+
+
+def check_supported(caps: Capabilities, sc: Scenario, dialect: Optional[Dialect] = None) -> None:
     problems = caps.cpr_transfer_problems()
+    if dialect is not None and dialect.name == dialects.RFC_V1:
+        problems = [] if caps.has_cpr_transfer else problems
     if problems:
         raise Unsupported(f"{caps.path} ({caps.version_str}) cannot run cpr-transfer: "
                           + "; ".join(problems))
@@ -144,26 +160,103 @@ class Hooks:
     before_verify: Optional[Callable[[Any], None]] = None
 
 
+def render_vm_args(sc: Scenario, dialect: Dialect, mem: backends.MemoryArgs, accel: str,
+                   guest_args: List[str], side: str) -> List[str]:
+    """The QEMU command line both sides share (the target adds its -incoming)."""
+    machine = sc.machine + mem.machine_props + dialect.machine_suffix(sc.aux_ram_share)
+    return ["-name", f"cprh-{side},debug-threads=on", "-nodefaults", "-display", "none",
+            "-machine", machine, "-accel", accel, "-smp", str(sc.smp),
+            "-m", f"{sc.ram_mb}M", *mem.object_args, *guest_args]
+
+
+def render_channels(src_main: str, dst_main: str, src_cpr: str, dst_cpr: str,
+                    wd: str) -> tuple:
+    """(src main, dst main, src cpr, dst cpr); one object where both sides agree.
+
+    When the sides differ (error paths), the source's channel lives in ``wd/s``.
+    """
+    dm = channels.main_channel(dst_main, wd)
+    sm = dm if src_main == dst_main else channels.main_channel(src_main, os.path.join(wd, "s"))
+    dc = channels.cpr_channel(dst_cpr, wd)
+    scpr = dc if src_cpr == dst_cpr else channels.cpr_channel(src_cpr, os.path.join(wd, "s"))
+    return sm, dm, scpr, dc
+
+
+@dataclass
+class Plan:
+    """What a scenario renders to, without running anything (a dry run)."""
+    dialect: str
+    src_args: List[str]
+    dst_args: List[str]
+    src_commands: List[Dict[str, Any]]
+    dst_commands: List[Dict[str, Any]]
+
+    def text(self) -> str:
+        import shlex as _sh
+        lines = [f"# dialect: {self.dialect}", "# source:", _sh.join(self.src_args),
+                 "# target:", _sh.join(self.dst_args), "# source QMP, in order:"]
+        lines += [json.dumps(c) for c in self.src_commands]
+        if self.dst_commands:
+            lines += ["# target QMP, after the source's migrate:"]
+            lines += [json.dumps(c) for c in self.dst_commands]
+        return "\n".join(lines)
+
+
+def render_plan(sc: Scenario, dialect: Dialect, workdir: str, accel: str = "kvm",
+                guest_args: Optional[List[str]] = None) -> Plan:
+    """Render ``sc`` in ``dialect`` as the pair runner would (channels are allocated:
+    sockets pre-created for fd kinds are closed again before returning)."""
+    mem = backends.render(sc.backend, sc.ram_mb, sc.prealloc, "/dev/shm/cprh-PLAN",
+                          check_host=False)
+    gargs = guest_args if guest_args is not None else ["-bios", "GUEST.bin"]
+    os.makedirs(os.path.join(workdir, "s"), exist_ok=True)
+    sm, dm, sc_, dc = render_channels(sc.side_main("src"), sc.side_main("dst"),
+                                      sc.side_cpr("src"), sc.side_cpr("dst"), workdir)
+    try:
+        cmds = [{"execute": "migrate-set-parameters", "arguments": {"mode": "cpr-transfer"}}]
+        if sc.capabilities:
+            cmds.append({"execute": "migrate-set-capabilities", "arguments": {
+                "capabilities": [{"capability": c, "state": True} for c in sc.capabilities]}})
+        cmds += [{"execute": "getfd", "arguments": {"fdname": n}}
+                 for n in {**sm.src_getfd, **sc_.src_getfd}]
+        cmds += [{"execute": c.name, "arguments": c.args} for c in dialect.source_prepare(sc_)]
+        m = dialect.source_migrate(sm, sc_)
+        cmds.append({"execute": m.name, "arguments": m.args})
+        dst_cmds = []
+        if sc.incoming == "defer":
+            c = dialect.target_migrate_incoming(dm)
+            dst_cmds.append({"execute": c.name, "arguments": c.args})
+        src_args = render_vm_args(sc, dialect, mem, accel, gargs, "src")
+        dst_args = render_vm_args(sc, dialect, mem, accel, gargs, "dst") + \
+            dialect.target_incoming(dm, dc, sc.incoming == "defer")
+        return Plan(dialect.name, src_args, dst_args, cmds, dst_cmds)
+    finally:
+        for c in {id(x): x for x in (sm, dm, sc_, dc)}.values():
+            c.close()
+
+
 def run_scenario(sc: Scenario, cfg: RunConfig, artifacts_dir: str,
                  observer: Observer = NULL_OBSERVER, hooks: Hooks = Hooks()) -> PairResult:
     """Run ``sc`` on a fresh QEMU pair; logs and serial output go to ``artifacts_dir``."""
     with observer.step("probe QEMU binaries"):
         caps_src = probe(cfg.qemu_src)
         caps_dst = probe(cfg.qemu_dst)
-        check_supported(caps_src, sc)
-        check_supported(caps_dst, sc)
+        dialect = choose_dialect(cfg, caps_src, caps_dst)
+        check_supported(caps_src, sc, dialect)
+        check_supported(caps_dst, sc, dialect)
         accel = resolve_accel(cfg.accel, sc, caps_src, caps_dst)
     guest = image(sc.guest)
     os.makedirs(artifacts_dir, exist_ok=True)
     timeouts = cfg.timeouts if accel == "kvm" else cfg.timeouts.scaled(2.0)
-    result = PairResult(scenario=sc, accel=accel, qemu_src_version=caps_src.version_str,
+    result = PairResult(scenario=sc, accel=accel, dialect=dialect.name,
+                        qemu_src_version=caps_src.version_str,
                         qemu_dst_version=caps_dst.version_str)
     workdir = private_tmpdir()
     shm_dir = private_tmpdir_shm() if backends.BACKENDS[sc.backend].qom_type == \
         "memory-backend-file" else None
     try:
         _Pair(sc, cfg, accel, guest, timeouts, workdir, shm_dir, artifacts_dir, result,
-              observer, hooks).run()
+              observer, hooks, dialect).run()
     finally:
         remove_tmpdir(workdir)
         if shm_dir:
@@ -199,8 +292,9 @@ class _Pair:
     def __init__(self, sc: Scenario, cfg: RunConfig, accel: str, guest: GuestImage,
                  timeouts: Timeouts, workdir: str, shm_dir: Optional[str], artifacts: str,
                  result: PairResult, observer: Observer = NULL_OBSERVER,
-                 hooks: Hooks = Hooks()):
+                 hooks: Hooks = Hooks(), dialect: Optional[Dialect] = None):
         self.sc, self.cfg, self.accel, self.guest = sc, cfg, accel, guest
+        self.dialect = dialect or dialects.get(dialects.RELEASED)
         self.obs = observer
         self.hooks = hooks
         self.mem = backends.render(sc.backend, sc.ram_mb, sc.prealloc, shm_dir)
@@ -219,14 +313,10 @@ class _Pair:
     # -- command lines --------------------------------------------------------------
 
     def vm_args(self, side: str) -> List[str]:
-        sc = self.sc
-        mem = self.mem
-        machine = sc.machine + mem.machine_props + (",aux-ram-share=on" if sc.aux_ram_share else "")
         serial = os.path.join(self.artifacts, f"{side}.serial")
         self.r.artifacts[f"{side}.serial"] = serial
-        return ["-name", f"cprh-{side},debug-threads=on", "-nodefaults", "-display", "none",
-                "-machine", machine, "-accel", self.accel, "-smp", str(sc.smp),
-                "-m", f"{sc.ram_mb}M", *mem.object_args, *self.guest.qemu_args(serial)]
+        return render_vm_args(self.sc, self.dialect, self.mem, self.accel,
+                              self.guest.qemu_args(serial), side)
 
     def work_area(self, vm: QemuProcess) -> Any:
         assert vm.qmp is not None
@@ -330,12 +420,8 @@ class _Pair:
         sq = self.src.qmp
         wd = os.path.join(self.workdir, a.tag)
         os.makedirs(wd, mode=0o700)
-        dst_main = channels.main_channel(dst_main_kind, wd)
-        src_main = dst_main if src_main_kind == dst_main_kind else \
-            channels.main_channel(src_main_kind, os.path.join(wd, "s"))
-        dst_cpr = channels.cpr_channel(dst_cpr_kind, wd)
-        src_cpr = dst_cpr if src_cpr_kind == dst_cpr_kind else \
-            channels.cpr_channel(src_cpr_kind, os.path.join(wd, "s"))
+        src_main, dst_main, src_cpr, dst_cpr = render_channels(
+            src_main_kind, dst_main_kind, src_cpr_kind, dst_cpr_kind, wd)
         self.chans += list({id(c): c for c in (dst_main, src_main, dst_cpr, src_cpr)}.values())
 
         t0 = time.monotonic()
@@ -347,9 +433,11 @@ class _Pair:
         try:
             for name, fd in {**src_main.src_getfd, **src_cpr.src_getfd}.items():
                 sq.send_fd(name, fd)
-            chans = [c for c in (src_main.qapi(), src_cpr.qapi()) if c is not None]
+            for c in self.dialect.source_prepare(src_cpr):
+                sq.cmd(c.name, c.args)
+            migrate = self.dialect.source_migrate(src_main, src_cpr)
             self.ev.mark(M_TRANSFER)
-            sq.cmd("migrate", {"channels": chans})
+            sq.cmd(migrate.name, migrate.args)
         except QMPCommandFailed as exc:
             a.observed, a.message = SRC_REFUSES, exc.desc
             a.query_migrate = sq.cmd("query-migrate")
@@ -368,7 +456,8 @@ class _Pair:
             for name, fd in dst_main.dst_getfd.items():
                 dq.send_fd(name, fd)
             try:
-                dq.cmd("migrate-incoming", {"channels": [dst_main.dst_qapi()]})
+                c = self.dialect.target_migrate_incoming(dst_main)
+                dq.cmd(c.name, c.args)
             except QMPCommandFailed as exc:
                 a.observed, a.message = DST_REFUSES, exc.desc
                 a.query_migrate = sq.cmd("query-migrate")
@@ -401,9 +490,7 @@ class _Pair:
     def _start_dst(self, a: Attempt, main: channels.Channel, cpr: channels.Channel,
                    incoming: str) -> bool:
         """Launch the target; False if it exited before it was ready (a refusal)."""
-        args = ["-incoming", "defer" if incoming == "defer" else main.dst_incoming]
-        if cpr.dst_incoming is not None:
-            args += ["-incoming", cpr.dst_incoming]
+        args = self.dialect.target_incoming(main, cpr, incoming == "defer")
         fds = main.dst_pass_fds + cpr.dst_pass_fds
         self.dst = QemuProcess("dst", self.cfg.qemu_dst, self.vm_args("dst") + args,
                                self.workdir, self.artifacts, pass_fds=fds)

@@ -1,0 +1,119 @@
+"""Self-tests of the interface dialects: what each renders, for every scenario.
+
+The released dialect also runs live (the conformance suite); the RFC v1 dialect has no
+binary here, so these renderings are its only coverage.
+"""
+import json
+
+import pytest
+
+from harness import catalogue, dialect
+from harness.capabilities import Capabilities
+from harness.errors import Unsupported, UsageError
+from harness.pair import RunConfig, choose_dialect, render_plan
+
+pytestmark = pytest.mark.selftest
+
+SCENARIOS = list(catalogue.SCENARIOS.values())
+SCHEME = {"unix": "unix:", "tcp": "tcp:", "tcp0": "tcp:", "fd": "fd:", "exec": "exec:",
+          "file": "file:"}
+
+
+def plan(sc, name, tmp_path):
+    return render_plan(sc, dialect.get(name), str(tmp_path))
+
+
+def machine_arg(args):
+    return args[args.index("-machine") + 1]
+
+
+def executes(p):
+    return [c["execute"] for c in p.src_commands]
+
+
+@pytest.mark.parametrize("sc", SCENARIOS, ids=[s.id for s in SCENARIOS])
+def test_released_rendering(sc, tmp_path):
+    p = plan(sc, dialect.RELEASED, tmp_path)
+    text = json.dumps(p.src_commands + p.dst_commands) + " ".join(p.src_args + p.dst_args)
+    assert "cpr-uri" not in text and "anon-alloc" not in text
+    for args in (p.src_args, p.dst_args):
+        assert ("aux-ram-share=on" in machine_arg(args)) is sc.aux_ram_share
+    same = [a.replace("cprh-dst", "cprh-src") for a in p.dst_args[:len(p.src_args)]]
+    assert p.src_args == same, "the target repeats the source's line"
+    incoming = p.dst_args[len(p.src_args):]
+    cpr_in = [json.loads(a) for a in incoming[1::2] if a.startswith("{") and '"cpr"' in a]
+    assert len(cpr_in) == (0 if sc.side_cpr("dst") == "none" else 1)
+    assert incoming[1] == "defer" if sc.incoming == "defer" else incoming[1] != "defer"
+    assert executes(p)[0] == "migrate-set-parameters" and executes(p)[-1] == "migrate"
+    chans = p.src_commands[-1]["arguments"]["channels"]
+    types = [c["channel-type"] for c in chans]
+    assert types == (["main"] if sc.side_cpr("src") == "none" else ["main", "cpr"])
+    if sc.incoming == "defer":
+        assert p.dst_commands[0]["execute"] == "migrate-incoming"
+        assert p.dst_commands[0]["arguments"]["channels"][0]["channel-type"] == "main"
+
+
+@pytest.mark.parametrize("sc", SCENARIOS, ids=[s.id for s in SCENARIOS])
+def test_rfc_v1_rendering(sc, tmp_path):
+    if sc.side_cpr("dst") == "fd":
+        with pytest.raises(Unsupported, match="rfc-v1"):
+            plan(sc, dialect.RFC_V1, tmp_path)
+        return
+    p = plan(sc, dialect.RFC_V1, tmp_path)
+    text = json.dumps(p.src_commands + p.dst_commands)
+    assert "channels" not in text and "aux-ram-share" not in " ".join(p.src_args)
+    for args in (p.src_args, p.dst_args):
+        assert ("anon-alloc=memfd" in machine_arg(args)) is sc.aux_ram_share
+    incoming = p.dst_args[len(p.src_args):]
+    has_cpr_uri = "-cpr-uri" in incoming
+    assert has_cpr_uri is (sc.side_cpr("dst") != "none")
+    if has_cpr_uri:
+        uri = incoming[incoming.index("-cpr-uri") + 1]
+        assert uri.startswith(SCHEME[sc.side_cpr("dst")])
+    set_uri = [c for c in p.src_commands if c["execute"] == "migrate-set-parameters"
+               and "cpr-uri" in c["arguments"]]
+    # The released "missing cpr channel" requirement is "missing cpr-uri" here.
+    assert len(set_uri) == (0 if sc.side_cpr("src") == "none" else 1)
+    if set_uri:
+        assert set_uri[0]["arguments"]["cpr-uri"].startswith(SCHEME[sc.side_cpr("src")])
+    mig = p.src_commands[-1]
+    assert mig["execute"] == "migrate"
+    assert mig["arguments"]["uri"].startswith(SCHEME[sc.side_main("src")])
+    assert executes(p).index("migrate-set-parameters") < executes(p).index("migrate")
+    if sc.incoming == "defer":
+        assert incoming[1] == "defer"
+        assert p.dst_commands[0]["arguments"]["uri"].startswith(SCHEME[sc.side_main("dst")])
+    else:
+        assert incoming[1].startswith(SCHEME[sc.side_main("dst")])
+
+
+def test_exec_uri_is_quoted_fixed_arguments():
+    addr = {"transport": "exec", "args": ["/bin/dd", "of=/tmp/a b", "status=none"]}
+    assert dialect.uri_of(addr) == "exec:/bin/dd 'of=/tmp/a b' status=none"
+
+
+def test_one_requirement_row_per_dialect():
+    sid = "channel/cpr-missing"
+    texts = {d: dialect.get(d).describe(sid, catalogue.get(sid).title) for d in dialect.DIALECTS}
+    assert "cpr-uri" in texts[dialect.RFC_V1] and "channels" in texts[dialect.RELEASED]
+
+
+def caps(d):
+    flags = {"released-10x": dict(mig_modes=("normal", "cpr-transfer"), migrate_has_channels=True,
+                                  channel_types=("main", "cpr"),
+                                  machine_props=frozenset({"aux-ram-share"})),
+             "rfc-v1": dict(mig_modes=("normal", "cpr-transfer"), migparams_has_cpr_uri=True,
+                            machine_props=frozenset({"anon-alloc"}))}[d]
+    return Capabilities(binary="q", path="/q", version=(9, 1, 0), version_str="9.1.0", **flags)
+
+
+def test_dialect_is_chosen_from_capabilities():
+    assert caps("rfc-v1").dialect == dialect.RFC_V1
+    assert caps("released-10x").dialect == dialect.RELEASED
+    assert choose_dialect(RunConfig(), caps("rfc-v1"), caps("rfc-v1")).name == dialect.RFC_V1
+    assert choose_dialect(RunConfig(dialect="released-10x"), caps("rfc-v1"),
+                          caps("rfc-v1")).name == dialect.RELEASED
+    with pytest.raises(Unsupported, match="src speaks"):
+        choose_dialect(RunConfig(), caps("rfc-v1"), caps("released-10x"))
+    with pytest.raises(UsageError, match="unknown dialect"):
+        RunConfig(dialect="rfc-v2")
