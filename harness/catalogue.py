@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Dict, Iterable, List
 
 from harness.errors import UsageError
-from harness.scenario import DST_REFUSES, SRC_REFUSES, Outcome, Scenario
+from harness.scenario import (DST_REFUSES, FAILS, FAULTS, SRC_LOST, SRC_REFUSES, Outcome,
+                              Scenario)
 
 # QEMU 10.0's own words for each rule (migration/cpr-transfer.c, migration.c, cpr.c).
 MSG_STREAMABLE = "Migration requires streamable transport"
@@ -104,6 +105,22 @@ def _build() -> List[Scenario]:
                  "cpr-transfer with background-snapshot",
                  SRC_REFUSES, "", capabilities=("background-snapshot",)),
     ]
+
+    # Faults at each stage of the handshake: no hang, the source (where it lives) carries
+    # on with its RAM intact, and a fresh target then completes the transfer.
+    for fault, title in FAULTS.items():
+        src_dies = fault.startswith("src-")
+        out.append(Scenario(
+            id=f"fault/{fault}", title=title, area="fault", fault=fault,
+            incoming="defer" if fault == "dst-killed-after-cpr" else "immediate",
+            expect=Outcome(SRC_LOST if src_dies else FAILS), retry=not src_dies))
+    # With the return-path capability the target acknowledges the end of the stream, so
+    # the source can tell that a target died after the last byte was written.
+    out.append(Scenario(
+        id="fault/dst-killed-during-main-return-path",
+        title=FAULTS["dst-killed-during-main"] + ", with the return-path capability",
+        area="fault", fault="dst-killed-during-main", capabilities=("return-path",),
+        expect=Outcome(FAILS)))
     return out
 
 

@@ -22,9 +22,10 @@ from harness.cleanup import private_tmpdir, remove_tmpdir
 from harness.errors import (HarnessError, QMPCommandFailed, QMPConnectionLost, Unsupported,
                             UsageError, VMLaunchFailure, WaitTimeout)
 from harness.observe import NULL_OBSERVER, Observer
+from harness.relay import Relay
 from harness.evidence import M_RESUMED, M_TRANSFER, RamEvidence
 from harness.guest import GuestImage, image, read_work_area_qmp, wait_counter_moving
-from harness.scenario import COMPLETES, DST_REFUSES, SRC_REFUSES, Scenario
+from harness.scenario import COMPLETES, DST_REFUSES, FAILS, SRC_LOST, SRC_REFUSES, Scenario
 from harness.vmm import QemuProcess, tail
 
 ACCELS = ("auto", "kvm", "tcg")
@@ -309,6 +310,7 @@ class _Pair:
         self.dst: Optional[QemuProcess] = None
         self.old_dsts: List[QemuProcess] = []
         self.chans: List[channels.Channel] = []
+        self.relays: List[Relay] = []
 
     # -- command lines --------------------------------------------------------------
 
@@ -381,8 +383,10 @@ class _Pair:
             with self.obs.step("transfer"):
                 self._attempt(first, sc.side_main("src"), sc.side_main("dst"),
                               sc.side_cpr("src"), sc.side_cpr("dst"), sc.incoming)
+        if sc.fault and first.observed in (SRC_REFUSES, DST_REFUSES, "failed"):
+            first.observed = FAILS  # whoever noticed, the transfer failed as it must
         self._record(first)
-        if first.observed in (COMPLETES, SRC_CRASHED):
+        if first.observed in (COMPLETES, SRC_CRASHED, SRC_LOST):
             return
         with self.obs.step("check the source survived the refusal"):
             self._check_src_survived()
@@ -422,12 +426,27 @@ class _Pair:
         os.makedirs(wd, mode=0o700)
         src_main, dst_main, src_cpr, dst_cpr = render_channels(
             src_main_kind, dst_main_kind, src_cpr_kind, dst_cpr_kind, wd)
+        relay = None
+        if a.tag == "first" and self.sc.fault.endswith("during-main"):
+            # The source talks to our relay, which holds the stream after a few KiB.
+            assert dst_main.kind == "unix", "mid-stream faults relay a unix main channel"
+            relay_path = os.path.join(wd, "relay.sock")
+            relay = Relay(relay_path, dst_main.src_addr["path"])
+            self.relays.append(relay)
+            src_main = channels.Channel("main", "unix", {"transport": "socket", "type": "unix",
+                                                         "path": relay_path}, None)
         self.chans += list({id(c): c for c in (dst_main, src_main, dst_cpr, src_cpr)}.values())
 
+        fault = self.sc.fault if a.tag == "first" else ""
+        extra = ["-device", "cprh-no-such-device"] if fault == "dst-fails-after-cpr" else []
         t0 = time.monotonic()
         with self.obs.step(f"start dst ({a.tag})"):
-            if not self._start_dst(a, dst_main, dst_cpr, incoming):
+            if not self._start_dst(a, dst_main, dst_cpr, incoming, extra):
                 return
+        if fault == "dst-killed-before-cpr":
+            with self.obs.step("fault: kill the target before it reads the cpr channel"):
+                self.dst.kill()
+
         self._mark(f"{a.tag}_dst_listening", t0)
         t0 = time.monotonic()
         try:
@@ -443,6 +462,9 @@ class _Pair:
             a.query_migrate = sq.cmd("query-migrate")
             return
         self._mark(f"{a.tag}_migrate_issued", t0)
+        if fault == "dst-killed-before-cpr":
+            self._after_fault(a, t0, "dst", fault)
+            return
 
         # The target creates its monitor only once it has read CPR state.
         assert self.dst is not None
@@ -452,6 +474,11 @@ class _Pair:
             self._dst_exited(a)
             return
         self._mark(f"{a.tag}_dst_monitor_up", t0)
+        if fault == "dst-killed-after-cpr":
+            with self.obs.step("fault: kill the target after it read CPR state"):
+                self.dst.kill()
+            self._after_fault(a, t0, "dst", fault)
+            return
         if incoming == "defer":
             for name, fd in dst_main.dst_getfd.items():
                 dq.send_fd(name, fd)
@@ -463,6 +490,15 @@ class _Pair:
                 a.query_migrate = sq.cmd("query-migrate")
                 return
 
+        if fault.endswith("during-main"):
+            victim = self.src if fault.startswith("src") else self.dst
+            with self.obs.step(f"fault: kill the {victim.side} while the main channel streams"):
+                assert relay is not None
+                relay.wait_held(self.t.transfer)
+                victim.kill()
+                relay.close()
+            self._after_fault(a, t0, victim.side, fault)
+            return
         try:
             status = self._wait_migration(sq, t0)
             a.query_migrate = sq.cmd("query-migrate")
@@ -488,9 +524,9 @@ class _Pair:
             self.ev.verify_after(self.src.pid, self.dst.pid, self.hooks.before_verify)
 
     def _start_dst(self, a: Attempt, main: channels.Channel, cpr: channels.Channel,
-                   incoming: str) -> bool:
+                   incoming: str, extra: List[str]) -> bool:
         """Launch the target; False if it exited before it was ready (a refusal)."""
-        args = self.dialect.target_incoming(main, cpr, incoming == "defer")
+        args = extra + self.dialect.target_incoming(main, cpr, incoming == "defer")
         fds = main.dst_pass_fds + cpr.dst_pass_fds
         self.dst = QemuProcess("dst", self.cfg.qemu_dst, self.vm_args("dst") + args,
                                self.workdir, self.artifacts, pass_fds=fds)
@@ -518,6 +554,35 @@ class _Pair:
             self._dst_exited(a)
             return False
         return True
+
+    def _after_fault(self, a: Attempt, t0: float, victim: str, fault: str) -> None:
+        """Observe the survivor after a fault: it must notice, in bounded time."""
+        if victim == "dst":
+            sq = self.src.qmp
+            try:
+                status = self._wait_migration(sq, t0)
+            except WaitTimeout as exc:
+                # The RFC's own comment: "will loop forever if the target dies". Name the
+                # stage, cancel, and let the survival checks run.
+                a.observed = "hang"
+                a.message = f"source still migrating after the target died ({fault}): {exc}"
+                sq.try_cmd("migrate_cancel")
+                return
+            a.query_migrate = sq.cmd("query-migrate")
+            a.observed = FAILS if status != "completed" else COMPLETES
+            a.message = f"{fault}: source migration {status}: " + \
+                str(a.query_migrate.get("error-desc", ""))
+        else:
+            try:
+                code = self.dst.wait_exit(self.t.exit)
+            except WaitTimeout as exc:
+                a.observed = "hang"
+                a.message = f"target still alive after its source died ({fault}): {exc}"
+                return
+            a.dst_exitcode = code
+            a.observed = SRC_LOST
+            a.message = f"{fault}: target {describe_exit(code)}; " + tail(self.dst.log_path, 5)
+            a.src_status_after = "dead"
 
     def _wait_migration(self, sq: Any, t0: float) -> str:
         """Poll the source until its migration ends; fail fast on terminal states."""
@@ -626,6 +691,8 @@ class _Pair:
     def teardown(self) -> None:
         """Stop every QEMU; each teardown runs even if an earlier one raises."""
         self.ev.close()
+        for relay in self.relays:
+            relay.close()
         vms = [("dst", self.dst)] + [(f"dst-{i}", v) for i, v in enumerate(self.old_dsts)] + \
             [("src", self.src)]
         for side, vm in vms:

@@ -14,6 +14,17 @@ from harness.errors import UsageError
 COMPLETES = "completes"
 SRC_REFUSES = "src-refuses"   # the source's migrate (or set-up) is refused with a message
 DST_REFUSES = "dst-refuses"   # the target exits with a message; the source carries on
+FAILS = "fails"               # (fault injected) the transfer fails, the source carries on
+SRC_LOST = "src-lost"         # (source killed) the target gives up; nothing hangs
+
+#: Fault injection stages (harness.pair injects them; see docs/faults.md).
+FAULTS = {
+    "dst-killed-before-cpr": "target killed while listening, before it reads the cpr channel",
+    "dst-killed-after-cpr": "target killed after reading CPR state, before the main channel",
+    "dst-killed-during-main": "target killed while the main channel streams",
+    "dst-fails-after-cpr": "target exits on a bad argument after reading CPR state",
+    "src-killed-during-main": "source killed while the main channel streams",
+}
 
 
 @dataclass(frozen=True)
@@ -22,8 +33,8 @@ class Outcome:
     #: A substring QEMU's error must contain (the QMP ``desc`` or the target's log).
     message: str = ""
 
-    def __post_init__(self) -> None:
-        if self.kind not in (COMPLETES, SRC_REFUSES, DST_REFUSES):
+    def __post_init__(self) -> None:  # noqa: D105
+        if self.kind not in (COMPLETES, SRC_REFUSES, DST_REFUSES, FAILS, SRC_LOST):
             raise UsageError(f"unknown outcome kind {self.kind!r}")
 
     def __str__(self) -> str:
@@ -56,8 +67,14 @@ class Scenario:
     requires: tuple = ()
     #: After a refusal, retry a valid transfer from the same source (which must work).
     retry: bool = True
+    #: A fault to inject (a key of FAULTS), or "".
+    fault: str = ""
     area: str = "transfer"        # report grouping: transfer, channel, memory, ...
     expect: Outcome = field(default_factory=Outcome)
+
+    def __post_init__(self) -> None:
+        if self.fault and self.fault not in FAULTS:
+            raise UsageError(f"unknown fault {self.fault!r}; known: {', '.join(FAULTS)}")
 
     @property
     def positive(self) -> bool:

@@ -1,0 +1,14 @@
+"""Faults at each stage of the cpr-transfer handshake: nothing hangs, the source guest
+(where it lives) carries on with its RAM intact, and a fresh target then completes."""
+import pytest
+
+from harness import catalogue
+
+pytestmark = pytest.mark.conformance
+
+FAULTS = catalogue.select(area="fault")
+
+
+@pytest.mark.parametrize("scenario", FAULTS, ids=[s.id for s in FAULTS])
+def test_fault(cpr_case, scenario):
+    cpr_case(scenario)
