@@ -11,10 +11,12 @@ import json
 import os
 import signal
 import time
+
+import psutil
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
-from harness import backends, channels, features
+from harness import backends, channels, features, ram
 from harness import dialect as dialects
 from harness.dialect import Dialect
 from harness.capabilities import Capabilities, probe
@@ -31,6 +33,17 @@ from harness.vmm import QemuProcess, tail
 ACCELS = ("auto", "kvm", "tcg")
 SRC_CRASHED = "src-crashed"
 DST_CRASHED = "dst-crashed"
+
+
+def _rss_anon_kib(pid: int) -> Optional[int]:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
 
 
 def describe_exit(code: Optional[int]) -> str:
@@ -528,8 +541,9 @@ class _Pair:
         """Launch the target; False if it exited before it was ready (a refusal)."""
         args = extra + self.dialect.target_incoming(main, cpr, incoming == "defer")
         fds = main.dst_pass_fds + cpr.dst_pass_fds
+        # Each attempt's target gets its own monitor socket in its own directory.
         self.dst = QemuProcess("dst", self.cfg.qemu_dst, self.vm_args("dst") + args,
-                               self.workdir, self.artifacts, pass_fds=fds)
+                               os.path.join(self.workdir, a.tag), self.artifacts, pass_fds=fds)
         if a.tag != "first":
             self.dst.log_path = os.path.join(self.artifacts, f"dst-{a.tag}.log")
         self.r.cmdlines["dst" if a.tag == "first" else f"dst-{a.tag}"] = self.dst.cmdline
@@ -688,6 +702,59 @@ class _Pair:
             except WaitTimeout:
                 self.r.src_counter_after_refusal = None
 
+    def chain(self, c: ChainResult) -> None:
+        assert self.src is not None and self.src.qmp is not None
+        inode0 = ram.find_ram_fd(self.src.pid, self.ev.size, self.ev.hint).inode \
+            if self.ev.applicable else None
+        c.ram_inode = inode0
+        last = self.work_area(self.src)
+        boots0 = last.boots
+        for i in range(1, c.hops_wanted + 1):
+            tag = f"hop{i:03d}"
+            self.src.qmp.cmd("migrate-set-parameters", {"mode": "cpr-transfer"})
+            self.r.counter_before = last.counter
+            a = Attempt(tag)
+            with self.obs.step(f"hop {i}: transfer to a new QEMU"):
+                self._attempt(a, "unix", "unix", "unix", "unix", "immediate")
+            hop: Dict[str, Any] = {"hop": i, "observed": a.observed,
+                                   "downtime_ms": a.query_migrate.get("downtime"),
+                                   "counter_after": a.counter_after, "boots": a.boots_after,
+                                   "counter_moved": a.counter_moved_on_dst}
+            problem = ""
+            if a.observed != COMPLETES:
+                problem = f"transfer {a.observed}: {a.message[-300:]}"
+            elif a.dst_status_after != "running" or a.src_status_after != "postmigrate":
+                problem = f"states: dst {a.dst_status_after}, src {a.src_status_after}"
+            elif not a.counter_moved_on_dst or (a.counter_after or 0) <= last.counter:
+                problem = f"guest counter did not move on: {last.counter} -> {a.counter_after}"
+            elif a.boots_after != boots0:
+                problem = f"guest was reset: boot count {boots0} -> {a.boots_after}"
+            assert self.dst is not None
+            if not problem and inode0 is not None:
+                inode = ram.find_ram_fd(self.dst.pid, self.ev.size, self.ev.hint).inode
+                hop["ram_inode"] = inode
+                if inode != inode0:
+                    problem = f"RAM file changed: inode {inode0} -> {inode}"
+            # The old source is done: quit it, the target becomes the source.
+            old = self.src
+            self.src, self.dst = self.dst, None
+            old.shutdown()
+            if not problem:
+                proc = psutil.Process(self.src.pid)
+                hop["open_fds"] = len(os.listdir(f"/proc/{self.src.pid}/fd"))
+                hop["rss_anon_kib"] = _rss_anon_kib(self.src.pid)
+                hop["threads"] = proc.num_threads()
+                last = self.work_area(self.src)
+            c.hops.append(hop)
+            if problem:
+                c.failed_hop, c.failure = i, problem
+                return
+        if self.ev.applicable:
+            fd = ram.find_ram_fd(self.src.pid, self.ev.size, self.ev.hint)
+            with ram.open_ram(fd, False, machine=self.sc.machine, work=self.ev.work) as g:
+                c.pattern = ram.verify_pattern(g, self.ev.seed, self.ev.exclude,
+                                               self.sc.machine, self.ev.size).to_dict()
+
     def teardown(self) -> None:
         """Stop every QEMU; each teardown runs even if an earlier one raises."""
         self.ev.close()
@@ -709,6 +776,53 @@ class _Pair:
                 with open(path, "w") as f:
                     f.write(self.r.transcripts[side])
                 self.r.artifacts[f"{side}.qmp"] = path
+
+
+@dataclass
+class ChainResult:
+    """A chain of live updates of one guest: A -> B -> C -> ..."""
+    hops_wanted: int
+    hops: List[Dict[str, Any]] = field(default_factory=list)
+    failed_hop: Optional[int] = None
+    failure: str = ""
+    pattern: Dict[str, Any] = field(default_factory=dict)
+    ram_inode: Optional[int] = None
+    artifacts: Dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def run_chain(sc: Scenario, cfg: RunConfig, artifacts_dir: str, hops: int,
+              observer: Observer = NULL_OBSERVER) -> ChainResult:
+    """Live-update one guest ``hops`` times in a row, each target becoming the next source.
+
+    Records per hop what a leak or a copy would show: the RAM file's inode (must stay the
+    same), the live QEMU's open fds and anonymous RSS, the guest's counter and boot count,
+    QEMU's downtime; verifies the RAM pattern through the last QEMU at the end.
+    """
+    caps_src, caps_dst = probe(cfg.qemu_src), probe(cfg.qemu_dst)
+    dialect = choose_dialect(cfg, caps_src, caps_dst)
+    check_supported(caps_src, sc, dialect)
+    accel = resolve_accel(cfg.accel, sc, caps_src, caps_dst)
+    guest = image(sc.guest)
+    os.makedirs(artifacts_dir, exist_ok=True)
+    timeouts = cfg.timeouts if accel == "kvm" else cfg.timeouts.scaled(2.0)
+    result = PairResult(scenario=sc.with_(id=sc.id + f"-chain{hops}"), accel=accel,
+                        dialect=dialect.name)
+    chain = ChainResult(hops_wanted=hops)
+    workdir = private_tmpdir()
+    pair = _Pair(sc, cfg, accel, guest,
+                 timeouts, workdir, None, artifacts_dir, result, observer, Hooks(), dialect)
+    pair.ev.sample_pause = False
+    try:
+        pair.start_src()
+        pair.chain(chain)
+    finally:
+        pair.teardown()
+        remove_tmpdir(workdir)
+        chain.artifacts = dict(result.artifacts)
+    return chain
 
 
 def _shutdown_all(vms: List[QemuProcess]) -> None:

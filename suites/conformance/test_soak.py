@@ -1,0 +1,36 @@
+"""Soak: one guest live-updated hop after hop (A -> B -> C -> ...), the same memory all
+the way. The default run does a quick chain; ``CPRH_SOAK_HOPS=50`` (tox -e soak) the
+long one."""
+import json
+import os
+
+import pytest
+
+from harness import catalogue
+from harness.pair import run_chain
+
+pytestmark = pytest.mark.conformance
+
+HOPS = int(os.environ.get("CPRH_SOAK_HOPS", "5"))
+#: Anonymous RSS the live QEMU may gain over the whole chain before it counts as a leak.
+RSS_SLACK_KIB = 2048
+
+
+@pytest.mark.parametrize("scenario", [catalogue.get("transfer/unix-unix-memfd-immediate-q35")],
+                         ids=[f"chain-{HOPS}-hops"])
+def test_chain_of_live_updates(run_config, case_dir, scenario):
+    c = run_chain(scenario, run_config, case_dir, HOPS)
+    with open(os.path.join(case_dir, "chain.json"), "w") as f:
+        json.dump(c.to_dict(), f, indent=2, default=str)
+    assert c.failed_hop is None, f"hop {c.failed_hop} of {HOPS}: {c.failure}"
+    assert len(c.hops) == HOPS
+    assert c.pattern.get("ok") is True, c.pattern.get("description")
+    inodes = {h["ram_inode"] for h in c.hops}
+    assert inodes == {c.ram_inode}, f"the RAM file changed along the chain: {inodes}"
+    counters = [h["counter_after"] for h in c.hops]
+    assert counters == sorted(counters) and len(set(counters)) == HOPS, counters
+    fds = [h["open_fds"] for h in c.hops]
+    assert fds[-1] <= fds[0], f"open fds of the live QEMU grew hop by hop: {fds}"
+    rss = [h["rss_anon_kib"] for h in c.hops]
+    assert rss[-1] - rss[0] < max(RSS_SLACK_KIB, rss[0] // 20), \
+        f"anonymous RSS of the live QEMU grew hop by hop (KiB): {rss}"
