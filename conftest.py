@@ -1,9 +1,15 @@
-"""pytest wiring for the cpr-transfer harness: options, fixtures, result collection.
+"""pytest wiring for the cpr-transfer harness: options, fixtures, allure hooks, records.
 
 Thin on purpose: the library (``harness/``) does the work; this file turns pytest's
-settings into one frozen :class:`harness.pair.RunConfig` and turns the library's
-answers into pytest outcomes (``Unsupported`` -> skip with its reason, a failed check
--> a failure that names the check).
+settings into one frozen :class:`harness.pair.RunConfig`, turns the library's answers
+into pytest outcomes (``Unsupported`` -> skip with its reason, a failed check -> a
+failure that names the check), maps the library's phases onto Allure steps, and hands
+what it saw of each conformance case to :mod:`harness.report` as plain values.
+
+What travels between xdist workers and the controller is the test report, including
+its ``user_properties``: ``cpr_scenario`` (the scenario's parameters, set at
+collection, so a skipped case carries them too) and ``cpr_result`` (the judged
+result, set when the pair ran).
 """
 from __future__ import annotations
 
@@ -12,19 +18,56 @@ import os
 import re
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, Iterator, List
 
+import allure
 import pytest
 
 from harness.errors import ConformanceFailure, HarnessError, Unsupported, UsageError
+from harness.observe import Observer
 from harness.pair import ACCELS, RunConfig
 
 ROOT = Path(__file__).resolve().parent
 CONFIG_KEY = pytest.StashKey[RunConfig]()
-RESULTS_KEY = pytest.StashKey[List[Dict[str, Any]]]()
+CASES_KEY = pytest.StashKey[Dict[str, Dict[str, Any]]]()
 START_KEY = pytest.StashKey[float]()
 DEVIATIONS_KEY = pytest.StashKey[list]()
+MATRIX_KEY = pytest.StashKey[Dict[str, Any]]()
+SCENARIO_PROP, RESULT_PROP = "cpr_scenario", "cpr_result"
+
+
+class ConformanceMismatch(ConformanceFailure, AssertionError):
+    """A :class:`ConformanceFailure` that is also an AssertionError, so that Allure
+    files it as a failed case (a defect of the QEMU under test), not a broken one (a
+    defect of the harness, e.g. a WaitTimeout). pytest treats it the same either way."""
+
+
+class AllureObserver(Observer):
+    """The library's phases (``observer.step(title)``) as Allure steps.
+
+    A missing capability (``Unsupported``) ends its step as skipped, not broken: the
+    case becomes a skip, and the step should say so too. The exception itself goes on
+    unchanged."""
+
+    @contextmanager
+    def step(self, title: str) -> Iterator[None]:
+        ctx = allure.step(title)
+        ctx.__enter__()
+        try:
+            yield
+        except Unsupported as exc:
+            skipped = pytest.skip.Exception(exc.reason)
+            ctx.__exit__(type(skipped), skipped, exc.__traceback__)
+            raise
+        except BaseException as exc:
+            ctx.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        ctx.__exit__(None, None, None)
+
+
+ALLURE_OBSERVER = AllureObserver()
 
 
 def _accel(value: str) -> str:
@@ -102,9 +145,11 @@ def pytest_configure(config: pytest.Config) -> None:
             Path(config.getoption("cprh_expectations")), catalogue.SCENARIOS)
     except UsageError as exc:
         raise pytest.UsageError(f"--expectations: {exc}")
-    config.stash[RESULTS_KEY] = []
+    config.stash[CASES_KEY] = {}
     config.stash[START_KEY] = time.monotonic()
     is_worker = hasattr(config, "workerinput")
+    if not is_worker:
+        config.pluginmanager.register(CaseCollector(config), "cprh-case-collector")
     if not is_worker and _wants_conformance(config) and not config.option.collectonly:
         _check_binaries(cfg)
 
@@ -129,6 +174,17 @@ def _check_binaries(cfg: RunConfig) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
     _select_scenarios(config, items)
     _mark_known_deviations(config, items)
+    for item in items:
+        sc = _scenario_of(item)
+        if sc is not None:
+            # Set before the case runs, so a report of any phase (a skip too) carries
+            # the scenario, also from an xdist worker.
+            item.user_properties.append((SCENARIO_PROP, json.dumps(sc.params(), default=str)))
+
+
+def _scenario_of(item: pytest.Item) -> Any:
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get("scenario") if callspec is not None else None
 
 
 def _mark_known_deviations(config: pytest.Config, items: List[pytest.Item]) -> None:
@@ -199,6 +255,96 @@ def case_dir(request: pytest.FixtureRequest) -> str:
     return str(path)
 
 
+def _side_kind(sc: Any, kind: str) -> str:
+    src = sc.side_main("src") if kind == "main" else sc.side_cpr("src")
+    dst = sc.side_main("dst") if kind == "main" else sc.side_cpr("dst")
+    return src if src == dst else f"src {src} / dst {dst}"
+
+
+def _allure_describe(sc: Any, cfg: RunConfig) -> None:
+    """Title, labels and parameters of a case, set before it runs (a skip keeps them)."""
+    from harness.capabilities import probe
+    from harness.pair import resolve_accel
+
+    allure.dynamic.title(sc.id)
+    allure.dynamic.description(f"{sc.title}\n\nexpected: {sc.expect}")
+    allure.dynamic.feature(sc.area)
+    allure.dynamic.story(sc.id)
+    allure.dynamic.severity(allure.severity_level.NORMAL if sc.positive
+                            else allure.severity_level.CRITICAL)
+    # The Scenario object pytest parametrizes with reads badly; show its id instead.
+    allure.dynamic.parameter("scenario", sc.id)
+    for name, value in (("main channel", _side_kind(sc, "main")),
+                        ("cpr channel", _side_kind(sc, "cpr")), ("backend", sc.backend),
+                        ("incoming", sc.incoming), ("machine", sc.machine),
+                        ("smp", sc.smp)):
+        allure.dynamic.parameter(name, value)
+    try:
+        src, dst = probe(cfg.qemu_src), probe(cfg.qemu_dst)
+    except HarnessError:
+        return
+    try:
+        accel = resolve_accel(cfg.accel, sc, src, dst)
+    except HarnessError:
+        accel = f"{sc.accel if sc.accel != 'auto' else cfg.accel} (unavailable)"
+    allure.dynamic.parameter("accel", accel)
+    # Excluded from Allure's history id: a case keeps its history across QEMU builds.
+    versions = src.version_str if src.version_str == dst.version_str else \
+        f"src {src.version_str} / dst {dst.version_str}"
+    allure.dynamic.parameter("qemu version", versions, excluded=True)
+
+
+_ATTACH_AS = {".jsonl": ("text/plain", "jsonl"), ".json": ("application/json", "json"),
+              ".log": ("text/plain", "log"), ".serial": ("text/plain", "txt")}
+_ARTIFACT_KINDS = {"qmp": "QMP transcript", "log": "QEMU log", "serial": "serial console"}
+
+
+def _artifact_name(key: str) -> str:
+    """``src.qmp`` -> ``src QMP transcript``, ``dst-retry.log`` -> ``dst-retry QEMU log``."""
+    side, _, kind = key.rpartition(".")
+    return f"{side} {_ARTIFACT_KINDS[kind]}" if side and kind in _ARTIFACT_KINDS else key
+
+
+def _attach_file(path: str, name: str) -> None:
+    if not os.path.isfile(path):
+        return
+    ext = os.path.splitext(path)[1]
+    mime, extension = _ATTACH_AS.get(ext, ("text/plain", ext.lstrip(".") or "txt"))
+    allure.attach.file(path, name=name, attachment_type=mime, extension=extension)
+
+
+def _allure_attach(result: Any, case_dir: str) -> None:
+    """Command lines, QMP transcripts, logs, serial output, query-migrate, evidence.
+
+    Also after an error (no result): whatever the pair left in the case directory."""
+    attached = set()
+    if result is not None:
+        for side, argv in result.cmdlines.items():
+            allure.attach(" ".join(_shell_quote(a) for a in argv),
+                          name=f"{side} command line", attachment_type=allure.attachment_type.TEXT)
+        for key, path in result.artifacts.items():
+            _attach_file(path, _artifact_name(key))
+            attached.add(os.path.realpath(path))
+        allure.attach(json.dumps(result.query_migrate, indent=2, default=str),
+                      name="query-migrate (src)", attachment_type=allure.attachment_type.JSON)
+        allure.attach(json.dumps(result.evidence, indent=2, default=str),
+                      name="evidence", attachment_type=allure.attachment_type.JSON)
+    try:
+        names = sorted(os.listdir(case_dir))
+    except OSError:
+        names = []
+    for name in names:
+        path = os.path.join(case_dir, name)
+        if os.path.realpath(path) not in attached and name != "result.json":
+            key = name[:-len(".jsonl")] if name.endswith(".qmp.jsonl") else name
+            _attach_file(path, _artifact_name(key))
+
+
+def _shell_quote(arg: str) -> str:
+    return arg if re.fullmatch(r"[A-Za-z0-9_./:=,@%+-]+", arg) else \
+        "'" + arg.replace("'", "'\\''") + "'"
+
+
 @pytest.fixture
 def cpr_case(request: pytest.FixtureRequest, run_config: RunConfig, case_dir: str):
     """Run a scenario on a real QEMU pair and judge it; returns the PairResult."""
@@ -206,49 +352,136 @@ def cpr_case(request: pytest.FixtureRequest, run_config: RunConfig, case_dir: st
     from harness.verdict import judge
 
     def run(scenario):
+        _allure_describe(scenario, run_config)
+        result = None
         try:
-            result = run_scenario(scenario, run_config, case_dir)
-        except Unsupported as exc:
-            pytest.skip(exc.reason)
-        mismatches = judge(result)
-        record = result.to_dict()
-        record["id"] = scenario.id
-        record["mismatches"] = [m.__dict__ for m in mismatches]
-        with open(os.path.join(case_dir, "result.json"), "w") as f:
-            json.dump(record, f, indent=2, default=str)
-        request.node.user_properties.append(("cpr_result", json.dumps(record, default=str)))
-        if mismatches:
-            raise ConformanceFailure(scenario.id, mismatches)
-        return result
+            try:
+                result = run_scenario(scenario, run_config, case_dir, observer=ALLURE_OBSERVER)
+            except Unsupported as exc:
+                pytest.skip(exc.reason)
+            with allure.step("judge the result"):
+                mismatches = judge(result)
+            record = result.to_dict()
+            record["id"] = scenario.id
+            record["mismatches"] = [m.__dict__ for m in mismatches]
+            with open(os.path.join(case_dir, "result.json"), "w") as f:
+                json.dump(record, f, indent=2, default=str)
+            request.node.user_properties.append((RESULT_PROP, json.dumps(record, default=str)))
+            if mismatches:
+                raise ConformanceMismatch(scenario.id, mismatches)
+            return result
+        finally:
+            _allure_attach(result, case_dir)
 
     return run
 
 
+# --------------------------------------------------------------------------- records
+
+
+def _phase_message(rep: pytest.TestReport) -> str:
+    """The one thing a reader needs from a phase: a skip's reason, a failure's line."""
+    lr = rep.longrepr
+    if lr is None:
+        return ""
+    if isinstance(lr, tuple) and len(lr) == 3:  # a skip: (path, lineno, "Skipped: why")
+        msg = str(lr[2])
+        return msg[len("Skipped: "):] if msg.startswith("Skipped: ") else msg
+    if isinstance(lr, str):  # e.g. "[XPASS(strict)] reason"
+        return lr
+    crash = getattr(lr, "reprcrash", None)
+    if crash is not None and getattr(crash, "message", None):
+        return crash.message
+    return rep.longreprtext
+
+
+class CaseCollector:
+    """Keeps each conformance case's phases; registered on the controller only (it
+    sees the workers' reports, with their user_properties, under xdist)."""
+
+    def __init__(self, config: pytest.Config):
+        self.config = config
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        props = dict(report.user_properties)
+        if SCENARIO_PROP not in props and "suites/conformance/" not in report.nodeid:
+            return
+        cases = self.config.stash[CASES_KEY]
+        case = cases.setdefault(report.nodeid, {"phases": [], "props": {}})
+        case["props"].update(props)
+        case["phases"].append((report.when, report.outcome, _phase_message(report),
+                               getattr(report, "wasxfail", None), report.duration))
+
+
+def _run_meta(config: pytest.Config) -> Dict[str, Any]:
+    from harness.capabilities import probe
+
+    cfg = config.stash[CONFIG_KEY]
+    meta: Dict[str, Any] = {"accel_requested": cfg.accel}
+    caps = {}
+    for side, binary in (("src", cfg.qemu_src), ("dst", cfg.qemu_dst)):
+        meta[f"qemu_{side}_path"] = binary
+        try:
+            caps[side] = probe(binary)
+            meta[f"qemu_{side}"] = caps[side].version_str
+            meta[f"qemu_{side}_path"] = caps[side].path
+        except HarnessError:
+            meta[f"qemu_{side}"] = "unknown (probe failed)"
+    if cfg.accel != "auto":
+        meta["accel"] = cfg.accel
+    elif len(caps) == 2:
+        kvm = caps["src"].kvm_usable and caps["dst"].kvm_usable
+        meta["accel"] = ("kvm" if kvm else "tcg") + " (auto)"
+    else:
+        meta["accel"] = "auto"
+    return meta
+
+
+def _records(config: pytest.Config) -> List[Dict[str, Any]]:
+    from harness import report
+
+    out = []
+    for nodeid, case in config.stash[CASES_KEY].items():
+        phases = [report.Phase(*p) for p in case["phases"]]
+        sc = json.loads(case["props"][SCENARIO_PROP]) if SCENARIO_PROP in case["props"] else None
+        res = json.loads(case["props"][RESULT_PROP]) if RESULT_PROP in case["props"] else None
+        out.append(report.case_record(nodeid, phases, sc, res))
+    return out
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Write the conformance matrix (json/md/html) and Allure's environment/categories."""
+    config = session.config
+    if hasattr(config, "workerinput") or config.option.collectonly:
+        return
+    from harness import report
+
+    records = _records(config)
+    alluredir = getattr(config.option, "allure_report_dir", None)
+    if not records and not alluredir:
+        return
+    meta = _run_meta(config)
+    if alluredir:
+        report.write_allure_extras(Path(alluredir), meta)
+    if records:
+        wall = time.monotonic() - config.stash[START_KEY]
+        doc = report.matrix(records, meta, wall)
+        paths = report.write_matrix(doc, Path(config.option.cprh_reports))
+        config.stash[MATRIX_KEY] = {"doc": doc, "paths": paths}
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    """Print the matrix's case count and wall time; write conformance.json."""
-    outcome_of: Dict[str, str] = {}
-    records = []
-    for key in ("error", "failed", "xpassed", "xfailed", "skipped", "passed"):
-        for r in terminalreporter.stats.get(key, []):
-            nodeid = getattr(r, "nodeid", "")
-            if "suites/conformance/" not in nodeid:
-                continue
-            outcome_of.setdefault(nodeid, key)
-            for name, value in getattr(r, "user_properties", []):
-                if name == "cpr_result" and getattr(r, "when", "") == "call":
-                    records.append(json.loads(value))
-    if not outcome_of:
+    """Print the matrix's case count and wall time, and where the reports are."""
+    from harness import report
+
+    written = config.stash.get(MATRIX_KEY, None)
+    if not written:
         return
-    wall = time.monotonic() - config.stash[START_KEY]
-    counts: Dict[str, int] = {}
-    for key in outcome_of.values():
-        counts[key] = counts.get(key, 0) + 1
-    detail = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-    terminalreporter.write_sep("-", f"cpr-transfer conformance: {len(outcome_of)} case(s), "
-                                    f"{wall:.1f}s wall: {detail}")
-    if records:
-        out = Path(config.option.cprh_reports) / "conformance.json"
-        out.write_text(json.dumps({"cases": records, "wall_seconds": round(wall, 2)},
-                                  indent=2, default=str))
-        terminalreporter.write_line(f"conformance records: {out}")
+    doc, paths = written["doc"], written["paths"]
+    detail = ", ".join(f"{doc['counts'][k]} {k}" for k in
+                       ("pass", "fail", "error", "xfail", "xpass", "skip") if doc["counts"][k])
+    terminalreporter.write_sep("-", f"cpr-transfer conformance: {len(doc['cases'])} case(s), "
+                                    f"{doc['wall_seconds']:.1f}s wall: {detail}")
+    terminalreporter.write_line("conformance matrix: " + ", ".join(
+        report.relpath(p) for p in (paths["json"], paths["html"], paths["md"])))

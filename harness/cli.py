@@ -1,4 +1,4 @@
-"""Command line: ``python -m harness {probe,list,run}`` (also ``cpr-harness``).
+"""Command line: ``python -m harness {probe,list,run,report}`` (also ``cpr-harness``).
 
 Errors the user can fix are one line on stderr and exit code 2, never a traceback.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -48,7 +49,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace, extra: List[str]) -> int:
-    """Run the conformance suite through pytest with this project's conftest."""
+    """Run the conformance suite through pytest with this project's conftest.
+
+    Writes the matrix (conformance.json/.html/.md), allure-results and, unless
+    ``--no-allure-html``, the Allure HTML report, all under ``--reports``."""
+    from harness import report
     from harness.capabilities import probe
 
     for sid in args.scenario or []:
@@ -61,6 +66,17 @@ def cmd_run(args: argparse.Namespace, extra: List[str]) -> int:
                         f"cpr-transfer: {'; '.join(problems)}")
     import pytest
 
+    if extra[:1] == ["--"]:  # `run [OPTIONS] -- [pytest args]`
+        extra = extra[1:]
+    paths = report.default_paths(Path(args.reports))
+    # This run's outputs, not the last run's: a run that dies early leaves no stale
+    # conformance.json for a compare to read.
+    for key in ("json", "html", "md"):
+        paths[key].unlink(missing_ok=True)
+    own_alluredir = not any(a == "--alluredir" or a.startswith("--alluredir=") for a in extra)
+    if own_alluredir:
+        shutil.rmtree(paths["allure-results"], ignore_errors=True)
+        extra = ["--alluredir", str(paths["allure-results"])] + extra
     pargs = [str(ROOT / "suites" / "conformance"), "-p", "no:cacheprovider",
              "--rootdir", str(ROOT), "-c", str(ROOT / "pyproject.toml"),
              "--qemu-src", args.qemu_src, "--qemu-dst", args.qemu_dst,
@@ -70,7 +86,55 @@ def cmd_run(args: argparse.Namespace, extra: List[str]) -> int:
         pargs += ["-n", str(args.jobs)]
     for sid in args.scenario or []:
         pargs += ["--scenario", sid]
-    return int(pytest.main(pargs + extra))
+    code = int(pytest.main(pargs + extra))
+    if own_alluredir and not args.no_allure_html and paths["allure-results"].is_dir():
+        _, line = report.generate_allure(Path(args.reports))
+        print(line, flush=True)
+    return code
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Regenerate the matrix pages and the Allure report, or compare with a baseline."""
+    from harness import report
+
+    reports = Path(args.reports)
+    paths = report.default_paths(reports)
+    current_path = Path(args.current) if args.current else paths["json"]
+    baseline = args.baseline
+    if baseline == "auto":
+        env = os.environ.get("CPRH_BASELINE")
+        if env:
+            baseline = env
+        elif (reports / "baseline.json").is_file():
+            baseline = str(reports / "baseline.json")
+        else:
+            current = report.load_matrix(current_path)
+            print(f"no baseline: compare skipped (set CPRH_BASELINE=FILE or put "
+                  f"{report.relpath(reports / 'baseline.json')} in place); "
+                  f"{report.summary_line(current['cases'])}")
+            return 0
+    if baseline:
+        base = report.load_matrix(Path(baseline))
+        current = report.load_matrix(current_path)
+        cmp = report.compare(base, current)
+        bname, cname = report.relpath(Path(baseline)), report.relpath(current_path)
+        print(report.render_comparison_text(cmp, bname, cname))
+        out = Path(args.output) if args.output else paths["regressions"]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(report.render_comparison_md(cmp, bname, cname))
+        print(f"written: {report.relpath(out)}")
+        return cmp.exit_code
+    current = report.load_matrix(current_path)
+    written = report.write_matrix(current, current_path.parent)
+    print(report.summary_line(current["cases"]))
+    print("conformance matrix: " + ", ".join(
+        report.relpath(written[k]) for k in ("json", "html", "md")))
+    if not args.no_allure_html:
+        status, line = report.generate_allure(reports)
+        print(line)
+        if status == report.ALLURE_FAILED:
+            return 1
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,6 +162,23 @@ def build_parser() -> argparse.ArgumentParser:
                     help="parallel pytest-xdist workers (default 2; 1 = no xdist)")
     pr.add_argument("--scenario", action="append", metavar="ID",
                     help="run only this scenario id (repeatable); see 'list'")
+    pr.add_argument("--no-allure-html", action="store_true",
+                    help="write allure-results but do not build the Allure HTML report")
+
+    rp = sub.add_parser("report", help="rebuild the matrix pages and the Allure report, "
+                                       "or compare with a baseline (exit 1 on regressions)")
+    rp.add_argument("--reports", default=os.environ.get("CPRH_REPORTS", str(ROOT / "reports")),
+                    metavar="DIR", help="the run's reports directory (default: reports/)")
+    rp.add_argument("--current", metavar="FILE",
+                    help="the matrix to report on (default: REPORTS/conformance.json)")
+    rp.add_argument("--baseline", metavar="FILE|auto",
+                    help="compare with this older conformance.json: list verdict changes, "
+                         "write REPORTS/regressions.md, exit 1 on a regression. 'auto': "
+                         "$CPRH_BASELINE, else REPORTS/baseline.json, else no compare")
+    rp.add_argument("--output", metavar="FILE",
+                    help="where the comparison goes (default: REPORTS/regressions.md)")
+    rp.add_argument("--no-allure-html", action="store_true",
+                    help="do not build the Allure HTML report")
     return p
 
 
@@ -111,6 +192,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_probe(args)
         if args.command == "list":
             return cmd_list(args)
+        if args.command == "report":
+            return cmd_report(args)
         return cmd_run(args, extra)
     except HarnessError as exc:
         return _err(str(exc))

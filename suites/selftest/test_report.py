@@ -1,0 +1,545 @@
+"""Self-tests of the reports: the matrix (json/md/html), the baseline compare, the
+Allure extras (categories against real failure texts), one real run end to end, the
+Allure HTML generation and a look at both HTML reports in a headless browser."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+from harness import report
+from harness.errors import ConformanceFailure, Mismatch, QMPConnectionLost, VMLaunchFailure, \
+    WaitTimeout
+from harness.report import Phase
+
+pytestmark = pytest.mark.selftest
+ROOT = Path(__file__).resolve().parents[2]
+ALLURE = ROOT / "node_modules" / ".bin" / "allure"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def cli(*args, env=None, timeout=120):
+    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=str(ROOT),
+                          capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, **(env or {})))
+
+
+def allure_missing():
+    if not shutil.which("java"):
+        return "java is not installed (apt-get install openjdk-17-jre-headless)"
+    if not ALLURE.exists() and not shutil.which("npm"):
+        return "npm is not installed and node_modules/ has no allure (apt-get install npm)"
+    return ""
+
+
+# --------------------------------------------------------------------------- synthetic
+
+
+def sc_params(sid, expect="completes", **kw):
+    area = sid.split("/")[0]
+    d = {"id": sid, "title": f"title of {sid}", "area": area, "main": "unix", "cpr": "unix",
+         "src_main": None, "dst_main": None, "src_cpr": None, "dst_cpr": None,
+         "backend": "memfd", "incoming": "immediate", "machine": "q35", "accel": "auto",
+         "smp": 1, "expect": expect}
+    d.update(kw)
+    return d
+
+
+def result(sid, observed="completes", message="", mismatches=(), evidence=None):
+    return {"id": sid, "accel": "kvm", "qemu_src_version": "10.0.2", "qemu_dst_version": "10.0.2",
+            "observed": observed, "observed_message": message,
+            "query_migrate": {"status": "completed", "downtime": 7, "total-time": 50},
+            "evidence": evidence if evidence is not None else
+            {"pause": {"max_ns": 1200000, "windows": [{"max_ns": 5}, {"max_ns": 9}]},
+             "same_inode": True, "samples": list(range(100)), "label": "x"},
+            "timings": {"src_start": 0.1}, "mismatches": [m.__dict__ for m in mismatches],
+            "artifacts": {"src.log": "/nonexistent/src.log"}}
+
+
+CALL_FAIL = Mismatch("guest progress", "> 10", 10, "the guest's counter must continue")
+
+
+def case(kind):
+    """(nodeid, phases, scenario, result) for one verdict kind."""
+    ok = Phase("setup", "passed"), Phase("teardown", "passed")
+    sid = f"transfer/{kind}-case"
+    if kind == "pass":
+        return sid, [ok[0], Phase("call", "passed", duration=1.5), ok[1]], sc_params(sid), \
+            result(sid)
+    if kind == "fail":
+        return sid, [ok[0], Phase("call", "failed", "ConformanceMismatch: ..."), ok[1]], \
+            sc_params(sid), result(sid, mismatches=[CALL_FAIL])
+    if kind == "error":
+        return sid, [ok[0], Phase("call", "failed", "harness.errors.WaitTimeout: src: timed "
+                                                    "out after 30.0s"), ok[1]], \
+            sc_params(sid), None
+    if kind == "setup-error":
+        return sid, [Phase("setup", "failed", "fixture blew up"), ok[1]], sc_params(sid), None
+    if kind == "skip":
+        sid = "memory/skip-case"
+        return sid, [ok[0], Phase("call", "skipped", "no memory-backend-epc here"), ok[1]], \
+            sc_params(sid, "src-refuses: x"), None
+    if kind == "xfail":
+        sid = "channel/xfail-case"
+        m = Mismatch("outcome", "dst-refuses", "failed", "Connection refused")
+        return sid, [ok[0], Phase("call", "skipped", "", wasxfail="known deviation: port 0"),
+                     ok[1]], sc_params(sid, "dst-refuses"), \
+            result(sid, "failed", "Connection refused", [m])
+    if kind == "xpass":
+        sid = "channel/xpass-case"
+        return sid, [ok[0], Phase("call", "failed", "[XPASS(strict)] known deviation: port 0"),
+                     ok[1]], sc_params(sid, "dst-refuses"), result(sid, "dst-refuses", "refused")
+    raise AssertionError(kind)
+
+
+KINDS = {"pass": "pass", "fail": "fail", "error": "error", "setup-error": "error",
+         "skip": "skip", "xfail": "xfail", "xpass": "xpass"}
+
+
+def records():
+    out = []
+    for kind in KINDS:
+        sid, phases, sc, res = case(kind)
+        out.append(report.case_record(f"suites/conformance/test_x.py::t[{sid}]", phases, sc, res))
+    return out
+
+
+def doc():
+    return report.matrix(records(), {"qemu_src": "10.0.2", "qemu_dst": "10.0.2", "accel": "kvm"},
+                         12.5)
+
+
+def test_every_verdict_kind():
+    recs = {r["id"]: r for r in records()}
+    for kind, verdict in KINDS.items():
+        sid = case(kind)[0]
+        assert recs[sid]["verdict"] == verdict, (kind, recs[sid])
+    assert "guest progress: expected '> 10', got 10" in recs["transfer/fail-case"]["reason"]
+    assert recs["memory/skip-case"]["reason"] == "no memory-backend-epc here"
+    assert recs["memory/skip-case"]["actual"] is None
+    assert recs["memory/skip-case"]["parameters"]["expect"] == "src-refuses: x"
+    assert recs["channel/xfail-case"]["reason"] == "known deviation: port 0"
+    assert recs["channel/xfail-case"]["checks"][0]["check"] == "outcome"
+    assert "expected to fail" in recs["channel/xpass-case"]["reason"]
+    assert "WaitTimeout" in recs["transfer/error-case"]["reason"]
+    assert recs["transfer/setup-error-case"]["reason"].startswith("set-up failed")
+    assert recs["transfer/pass-case"]["actual"] == {"outcome": "completes", "message": ""}
+    # A non-strict xfail that passes is an xpass too.
+    phases = [Phase("setup", "passed"), Phase("call", "passed", wasxfail="flaky")]
+    assert report.verdict_of(phases)[0] == "xpass"
+    # A teardown failure after a pass is an error.
+    phases = [Phase("setup", "passed"), Phase("call", "passed"),
+              Phase("teardown", "failed", "boom")]
+    assert report.verdict_of(phases) == ("error", "teardown failed: boom")
+
+
+def test_evidence_figures_are_flattened_numbers():
+    r = {x["id"]: x for x in records()}["transfer/pass-case"]
+    assert r["evidence"] == {"pause.max_ns": 1200000, "pause.windows.0.max_ns": 5,
+                             "pause.windows.1.max_ns": 9}  # no bools, strings, raw series
+    assert r["timings"] == {"src_start": 0.1}
+    assert r["durations"]["call_s"] == 1.5
+
+
+def test_matrix_pages_list_every_case_grouped_by_area():
+    d = doc()
+    assert d["counts"] == {"fail": 1, "error": 2, "xpass": 1, "xfail": 1, "skip": 1, "pass": 1}
+    md = report.render_markdown(d)
+    page = report.render_html(d)
+    summary = "7 case(s): 1 pass, 1 fail, 2 error, 1 xfail, 1 xpass, 1 skip"
+    assert summary in md.splitlines()[2] and summary in page
+    for text in (md, page):
+        assert "QEMU 10.0.2" in text and "accel kvm" in text
+        for r in d["cases"]:
+            assert r["id"] in text
+    for r in d["cases"]:
+        assert f"| {r['verdict']} | `{r['id']}` |" in md
+        assert f'data-verdict="{r["verdict"]}"' in page
+    # Areas in order, each once; within an area the worst verdict first.
+    heads = [ln for ln in md.splitlines() if ln.startswith("## ")]
+    areas = [h.split()[1] for h in heads if h.split()[1] in ("channel", "memory", "transfer")]
+    assert areas == ["channel", "memory", "transfer"]
+    transfer = md.split("## transfer")[1].split("##")[0]
+    assert transfer.index("fail-case") < transfer.index("error-case") < transfer.index("pass-case")
+    # Skips and known deviations are explained, with their reasons.
+    assert "## Skips" in md and "no memory-backend-epc here: `memory/skip-case`" in md
+    assert "## Known deviations" in md and "known deviation: port 0" in md
+    assert "## Needs attention" in md
+    # Self-contained: no scripts, no external assets.
+    assert "<script" not in page and not re.search(r"(src|href)=\"(https?:)?//", page)
+    assert "<style>" in page
+
+
+def test_write_and_load_matrix(tmp_path):
+    paths = report.write_matrix(doc(), tmp_path)
+    assert {p.name for p in paths.values()} == {"conformance.json", "conformance.md",
+                                                "conformance.html"}
+    back = report.load_matrix(paths["json"])
+    assert [c["id"] for c in back["cases"]] == [c["id"] for c in doc()["cases"]]
+
+
+def test_change_kinds():
+    k = report.change_kind
+    assert k("pass", "pass") is None
+    assert k("pass", "fail") == k("pass", "error") == k("xfail", "fail") == "regression"
+    assert k("skip", "fail") == "regression" and k("pass", "xfail") == "regression"
+    assert k("pass", "skip") == k("xfail", "skip") == k("fail", "skip") == "coverage-loss"
+    assert k("fail", "pass") == k("error", "pass") == k("xfail", "xpass") == "fix"
+    assert k("skip", "pass") == "coverage-gain"
+    assert k("fail", "error") == k("fail", "xfail") == "changed"
+
+
+def test_compare_lists_changes():
+    old, new = doc(), doc()
+    by = {c["id"]: c for c in new["cases"]}
+    by["transfer/pass-case"]["verdict"] = "fail"
+    by["transfer/fail-case"]["verdict"] = "pass"
+    new["cases"] = [c for c in new["cases"] if c["id"] != "memory/skip-case"]
+    new["cases"].append({**by["transfer/pass-case"], "id": "transfer/brand-new",
+                         "verdict": "pass"})
+    cmp = report.compare(old, new)
+    kinds = {c.id: c.kind for c in cmp.changes}
+    assert kinds == {"transfer/pass-case": "regression", "transfer/fail-case": "fix",
+                     "memory/skip-case": "removed", "transfer/brand-new": "new"}
+    assert cmp.exit_code == 1 and cmp.unchanged == 4
+    text = report.render_comparison_text(cmp, "old.json", "new.json")
+    assert re.search(r"REGRESSION +transfer/pass-case +pass -> fail", text)
+    md = report.render_comparison_md(cmp, "old.json", "new.json")
+    assert "## Regressions (1)" in md and "`transfer/pass-case` | pass | fail" in md
+    assert report.compare(old, doc()).exit_code == 0
+
+
+# --------------------------------------------------------------------------- compare CLI
+
+
+def test_report_cli_compare(tmp_path):
+    current = tmp_path / "reports" / "conformance.json"
+    report.write_matrix(doc(), current.parent)
+    same = cli("report", "--reports", str(current.parent), "--baseline", str(current))
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert "0 regression(s)" in same.stdout
+
+    base = json.loads(current.read_text())
+    for c in base["cases"]:
+        if c["id"] == "transfer/fail-case":
+            c["verdict"] = "pass"  # the baseline says it passed: now a regression
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(json.dumps(base))
+    p = cli("report", "--reports", str(current.parent), "--baseline", str(baseline))
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert re.search(r"REGRESSION +transfer/fail-case +pass -> fail", p.stdout)
+    regressions = (current.parent / "regressions.md").read_text()
+    assert "## Regressions (1)" in regressions and "transfer/fail-case" in regressions
+
+    # CPRH_BASELINE via --baseline auto; absent: the compare is skipped with a note.
+    p = cli("report", "--reports", str(current.parent), "--baseline", "auto",
+            env={"CPRH_BASELINE": str(baseline)})
+    assert p.returncode == 1 and "REGRESSION" in p.stdout
+    env = dict(os.environ)
+    env.pop("CPRH_BASELINE", None)
+    p = subprocess.run([sys.executable, "-m", "harness", "report", "--reports",
+                        str(current.parent), "--baseline", "auto"], cwd=str(ROOT), env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "no baseline: compare skipped" in p.stdout, p.stdout + p.stderr
+
+
+@pytest.mark.parametrize("content,needle", [
+    (None, "no such file"),
+    ("{not json", "not valid JSON"),
+    ('{"cases": [{"id": "transfer/x", "observed": "completes"}]}', "no valid verdict"),
+    ('[1, 2]', "not a conformance matrix"),
+])
+def test_report_cli_bad_input(tmp_path, content, needle):
+    good = tmp_path / "conformance.json"
+    report.write_matrix(doc(), tmp_path)
+    bad = tmp_path / "bad.json"
+    if content is not None:
+        bad.write_text(content)
+    p = cli("report", "--reports", str(tmp_path), "--current", str(good),
+            "--baseline", str(bad))
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    assert "Traceback" not in p.stdout + p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and needle in p.stderr, p.stderr
+    # The same for a bad current matrix.
+    p = cli("report", "--reports", str(tmp_path), "--current", str(bad), "--no-allure-html")
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def test_report_cli_regenerates_pages(tmp_path):
+    report.write_matrix(doc(), tmp_path)
+    (tmp_path / "conformance.html").unlink()
+    (tmp_path / "conformance.md").unlink()
+    p = cli("report", "--reports", str(tmp_path), "--no-allure-html")
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "conformance.html").is_file() and (tmp_path / "conformance.md").is_file()
+    assert "7 case(s): 1 pass" in p.stdout
+
+
+def test_allure_step_says_one_line_without_java(tmp_path):
+    """No java on PATH: one line, exit 0 from `harness report`, the pages still written."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for tool in ("bash", "dirname", "realpath"):
+        os.symlink(shutil.which(tool), tools / tool)
+    report.write_matrix(doc(), tmp_path)
+    (tmp_path / "allure-results").mkdir()
+    (tmp_path / "allure-results" / "x-result.json").write_text("{}")
+    p = subprocess.run([sys.executable, "-m", "harness", "report", "--reports", str(tmp_path)],
+                       cwd=str(ROOT), capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, PATH=str(tools)))
+    assert p.returncode == 0, p.stdout + p.stderr
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("allure-report")]
+    assert lines == [lines[0]] and "skipped: java not found" in lines[0], p.stdout
+    assert (tmp_path / "conformance.html").is_file()
+
+
+# --------------------------------------------------------------------------- categories
+
+def _exconly(exc):
+    return f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}"
+
+
+def failure(*mismatches):
+    return _exconly(ConformanceFailure("transfer/x", list(mismatches)))
+
+
+#: Real failure texts (as pytest's exconly() renders them) -> the categories they belong to.
+FAILURES = {
+    "crash": (failure(Mismatch("outcome", "completes", "src-crashed",
+                               "src QEMU was killed by signal 11 (SIGSEGV) during the transfer")),
+              "failed", {"QEMU crashed"}),
+    "refused": (failure(Mismatch("outcome", "completes", "dst-refuses",
+                                 "qemu-system-x86_64: bad cpr channel socket type")),
+                "failed", {"QEMU refused a transfer it should accept"}),
+    "accepted": (failure(Mismatch("outcome", "src-refuses", "completes", "")),
+                 "failed", {"QEMU did not refuse as documented"}),
+    "message": (failure(Mismatch("error message", "must be unix", "other words")),
+                "failed", {"QEMU refused with another message"}),
+    "ram": (failure(Mismatch("RAM content", "pattern intact", "page 0x1000 changed",
+                             "guest progress looked fine")),
+            "failed", {"RAM changed"}),
+    "pattern": (failure(Mismatch("RAM pattern intact", "every page unchanged",
+                                 "page 0x2000 (gpa 0x2000) changed")), "failed",
+                {"RAM changed"}),
+    "src-ram": (failure(Mismatch("source RAM intact after refusal", True, False)), "failed",
+                {"RAM changed"}),
+    "inode": (failure(Mismatch("same memory mapped by the target", "the source's RAM file",
+                               "src inode 1 dst inode 2")), "failed", {"RAM not kept in place"}),
+    "stream": (failure(Mismatch("retry: no RAM pages in the main stream", "ram.normal == 0",
+                                {"normal": 3})), "failed", {"RAM not kept in place"}),
+    "went-back": (failure(Mismatch("guest counter never went back", False, True, "a reset")),
+                  "failed", {"Guest reset"}),
+    "pause": (failure(Mismatch("pause measured", "a stall", {"error": "x"})), "failed",
+              {"Guest pause not measured"}),
+    "stall": (failure(Mismatch("guest progress", "> 10", 10,
+                               "the guest's counter must continue past its pre-transfer "
+                               "value")), "failed", {"Guest stalled"}),
+    "stall+state": (failure(Mismatch("target run state", "running", "paused"),
+                            Mismatch("retry: guest progress", "> 1", 1)),
+                    "failed", {"Wrong run state after the transfer"}),
+    "reset": (failure(Mismatch("guest reset", 1, 2)), "failed", {"Guest reset"}),
+    "retry": (failure(Mismatch("retry of a valid transfer", "completes", "not attempted")),
+              "failed", {"Retry after a refusal failed"}),
+    "timeout": (_exconly(WaitTimeout("migration to complete", 60.0, 60.2,
+                                     "active (target alive)", "src", "/r/src.log")),
+                "broken", {"Harness timeout"}),
+    "launch": (_exconly(VMLaunchFailure("dst", 1, ["qemu"], "/r/dst.log", "boom")),
+               "broken", {"QEMU did not start"}),
+    "other": (_exconly(QMPConnectionLost("src", "query-status", "EOF")), "broken",
+              {"Other harness errors"}),
+    "xfail": ("XFAIL known deviation: port 0 (docs/deviations.md#port-0)\n\n" +
+              failure(Mismatch("outcome", "dst-refuses", "failed")), "skipped",
+              {"Known deviations (expected failures)"}),
+    "skip": ("Skipped: /usr/bin/qemu-system-x86_64 has no object type memory-backend-epc",
+             "skipped", {"Not supported here (skips)"}),
+}
+
+
+def categories_of(message, status):
+    """Like Allure: the first category whose status and whole-message regex match."""
+    for c in report.CATEGORIES:
+        if status in c["matchedStatuses"] and re.fullmatch(c["messageRegex"], message):
+            return {c["name"]}
+    return set()
+
+
+@pytest.mark.parametrize("cause", sorted(FAILURES))
+def test_categories_match_real_failure_texts(cause):
+    """Allure matches a category's regex against the whole message (Java's matches())
+    and takes the first category that matches; Python's fullmatch reads these regexes
+    the same way. (The Allure test below checks the same texts with Allure itself.)"""
+    message, status, want = FAILURES[cause]
+    assert categories_of(message, status) == want, message
+
+
+def test_environment_properties():
+    text = report.environment_properties({"qemu_src": "10.0.2 (Debian 1:10.0.2)",
+                                          "qemu_dst": "10.0.2", "accel": "kvm",
+                                          "kernel": "6.1.0", "python": "3.11.7"})
+    assert "QEMU.src = 10.0.2 (Debian 1:10.0.2)\n" in text and "accel = kvm\n" in text
+    assert "host.kernel = 6.1.0\n" in text and "python = 3.11.7\n" in text
+
+
+# --------------------------------------------------------------------------- end to end
+
+E2E_CASES = ("transfer/unix-unix-memfd-immediate-q35", "channel/cpr-missing")
+
+
+def test_end_to_end_run(tmp_path):
+    """`harness run` on two real cases: allure-results, the matrix, the Allure HTML."""
+    reports = tmp_path / "reports"
+    args = ["run", "--reports", str(reports)]
+    for sid in E2E_CASES:
+        args += ["--scenario", sid]
+    p = cli(*args, timeout=240)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+
+    # The matrix: both cases, verdict pass, in all three forms.
+    d = report.load_matrix(reports / "conformance.json")
+    assert {c["id"]: c["verdict"] for c in d["cases"]} == {s: "pass" for s in E2E_CASES}
+    assert d["meta"]["qemu_src"].startswith("10.") and d["meta"]["accel"]
+    by = {c["id"]: c for c in d["cases"]}
+    assert by["transfer/unix-unix-memfd-immediate-q35"]["actual"]["outcome"] == "completes"
+    assert by["channel/cpr-missing"]["actual"]["outcome"] == "src-refuses"
+    assert by["channel/cpr-missing"]["parameters"]["area"] == "channel"
+    for name in ("conformance.md", "conformance.html"):
+        text = (reports / name).read_text()
+        assert "2 case(s): 2 pass" in text
+        for sid in E2E_CASES:
+            assert sid in text
+    assert "conformance matrix:" in p.stdout
+
+    # allure-results: one result per case, with steps, labels, parameters, attachments.
+    results_dir = reports / "allure-results"
+    results = [json.loads(f.read_text()) for f in results_dir.glob("*-result.json")]
+    assert sorted(r["name"] for r in results) == sorted(E2E_CASES)
+    for r in results:
+        assert r["status"] == "passed"
+        labels = {(x["name"], x["value"]) for x in r["labels"]}
+        assert ("feature", r["name"].split("/")[0]) in labels and ("story", r["name"]) in labels
+        severity = "normal" if r["name"].startswith("transfer/") else "critical"
+        assert ("severity", severity) in labels
+        params = {x["name"]: x["value"] for x in r["parameters"]}
+        for key in ("main channel", "cpr channel", "backend", "incoming", "accel", "machine",
+                    "smp", "qemu version"):
+            assert key in params, params
+        steps = [s["name"] for s in r["steps"]]
+        assert steps[0] == "probe QEMU binaries" and "transfer" in steps
+        attached = {a["name"] for a in r["attachments"]}
+        for want in ("src command line", "dst command line", "src QMP transcript",
+                     "dst QMP transcript", "src QEMU log", "dst QEMU log",
+                     "src serial console", "query-migrate (src)", "evidence"):
+            assert want in attached, attached
+        for a in r["attachments"]:
+            assert (results_dir / a["source"]).is_file()
+    assert "accel = " in (results_dir / "environment.properties").read_text()
+    names = {c["name"] for c in json.loads((results_dir / "categories.json").read_text())}
+    assert {"QEMU crashed", "Harness timeout", "RAM changed", "Guest stalled"} <= names
+
+    # The Allure HTML report, or one line saying why not.
+    missing = allure_missing()
+    if missing:
+        assert "allure-report: skipped" in p.stdout
+    else:
+        assert (reports / "allure-report" / "index.html").is_file(), p.stdout
+        assert (reports / "allure-report.html").stat().st_size > 100_000
+
+
+def _synthetic_allure_results(results):
+    """One Allure result per failure text above, as allure-pytest writes them."""
+    results.mkdir(parents=True)
+    for i, (cause, (message, status, _)) in enumerate(sorted(FAILURES.items())):
+        r = {"uuid": str(uuid.uuid4()), "historyId": f"h{i}", "name": f"case/{cause}",
+             "fullName": f"suites.x#{cause}", "status": status, "stage": "finished",
+             "statusDetails": {"message": message, "trace": "trace"},
+             "start": 1_700_000_000_000 + i, "stop": 1_700_000_000_500 + i,
+             "labels": [{"name": "feature", "value": "case"},
+                        {"name": "story", "value": f"case/{cause}"}]}
+        (results / f"{r['uuid']}-result.json").write_text(json.dumps(r))
+    passed = {"uuid": str(uuid.uuid4()), "historyId": "hp", "name": "case/passes",
+              "fullName": "suites.x#passes", "status": "passed", "stage": "finished",
+              "start": 1_700_000_000_000, "stop": 1_700_000_000_100, "labels": []}
+    (results / f"{passed['uuid']}-result.json").write_text(json.dumps(passed))
+    report.write_allure_extras(results, {"qemu_src": "10.0.2", "qemu_dst": "10.0.2",
+                                         "accel": "kvm"})
+
+
+@pytest.mark.skipif(bool(allure_missing()), reason=allure_missing() or "-")
+def test_allure_html_report_groups_failures_by_cause(tmp_path):
+    """Allure itself (Java) puts each real failure text into the intended category;
+    a second generation carries the first one's history (trend)."""
+    reports = tmp_path / "reports"
+    _synthetic_allure_results(reports / "allure-results")
+    status, line = report.generate_allure(reports)
+    assert status == report.ALLURE_OK, line
+    out = reports / "allure-report"
+    tree = json.loads((out / "data" / "categories.json").read_text())
+    got = {}
+    for cat in tree["children"]:
+        for group in cat["children"]:
+            for test in group["children"]:
+                got.setdefault(test["name"].split("/", 1)[1], set()).add(cat["name"])
+    for cause, (_, _, want) in FAILURES.items():
+        assert got.get(cause) == want, (cause, got.get(cause))
+    assert "passes" not in got
+    env = json.loads((out / "widgets" / "environment.json").read_text())
+    assert {"name": "accel", "values": ["kvm"]} in env
+    assert (reports / "allure-report.html").is_file()
+
+    # History: the next report's trend has two builds.
+    status, line = report.generate_allure(reports)
+    assert status == report.ALLURE_OK, line
+    trend = json.loads((out / "widgets" / "history-trend.json").read_text())
+    assert len(trend) == 2 and trend[0]["buildOrder"] == 2, trend
+
+
+# --------------------------------------------------------------------------- a look
+
+
+def chromium(url, *args, timeout=90):
+    profile = tempfile.mkdtemp(prefix="cprh-chromium-")
+    try:
+        return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+                               "--disable-quic", "--no-first-run",
+                               "--disable-background-networking", "--disable-component-update",
+                               "--disable-sync", f"--user-data-dir={profile}",
+                               "--virtual-time-budget=5000", *args, url],
+                              capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+def test_html_reports_render(tmp_path):
+    """Both HTML reports, rendered by a real browser: a screenshot, and a DOM that
+    shows the cases, their verdicts, and (Allure) the categories."""
+    paths = report.write_matrix(doc(), tmp_path)
+    shot = tmp_path / "conformance.png"
+    p = chromium(paths["html"].as_uri(), f"--screenshot={shot}", "--window-size=1400,1000")
+    assert shot.is_file() and shot.stat().st_size > 20_000, p.stderr[-2000:]
+    dom = chromium(paths["html"].as_uri(), "--dump-dom").stdout
+    assert "7 case(s): 1 pass, 1 fail, 2 error, 1 xfail, 1 xpass, 1 skip" in dom
+    for r in doc()["cases"]:
+        assert r["id"] in dom and f'data-verdict="{r["verdict"]}"' in dom
+
+    if allure_missing():
+        pytest.skip(f"Allure part: {allure_missing()}")
+    reports = tmp_path / "reports"
+    _synthetic_allure_results(reports / "allure-results")
+    status, line = report.generate_allure(reports)
+    assert status == report.ALLURE_OK, line
+    single = (reports / "allure-report.html").as_uri()
+    shot = tmp_path / "allure.png"
+    p = chromium(single, f"--screenshot={shot}", "--window-size=1400,1000")
+    assert shot.is_file() and shot.stat().st_size > 20_000, p.stderr[-2000:]
+    dom = chromium(single + "#categories", "--dump-dom").stdout
+    for name in ("cpr-transfer conformance", "QEMU crashed", "Harness timeout",
+                 "RAM changed", "Guest stalled", "Known deviations (expected failures)"):
+        assert name in dom, name
