@@ -179,7 +179,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item
         if sc is not None:
             # Set before the case runs, so a report of any phase (a skip too) carries
             # the scenario, also from an xdist worker.
-            item.user_properties.append((SCENARIO_PROP, json.dumps(sc.params(), default=str)))
+            item.user_properties.append((SCENARIO_PROP, json.dumps(_case_params(item, sc),
+                                                                   default=str)))
+
+
+def _case_params(item: pytest.Item, sc: Any) -> Dict[str, Any]:
+    """The scenario's parameters, under the id the matrix lists the case by.
+
+    A scenario's own test (its pytest id is the scenario id, or the part after the
+    area) is listed by the scenario id. Another test that reuses a scenario (the soak
+    chain runs the base transfer) gets its own id, ``<module>/<pytest id>``, so the
+    matrix and a baseline compare keep both."""
+    params = sc.params()
+    pid = item.callspec.id  # type: ignore[attr-defined]
+    if pid in (sc.id, sc.id.split("/", 1)[-1]):
+        return params
+    area = item.path.stem.removeprefix("test_")
+    name = getattr(item, "originalname", item.name)
+    return {**params, "id": f"{area}/{pid}", "area": area, "scenario": sc.id,
+            "title": f"{name}[{pid}] on {sc.id}: {sc.title}"}
 
 
 def _scenario_of(item: pytest.Item) -> Any:

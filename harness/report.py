@@ -232,7 +232,13 @@ def host_facts() -> Dict[str, str]:
 def matrix(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any],
            wall_seconds: Optional[float] = None) -> Dict[str, Any]:
     """The conformance matrix document (what ``conformance.json`` holds)."""
-    recs = sorted(records, key=lambda r: (r["area"], r["id"]))
+    recs = sorted((dict(r) for r in records),
+                  key=lambda r: (r["area"], r["id"], r.get("nodeid", "")))
+    seen: Dict[str, int] = {}
+    for r in recs:  # ids must be unique: a compare matches cases by id
+        seen[r["id"]] = seen.get(r["id"], 0) + 1
+        if seen[r["id"]] > 1:
+            r["id"] = f"{r['id']}@{r.get('nodeid', seen[r['id']])}"
     doc_meta = {**host_facts(), **dict(meta)}
     doc_meta.setdefault("generated", _dt.datetime.now(_dt.timezone.utc)
                         .strftime("%Y-%m-%dT%H:%M:%SZ"))
@@ -568,7 +574,15 @@ class Change:
     id: str
     old: Optional[str]
     new: Optional[str]
-    reason: str = ""
+    reason: str = ""       # the current record's reason (skip reason, failed checks...)
+    old_reason: str = ""   # the baseline record's
+
+    @property
+    def why(self) -> str:
+        """What a reader needs: the reason now, or what it was (a fix has none now)."""
+        if self.reason:
+            return self.reason
+        return f"was: {self.old_reason}" if self.old_reason else ""
 
 
 @dataclass
@@ -598,16 +612,17 @@ def compare(baseline: Mapping[str, Any], current: Mapping[str, Any]) -> Comparis
     for sid in sorted(set(old) | set(new)):
         o, n = old.get(sid), new.get(sid)
         if o is None:
-            cmp.changes.append(Change("new", sid, None, n["verdict"], n.get("reason", "")))
+            cmp.changes.append(Change("new", sid, None, n["verdict"], n.get("reason") or ""))
         elif n is None:
-            cmp.changes.append(Change("removed", sid, o["verdict"], None, o.get("reason", "")))
+            cmp.changes.append(Change("removed", sid, o["verdict"], None, "",
+                                      o.get("reason") or ""))
         else:
             kind = change_kind(o["verdict"], n["verdict"])
             if kind is None:
                 cmp.unchanged += 1
             else:
                 cmp.changes.append(Change(kind, sid, o["verdict"], n["verdict"],
-                                          n.get("reason", "") or o.get("reason", "")))
+                                          n.get("reason") or "", o.get("reason") or ""))
     rank = {k: i for i, k in enumerate(CHANGE_KINDS)}
     cmp.changes.sort(key=lambda c: (rank[c.kind], c.id))
     return cmp
@@ -624,7 +639,7 @@ def render_comparison_text(cmp: Comparison, baseline_name: str, current_name: st
     width = max([len(c.id) for c in cmp.changes] + [10])
     for c in cmp.changes:
         lines.append(f"  {c.kind.upper():14s} {c.id:{width}s} {_arrow(c):18s} "
-                     f"{_one_line(c.reason, 160)}".rstrip())
+                     f"{_one_line(c.why, 160)}".rstrip())
     r = cmp.regressions
     lines.append(f"{len(r)} regression(s)" + (" (regressions and lost coverage)" if r else
                                               ": no case got worse"))
@@ -645,9 +660,9 @@ def render_comparison_md(cmp: Comparison, baseline_name: str, current_name: str)
         if not cs:
             continue
         lines += [f"## {CHANGE_TITLES[kind]} ({len(cs)})", "",
-                  "| case | baseline | current | reason now |", "|---|---|---|---|"]
+                  "| case | baseline | current | why |", "|---|---|---|---|"]
         for c in cs:
-            lines.append(f"| `{c.id}` | {c.old or '-'} | {c.new or '-'} | {_md_cell(c.reason)} |")
+            lines.append(f"| `{c.id}` | {c.old or '-'} | {c.new or '-'} | {_md_cell(c.why)} |")
         lines.append("")
     if not cmp.changes:
         lines += ["No case changed verdict.", ""]
