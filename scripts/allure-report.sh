@@ -50,4 +50,4 @@ trap 'rm -rf "$tmp"' EXIT
 "$allure" --quiet generate --clean --single-file --name "cpr-transfer conformance" -o "$tmp" "$results" >&2 ||
     fail "allure generate --single-file exited $? (see the messages above)"
 mv "$tmp/index.html" "$single"
-echo "allure-report: $out/index.html and the single file $single"
+echo "allure-report: $single (one file, opens from disk); $out/ (serve it: node_modules/.bin/allure open $out)"
