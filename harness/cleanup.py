@@ -90,6 +90,27 @@ def tmp_base() -> str:
     return os.environ.get("CPRH_TMPDIR") or "/tmp"
 
 
+#: The longest socket name the harness puts in a private dir, plus the dir's own name
+#: ("cprh-XXXXXXXX/retry/s/" + "cpr.sock" and the like).
+_SOCKET_SUFFIX_MAX = 36
+UNIX_PATH_MAX = 107
+
+
+def check_tmp_base(base: Optional[str] = None) -> str:
+    """Fail early, with the fix, when socket paths under the base would not fit."""
+    from harness.errors import UsageError
+
+    base = base or tmp_base()
+    if len(base.encode()) + _SOCKET_SUFFIX_MAX > UNIX_PATH_MAX:
+        raise UsageError(f"temp dir base {base!r} ({len(base.encode())} bytes) is too long: "
+                         f"unix socket paths under it would exceed {UNIX_PATH_MAX} bytes; "
+                         f"set CPRH_TMPDIR to a short path such as /tmp")
+    if not os.path.isdir(base) or not os.access(base, os.W_OK | os.X_OK):
+        raise UsageError(f"temp dir base {base!r} is not a writable directory "
+                         f"(CPRH_TMPDIR)")
+    return base
+
+
 def private_tmpdir(tag: str = "", base: Optional[str] = None) -> str:
     """A new 0700 directory, removed by the janitor if the runner dies."""
     path = tempfile.mkdtemp(prefix=TMP_PREFIX + (tag + "-" if tag else ""),

@@ -20,7 +20,7 @@ from harness import backends, channels, features, ram
 from harness import dialect as dialects
 from harness.dialect import Dialect
 from harness.capabilities import Capabilities, probe
-from harness.cleanup import private_tmpdir, remove_tmpdir
+from harness.cleanup import check_tmp_base, private_tmpdir, remove_tmpdir
 from harness.errors import (HarnessError, QMPCommandFailed, QMPConnectionLost, Unsupported,
                             UsageError, VMLaunchFailure, WaitTimeout)
 from harness.observe import NULL_OBSERVER, Observer
@@ -85,6 +85,7 @@ class RunConfig:
             raise UsageError(f"unknown accel {self.accel!r}; use one of: {', '.join(ACCELS)}")
         if self.dialect != "auto":
             dialects.get(self.dialect)  # UsageError for an unknown name
+        check_tmp_base()
 
 
 @dataclass

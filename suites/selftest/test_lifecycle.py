@@ -118,7 +118,7 @@ RUNNER = textwrap.dedent("""
 
 @needs_qemu
 @pytest.mark.parametrize("wrapper", ["direct", "forking-wrapper"])
-def test_kill9_of_runner_leaves_nothing(tmp_path, wrapper):
+def test_kill9_of_runner_leaves_nothing(tmp_path, short_base, wrapper):
     qemu = QEMU
     if wrapper == "forking-wrapper":
         # A wrapper that forks instead of exec'ing: PDEATHSIG only reaches the shell,
@@ -126,8 +126,7 @@ def test_kill9_of_runner_leaves_nothing(tmp_path, wrapper):
         qemu = str(tmp_path / "qemu-wrapper")
         Path(qemu).write_text(f'#!/bin/sh\n"{QEMU}" "$@"\n')
         os.chmod(qemu, 0o755)
-    base = tmp_path / "t"
-    base.mkdir()
+    base = short_base
     env = dict(os.environ, CPRH_TMPDIR=str(base))
     runner = subprocess.Popen(
         [sys.executable, "-c", RUNNER.format(root=str(ROOT), qemu=qemu, args=IDLE_ARGS)],
@@ -148,10 +147,9 @@ def test_kill9_of_runner_leaves_nothing(tmp_path, wrapper):
 
 @needs_qemu
 @pytest.mark.parametrize("jobs", [0, 2], ids=["serial", "xdist-2"])
-def test_kill9_of_pytest_mid_case_leaves_nothing(tmp_path, jobs):
+def test_kill9_of_pytest_mid_case_leaves_nothing(tmp_path, short_base, jobs):
     """The issue's own check: kill -9 the pytest process while a case runs."""
-    base = tmp_path / "t"
-    base.mkdir()
+    base = short_base
     env = dict(os.environ, CPRH_TMPDIR=str(base))
     cmd = [sys.executable, "-m", "pytest", str(ROOT / "suites" / "conformance"),
            "-p", "no:cacheprovider", "--reports", str(tmp_path / "reports"), "-q"]
@@ -168,3 +166,89 @@ def test_kill9_of_pytest_mid_case_leaves_nothing(tmp_path, jobs):
         proc.wait(10)
     wait_until(lambda: gone(seen), 30, f"QEMU {sorted(seen)} to die after kill -9 of pytest")
     wait_until(lambda: os.listdir(base) == [], 30, f"temp dirs under {base} to be removed")
+
+
+def start_pytest(base, reports, *extra):
+    cmd = [sys.executable, "-m", "pytest", str(ROOT / "suites" / "conformance"),
+           "-p", "no:cacheprovider", "--reports", str(reports), "-q", *extra]
+    return subprocess.Popen(cmd, cwd=str(ROOT), env=dict(os.environ, CPRH_TMPDIR=str(base)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def all_qemus_seen(proc, seen):
+    seen.update(p.pid for p in qemu_descendants(proc.pid))
+    return bool(seen)
+
+
+@needs_qemu
+def test_ctrl_c_mid_case_leaves_nothing(tmp_path, short_base):
+    proc = start_pytest(short_base, tmp_path / "r")
+    seen = set()
+    try:
+        wait_until(lambda: all_qemus_seen(proc, seen), 60, "a QEMU of the run to start")
+        proc.send_signal(signal.SIGINT)
+        proc.wait(60)  # pytest stops after the interrupted case's teardown
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 2, f"pytest's exit code for an interrupted run: {proc.returncode}"
+    wait_until(lambda: gone(seen), 30, f"QEMU {sorted(seen)} to be gone after Ctrl-C")
+    wait_until(lambda: os.listdir(short_base) == [], 30, "temp dirs to be removed")
+
+
+@needs_qemu
+def test_kill9_of_an_xdist_worker_leaves_nothing(tmp_path, short_base):
+    proc = start_pytest(short_base, tmp_path / "r", "-n", "2",
+                        "--scenario", "transfer/unix-unix-memfd-immediate-q35",
+                        "--scenario", "transfer/unix-unix-memfd-defer-q35",
+                        "--scenario", "transfer/tcp-unix-memfd-immediate-q35",
+                        "--scenario", "transfer/unix-unix-memfd-immediate-pc")
+    victim_qemus = set()
+    try:
+        def worker_with_qemu():
+            for q in qemu_descendants(proc.pid):
+                try:
+                    chain = q.parents()
+                except psutil.Error:
+                    continue
+                workers = [p for p in chain if p.ppid() == proc.pid]
+                if workers:
+                    victim_qemus.add(q.pid)
+                    return workers[0]
+            return None
+
+        worker = None
+        deadline = time.monotonic() + 120
+        while worker is None and time.monotonic() < deadline:
+            worker = worker_with_qemu()
+            time.sleep(0.02)
+        assert worker is not None, "no xdist worker ran a QEMU"
+        worker.kill()
+        wait_until(lambda: gone(victim_qemus), 30,
+                   f"QEMU {sorted(victim_qemus)} to die with its killed worker")
+        proc.wait(180)  # the controller carries on with the other worker, then ends
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    wait_until(lambda: os.listdir(short_base) == [], 30, "temp dirs to be removed")
+    assert not qemu_descendants(proc.pid)
+
+
+@needs_qemu
+def test_a_failing_case_leaves_nothing(tmp_path, short_base):
+    wrapper = tmp_path / "qemu-page"
+    tamper = ROOT / "suites" / "selftest" / "broken" / "tamper.py"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{tamper}" page "$@"\n')
+    wrapper.chmod(0o755)
+    proc = start_pytest(short_base, tmp_path / "r", "--qemu-dst", str(wrapper),
+                        "--scenario", "transfer/unix-unix-memfd-immediate-q35")
+    seen = set()
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        seen.update(p.pid for p in qemu_descendants(proc.pid))
+        time.sleep(0.02)
+    assert proc.poll() == 1, "the tampered case must fail"
+    wait_until(lambda: gone(seen), 30, "QEMUs of the failed case to be gone")
+    assert os.listdir(short_base) == []
