@@ -32,5 +32,8 @@ def test_chain_of_live_updates(run_config, case_dir, scenario):
     fds = [h["open_fds"] for h in c.hops]
     assert fds[-1] <= fds[0], f"open fds of the live QEMU grew hop by hop: {fds}"
     rss = [h["rss_anon_kib"] for h in c.hops]
-    assert rss[-1] - rss[0] < max(RSS_SLACK_KIB, rss[0] // 20), \
+    # Hop 1 is a warm-up (under TCG its QEMU is ~4 MiB smaller: the translation cache
+    # fills on its first run); from hop 2 on, a leak shows as growth.
+    base = rss[1] if len(rss) > 2 else rss[0]
+    assert rss[-1] - base < max(RSS_SLACK_KIB, base // 20), \
         f"anonymous RSS of the live QEMU grew hop by hop (KiB): {rss}"
