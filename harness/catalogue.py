@@ -106,6 +106,24 @@ def _build() -> List[Scenario]:
                  SRC_REFUSES, "", capabilities=("background-snapshot",)),
     ]
 
+    # aarch64 (TCG, -machine virt, our own bare-metal guest): the core cases.
+    arm = dict(machine="virt", guest="aarch64-virt", accel="tcg")
+    for incoming in ("immediate", "defer"):
+        out.append(_transfer(incoming=incoming, tag="aarch64", **arm))
+    out.append(_transfer(backend="file-shm", tag="aarch64", **arm))
+    out.append(_transfer(backend="ram-share", tag="aarch64", **arm))
+    out.append(_transfer(tag="aarch64-smp2", smp=2, **arm))
+    out += [
+        _refusal("channel", "cpr-missing-aarch64", "no cpr channel in migrate (aarch64)",
+                 SRC_REFUSES, MSG_MISSING_CPR, src_cpr="none", **arm),
+        _refusal("channel", "main-file-dst-aarch64", "-incoming file: on the target (aarch64)",
+                 DST_REFUSES, MSG_STREAMABLE, dst_main="file", **arm),
+        _refusal("memory", "ram-noshare-aarch64", "memory-backend-ram,share=off (aarch64)",
+                 SRC_REFUSES, MSG_SHARE_REQUIRED, backend="ram-noshare", retry=False, **arm),
+        _refusal("memory", "no-aux-ram-share-aarch64", "no aux-ram-share=on (aarch64)",
+                 SRC_REFUSES, MSG_NOT_CPR_COMPATIBLE, aux_ram_share=False, retry=False, **arm),
+    ]
+
     # Faults at each stage of the handshake: no hang, the source (where it lives) carries
     # on with its RAM intact, and a fresh target then completes the transfer.
     for fault, title in FAULTS.items():

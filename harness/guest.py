@@ -45,12 +45,19 @@ class GuestImage:
     arch: str
     layout: WorkAreaLayout
     boot_marker: str
-    #: Guest-physical ranges the guest itself writes: excluded from the RAM pattern.
+    #: Guest-physical ranges written by the guest or by QEMU itself (e.g. the device
+    #: tree QEMU copies into RAM on -machine virt): excluded from the RAM pattern.
     own_ranges: tuple
+    #: The QEMU program for this guest's architecture, by default.
+    binary: str = "qemu-system-x86_64"
+    machine: str = "q35"
+    cpu: str = ""
+    ram_base: int = 0
 
     def qemu_args(self, serial_path: str) -> List[str]:
-        return ["-bios", self.path,
+        args = ["-bios", self.path,
                 "-chardev", f"file,id=ser0,path={serial_path}", "-serial", "chardev:ser0"]
+        return (["-cpu", self.cpu] if self.cpu else []) + args
 
 
 def _build_module() -> Any:
@@ -81,9 +88,15 @@ def image(name: str = "x86-bios") -> GuestImage:
         off_magic=int(off["magic"]), off_version=int(off["version"]),
         off_counter=int(off["counter"]), off_boots=int(off["boots"]),
         off_heartbeats=int(off["heartbeats"]), magic=int(lay["MAGIC"]))
+    qemu = lay.get("QEMU", {})
+    qemu_writes = tuple((int(w["base"]), int(w["base"]) + int(w["size"]))
+                        for w in lay.get("QEMU_WRITES", []))
     return GuestImage(name=name, path=str(path), arch=lay.get("arch", "x86_64"), layout=layout,
                       boot_marker=lay["BOOT_MARKER"].strip(),
-                      own_ranges=((layout.base, layout.base + layout.size),))
+                      own_ranges=((layout.base, layout.base + layout.size),) + qemu_writes,
+                      binary=qemu.get("binary", "qemu-system-x86_64"),
+                      machine=qemu.get("machine", "q35"), cpu=qemu.get("cpu", ""),
+                      ram_base=int(lay.get("RAM_BASE", 0)))
 
 
 @dataclass(frozen=True)

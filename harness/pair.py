@@ -14,7 +14,7 @@ import time
 
 import psutil
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from harness import backends, channels, features, ram
 from harness import dialect as dialects
@@ -75,10 +75,25 @@ class Timeouts:
 class RunConfig:
     qemu_src: str = "qemu-system-x86_64"
     qemu_dst: str = "qemu-system-x86_64"
+    #: Binaries for guests of other architectures, by arch (default: qemu-system-ARCH).
+    other_arch: Dict[str, Tuple[str, str]] = field(default_factory=dict)
     accel: str = "auto"
     #: "auto" (from the probed QMP schema), or a dialect name to force.
     dialect: str = "auto"
     timeouts: Timeouts = field(default_factory=Timeouts)
+
+    def binaries(self, arch: str) -> Tuple[str, str]:
+        """(src, dst) QEMU for a guest of ``arch``."""
+        if arch == "x86_64":
+            return self.qemu_src, self.qemu_dst
+        default = f"qemu-system-{arch}"
+        return self.other_arch.get(arch, (default, default))
+
+    def for_arch(self, arch: str) -> "RunConfig":
+        """This config with qemu_src/qemu_dst set for a guest of ``arch``."""
+        src, dst = self.binaries(arch)
+        return RunConfig(qemu_src=src, qemu_dst=dst, accel=self.accel, dialect=self.dialect,
+                         other_arch=self.other_arch, timeouts=self.timeouts)
 
     def __post_init__(self) -> None:
         if self.accel not in ACCELS:
@@ -253,6 +268,8 @@ def render_plan(sc: Scenario, dialect: Dialect, workdir: str, accel: str = "kvm"
 def run_scenario(sc: Scenario, cfg: RunConfig, artifacts_dir: str,
                  observer: Observer = NULL_OBSERVER, hooks: Hooks = Hooks()) -> PairResult:
     """Run ``sc`` on a fresh QEMU pair; logs and serial output go to ``artifacts_dir``."""
+    guest = image(sc.guest)
+    cfg = cfg.for_arch(guest.arch)
     with observer.step("probe QEMU binaries"):
         caps_src = probe(cfg.qemu_src)
         caps_dst = probe(cfg.qemu_dst)
@@ -260,7 +277,6 @@ def run_scenario(sc: Scenario, cfg: RunConfig, artifacts_dir: str,
         check_supported(caps_src, sc, dialect)
         check_supported(caps_dst, sc, dialect)
         accel = resolve_accel(cfg.accel, sc, caps_src, caps_dst)
-    guest = image(sc.guest)
     os.makedirs(artifacts_dir, exist_ok=True)
     timeouts = cfg.timeouts if accel == "kvm" else cfg.timeouts.scaled(2.0)
     result = PairResult(scenario=sc, accel=accel, dialect=dialect.name,
@@ -802,6 +818,7 @@ def run_chain(sc: Scenario, cfg: RunConfig, artifacts_dir: str, hops: int,
     same), the live QEMU's open fds and anonymous RSS, the guest's counter and boot count,
     QEMU's downtime; verifies the RAM pattern through the last QEMU at the end.
     """
+    cfg = cfg.for_arch(image(sc.guest).arch)
     caps_src, caps_dst = probe(cfg.qemu_src), probe(cfg.qemu_dst)
     dialect = choose_dialect(cfg, caps_src, caps_dst)
     check_supported(caps_src, sc, dialect)
