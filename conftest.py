@@ -179,8 +179,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item
         if sc is not None:
             # Set before the case runs, so a report of any phase (a skip too) carries
             # the scenario, also from an xdist worker.
-            item.user_properties.append((SCENARIO_PROP, json.dumps(_case_params(item, sc),
-                                                                   default=str)))
+            params = _case_params(item, sc)
+            item.user_properties.append((SCENARIO_PROP, json.dumps(params, default=str)))
+            if "cpr_case" not in getattr(item, "fixturenames", ()):
+                # cpr_case labels its cases itself; others (the soak chain) get theirs here.
+                item.add_marker(allure.feature(params["area"]))
+                item.add_marker(allure.story(params["id"]))
 
 
 def _case_params(item: pytest.Item, sc: Any) -> Dict[str, Any]:
