@@ -301,10 +301,14 @@ def _allure_describe(sc: Any, cfg: RunConfig) -> None:
                         ("incoming", sc.incoming), ("machine", sc.machine),
                         ("smp", sc.smp)):
         allure.dynamic.parameter(name, value)
+    allure.dynamic.parameter("guest", sc.guest)
     try:
+        from harness.guest import image
+
+        cfg = cfg.for_arch(image(sc.guest).arch)  # what run_scenario will run
         src, dst = probe(cfg.qemu_src), probe(cfg.qemu_dst)
     except HarnessError:
-        return
+        return  # the case fails or skips with its own reason
     try:
         accel = resolve_accel(cfg.accel, sc, src, dst)
     except HarnessError:
