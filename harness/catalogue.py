@@ -124,6 +124,17 @@ def _build() -> List[Scenario]:
                  SRC_REFUSES, MSG_NOT_CPR_COMPATIBLE, aux_ram_share=False, retry=False, **arm),
     ]
 
+    # A real Linux guest (Debian kernel, busybox workload, virtio-net and virtio-blk),
+    # under TCG: this host's KVM (kvm-pvm) emulates every instruction and cannot boot
+    # it in reasonable time (docs/guest.md).
+    lnx = dict(guest="linux-x86", accel="tcg", ram_mb=512)
+    out += [
+        _transfer(tag="linux", **lnx),
+        _transfer(incoming="defer", tag="linux", slow=True, **lnx),
+        _transfer(tag="linux-smp2", smp=2, slow=True, **lnx),
+        _transfer(backend="file-shm", tag="linux", slow=True, **lnx),
+    ]
+
     # Faults at each stage of the handshake: no hang, the source (where it lives) carries
     # on with its RAM intact, and a fresh target then completes the transfer.
     for fault, title in FAULTS.items():

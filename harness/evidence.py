@@ -46,20 +46,24 @@ def work_area(guest: GuestImage) -> ram.WorkArea:
 class RamEvidence:
     def __init__(self, backend: str, machine: str, ram_mb: int, guest: GuestImage,
                  artifacts: str, mem_path: Optional[str], sample_pause: bool,
-                 max_seconds: float):
+                 max_seconds: float, pattern: bool = True):
         kind = BACKENDS[backend]
         self.size = ram_mb << 20
         self.machine = machine
         self.guest = guest
-        self.work = work_area(guest)
+        self.work = work_area(guest) if guest.layout is not None else ram.WorkArea()
         self.exclude = list(guest.own_ranges)
         self.hint = mem_path or kind.fd_hint or None
         self.artifacts = artifacts
+        #: Guest RAM is a shareable file: same-memory and stream evidence apply.
         self.applicable = kind.share and kind.qom_type is not None and kind.name != "epc"
-        self.sample_pause = sample_pause and self.applicable
+        #: ... and the guest leaves RAM alone outside its own ranges: the pattern applies.
+        self.pattern = self.applicable and pattern
+        self.sample_pause = sample_pause and self.pattern
         self.max_seconds = max_seconds
         self.seed = int.from_bytes(os.urandom(8), "little") or 1
-        self.data: Dict[str, Any] = {"applicable": self.applicable}
+        self.data: Dict[str, Any] = {"applicable": self.applicable,
+                                     "pattern_applicable": self.pattern}
         self.sampler: Optional[Sampler] = None
         self._src_fd: Optional[ram.RamFd] = None
 
@@ -71,6 +75,9 @@ class RamEvidence:
             self.data["note"] = "guest RAM is not a shareable file: no RAM evidence"
             return
         self._src_fd = ram.find_ram_fd(src_pid, self.size, self.hint)
+        if not self.pattern:
+            self.data["note"] = "the guest uses all of its RAM: no pattern"
+            return
         with self._open(self._src_fd, writable=True) as g:
             rep = ram.fill_pattern(g, self.seed, self.exclude)
         self.data["seed"] = f"{self.seed:#018x}"
@@ -139,6 +146,8 @@ class RamEvidence:
             fd = ram.find_ram_fd(src_pid, self.size, self.hint)
         if hook is not None:
             hook(fd)
+        if not self.pattern:
+            return
         with self._open(fd, writable=False) as g:
             rep = ram.verify_pattern(g, self.seed, self.exclude, self.machine, self.size)
             snap = g.snapshot()

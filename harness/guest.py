@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Protocol
 
 from harness.errors import HarnessError, UsageError, WaitTimeout
 
@@ -43,7 +43,7 @@ class GuestImage:
     name: str
     path: str
     arch: str
-    layout: WorkAreaLayout
+    layout: Optional[WorkAreaLayout]   # None for guests without a RAM work area
     boot_marker: str
     #: Guest-physical ranges written by the guest or by QEMU itself (e.g. the device
     #: tree QEMU copies into RAM on -machine virt): excluded from the RAM pattern.
@@ -53,6 +53,11 @@ class GuestImage:
     machine: str = "q35"
     cpu: str = ""
     ram_base: int = 0
+    #: "bare-metal": a work area in RAM, nothing else written; "linux": a console.
+    kind: str = "bare-metal"
+    #: The image's own description (layout.json, or the Linux guest's manifest).
+    manifest: Optional[Dict[str, Any]] = None
+    min_ram_mb: int = 0
 
     def qemu_args(self, serial_path: str) -> List[str]:
         args = ["-bios", self.path,
@@ -81,7 +86,22 @@ def image(name: str = "x86-bios") -> GuestImage:
                                f"run: python images/build.py {name}") from None
     except KeyError:
         raise UsageError(f"unknown guest {name!r}") from None
+    except Exception as exc:  # build.py is stdlib-only: its errors are its own types
+        if type(exc).__name__ == "UnknownImage":
+            raise UsageError(str(exc)) from None
+        raise GuestBuildFailed(f"building guest {name!r} failed: {exc}; "
+                               f"run: python images/build.py {name}") from None
     lay = mod.layout(name)
+    if lay.get("kind") == "linux":
+        import json as _json
+        man = _json.loads(Path(path).read_text())
+        qemu = lay.get("QEMU", {})
+        return GuestImage(name=name, path=str(path), arch=lay.get("arch", "x86_64"),
+                          layout=None, boot_marker=lay["BOOT_MARKER"].strip(), own_ranges=(),
+                          binary=qemu.get("binary", "qemu-system-x86_64"),
+                          machine=qemu.get("machine", "q35"), kind="linux",
+                          manifest={**man, "layout": lay},
+                          min_ram_mb=int(lay.get("MIN_RAM_MIB", 256)))
     off = lay["OFFSETS"]
     layout = WorkAreaLayout(
         base=int(lay["WORK_BASE"]), size=int(lay["WORK_SIZE"]),
@@ -154,3 +174,48 @@ def wait_counter_moving(read: Any, layout: WorkAreaLayout, timeout: float, side:
             what = "the guest's counter to move" + (f" past {above}" if above is not None else "")
             raise WaitTimeout(what, timeout, elapsed, last, side, log_path)
         time.sleep(0.02)
+
+
+class GuestDriver(Protocol):
+    """What the pair runner needs from a guest, whatever its kind."""
+    image: GuestImage
+    #: The guest writes no RAM outside ``image.own_ranges``: the RAM pattern applies.
+    leaves_ram_alone: bool
+    #: The guest's progress counter lives in RAM at a known place: the sampler applies.
+    counter_in_ram: bool
+
+    def qemu_args(self, side: str, serial_path: str, sockdir: str) -> List[str]: ...
+    def read(self, vm: Any) -> WorkArea: ...
+    def wait_moving(self, vm: Any, timeout: float, above: Optional[int] = None) -> WorkArea: ...
+    def after_transfer(self, vm: Any, timeout: float) -> Dict[str, Any]: ...
+
+
+class BareMetalDriver:
+    """Our bare-metal guests: a work area in RAM, read through QEMU (HMP xp)."""
+    leaves_ram_alone = True
+    counter_in_ram = True
+
+    def __init__(self, image: GuestImage, workdir: str):
+        self.image = image
+        assert image.layout is not None
+        self.layout = image.layout
+
+    def qemu_args(self, side: str, serial_path: str, sockdir: str) -> List[str]:
+        return self.image.qemu_args(serial_path)
+
+    def read(self, vm: Any) -> WorkArea:
+        return read_work_area_qmp(vm.qmp, self.layout)
+
+    def wait_moving(self, vm: Any, timeout: float, above: Optional[int] = None) -> WorkArea:
+        return wait_counter_moving(lambda: self.read(vm), self.layout, timeout, vm.side,
+                                   above=above, log_path=vm.log_path)
+
+    def after_transfer(self, vm: Any, timeout: float) -> Dict[str, Any]:
+        return {}
+
+
+def driver(image: GuestImage, workdir: str) -> Any:
+    if image.kind == "linux":
+        from harness.linux_guest import LinuxDriver
+        return LinuxDriver(image, workdir)
+    return BareMetalDriver(image, workdir)

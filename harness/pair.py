@@ -26,7 +26,8 @@ from harness.errors import (HarnessError, QMPCommandFailed, QMPConnectionLost, U
 from harness.observe import NULL_OBSERVER, Observer
 from harness.relay import Relay
 from harness.evidence import M_RESUMED, M_TRANSFER, RamEvidence
-from harness.guest import GuestImage, image, read_work_area_qmp, wait_counter_moving
+from harness.guest import GuestImage, image
+from harness.guest import driver as guest_driver
 from harness.scenario import COMPLETES, DST_REFUSES, FAILS, SRC_LOST, SRC_REFUSES, Scenario
 from harness.vmm import QemuProcess, tail
 
@@ -325,12 +326,15 @@ class _Pair:
                  result: PairResult, observer: Observer = NULL_OBSERVER,
                  hooks: Hooks = Hooks(), dialect: Optional[Dialect] = None):
         self.sc, self.cfg, self.accel, self.guest = sc, cfg, accel, guest
+        self.g = guest_driver(guest, workdir)
         self.dialect = dialect or dialects.get(dialects.RELEASED)
         self.obs = observer
         self.hooks = hooks
         self.mem = backends.render(sc.backend, sc.ram_mb, sc.prealloc, shm_dir)
         self.ev = RamEvidence(sc.backend, sc.machine, sc.ram_mb, guest, artifacts,
-                              self.mem.mem_path, sample_pause=sc.positive and not sc.paused,
+                              self.mem.mem_path, pattern=self.g.leaves_ram_alone,
+                              sample_pause=sc.positive and not sc.paused
+                              and self.g.counter_in_ram,
                               max_seconds=timeouts.transfer + timeouts.settle + 30)
         result.evidence = self.ev.data
         self.t = timeouts
@@ -344,15 +348,16 @@ class _Pair:
 
     # -- command lines --------------------------------------------------------------
 
-    def vm_args(self, side: str) -> List[str]:
+    def vm_args(self, side: str, sockdir: Optional[str] = None) -> List[str]:
         serial = os.path.join(self.artifacts, f"{side}.serial")
         self.r.artifacts[f"{side}.serial"] = serial
         return render_vm_args(self.sc, self.dialect, self.mem, self.accel,
-                              self.guest.qemu_args(serial), side)
+                              self.g.qemu_args(side, serial, sockdir or self.workdir), side)
 
     def work_area(self, vm: QemuProcess) -> Any:
+        """The guest's progress (counter, boot count), whatever the kind of guest."""
         assert vm.qmp is not None
-        return read_work_area_qmp(vm.qmp, self.guest.layout)
+        return self.g.read(vm)
 
     # -- the run --------------------------------------------------------------------------
 
@@ -377,8 +382,8 @@ class _Pair:
         self.src.launch()
         qmp = self.src.connect_qmp(self.t.start)
         self._mark("src_start", t0)
-        wait_counter_moving(lambda: self.work_area(self.src), self.guest.layout,
-                            self.t.guest, "src", log_path=self.src.log_path)
+        boot = self.t.guest * (4 if self.guest.kind == "linux" else 1)
+        self.g.wait_moving(self.src, boot)
         self._mark("src_guest_up", t0)
         if self.sc.paused:
             qmp.cmd("stop")
@@ -552,6 +557,10 @@ class _Pair:
         with self.obs.step("verify RAM in place and intact (through the target)"):
             self.ev.check_stream(a.query_migrate)
             self.ev.verify_after(self.src.pid, self.dst.pid, self.hooks.before_verify)
+        extra = self.g.after_transfer(self.dst, self.t.settle)
+        if extra:
+            with self.obs.step("check the guest on the target's console"):
+                self.r.evidence["guest" if a.tag == "first" else f"guest_{a.tag}"] = extra
 
     def _start_dst(self, a: Attempt, main: channels.Channel, cpr: channels.Channel,
                    incoming: str, extra: List[str]) -> bool:
@@ -559,7 +568,8 @@ class _Pair:
         args = extra + self.dialect.target_incoming(main, cpr, incoming == "defer")
         fds = main.dst_pass_fds + cpr.dst_pass_fds
         # Each attempt's target gets its own monitor socket in its own directory.
-        self.dst = QemuProcess("dst", self.cfg.qemu_dst, self.vm_args("dst") + args,
+        self.dst = QemuProcess("dst", self.cfg.qemu_dst,
+                               self.vm_args("dst", os.path.join(self.workdir, a.tag)) + args,
                                os.path.join(self.workdir, a.tag), self.artifacts, pass_fds=fds)
         if a.tag != "first":
             self.dst.log_path = os.path.join(self.artifacts, f"dst-{a.tag}.log")
@@ -655,9 +665,7 @@ class _Pair:
             # Moving on the target, after the switch-over: a value above the one read
             # before the transfer is not enough (the source ran on until it stopped).
             try:
-                wa = wait_counter_moving(lambda: self.work_area(self.dst), self.guest.layout,
-                                         self.t.settle, "dst", above=self.r.counter_before,
-                                         log_path=self.dst.log_path)
+                wa = self.g.wait_moving(self.dst, self.t.settle, above=self.r.counter_before)
                 a.counter_moved_on_dst = True
             except WaitTimeout as exc:
                 a.counter_moved_on_dst = False
@@ -713,8 +721,7 @@ class _Pair:
         self.ev.verify_after(self.src.pid, None)
         if status == "running":
             try:
-                wa = wait_counter_moving(lambda: self.work_area(self.src), self.guest.layout,
-                                         self.t.settle, "src", above=self.r.counter_before)
+                wa = self.g.wait_moving(self.src, self.t.settle, above=self.r.counter_before)
                 self.r.src_counter_after_refusal = wa.counter
             except WaitTimeout:
                 self.r.src_counter_after_refusal = None

@@ -69,6 +69,8 @@ class Scenario:
     retry: bool = True
     #: A fault to inject (a key of FAULTS), or "".
     fault: str = ""
+    #: A long case, run only when CPRH_SLOW=1 (tox -e nightly).
+    slow: bool = False
     area: str = "transfer"        # report grouping: transfer, channel, memory, ...
     expect: Outcome = field(default_factory=Outcome)
 

@@ -110,10 +110,25 @@ def _check_ram_evidence(r: PairResult, check: Callable[..., None], retry: bool) 
     check(pre + "no RAM pages in the main stream",
           stream.get("normal") == 0 and stream.get("normal-bytes") == 0,
           "ram.normal == 0", {k: stream.get(k) for k in ("normal", "normal-bytes")})
-    pat = ev.get("pattern") or {}
-    check(pre + "RAM pattern intact", pat.get("ok") is True, "every page unchanged",
-          pat.get("description", "not verified"))
-    if not retry and not r.scenario.paused:
+    if ev.get("pattern_applicable"):
+        pat = ev.get("pattern") or {}
+        check(pre + "RAM pattern intact", pat.get("ok") is True, "every page unchanged",
+              pat.get("description", "not verified"))
+    g = ev.get("guest_retry" if retry else "guest")
+    if g:  # a guest checked on its console (the Linux guest)
+        check(pre + "guest answers on the target's console", "console_error" not in g,
+              "pong and sum answers", g.get("console_error"))
+        if "pong_uptime" in g and g.get("uptime_before") is not None:
+            check(pre + "guest uptime continues", g["pong_uptime"] > g["uptime_before"],
+                  f"> {g['uptime_before']}", g["pong_uptime"],
+                  "the guest's clock must move forward, without a reboot")
+        if "sum_check" in g:
+            check(pre + "guest buffer checksum", g["sum_check"] == g.get("sum_boot"),
+                  g.get("sum_boot"), g["sum_check"])
+        check(pre + "no new kernel errors", g.get("err_after") == 0, 0, g.get("err_after"))
+        check(pre + "no reboot on the target", g.get("dst_boot_markers") == 0, 0,
+              g.get("dst_boot_markers"))
+    if not retry and not r.scenario.paused and ev.get("pattern_applicable"):
         pause = ev.get("pause") or {}
         check("pause measured", pause.get("guest_pause_ms") is not None,
               "a stall measured by the host-side sampler", pause.get("error", pause))
