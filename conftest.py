@@ -101,6 +101,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     default=_accel(os.environ.get("CPRH_ACCEL", "auto")),
                     help="accelerator: kvm when /dev/kvm opens else tcg (auto), or forced "
                          "[env CPRH_ACCEL; default: auto]")
+    group.addoption("--dialect", dest="cprh_dialect", metavar="auto|released-10x|rfc-v1",
+                    default=os.environ.get("CPRH_DIALECT", "auto"),
+                    help="cpr-transfer interface to speak: auto (from the probed QMP "
+                         "schema) or forced [env CPRH_DIALECT; default: auto]")
+    group.addoption("--qemu-aarch64-src", dest="qemu_aarch64_src", metavar="PATH",
+                    default=os.environ.get("CPRH_QEMU_AARCH64_SRC", "qemu-system-aarch64"),
+                    help="source QEMU for aarch64 guests [env CPRH_QEMU_AARCH64_SRC]")
+    group.addoption("--qemu-aarch64-dst", dest="qemu_aarch64_dst", metavar="PATH",
+                    default=os.environ.get("CPRH_QEMU_AARCH64_DST", "qemu-system-aarch64"),
+                    help="target QEMU for aarch64 guests [env CPRH_QEMU_AARCH64_DST]")
     group.addoption("--scenario", dest="cprh_scenarios", metavar="ID", action="append",
                     default=[], help="run only this scenario id (repeatable); see "
                                      "'python -m harness list'")
@@ -134,7 +144,10 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         cfg = RunConfig(qemu_src=config.getoption("qemu_src"),
                         qemu_dst=config.getoption("qemu_dst"),
-                        accel=config.getoption("cprh_accel"))
+                        accel=config.getoption("cprh_accel"),
+                        dialect=config.getoption("cprh_dialect"),
+                        other_arch={"aarch64": (config.getoption("qemu_aarch64_src"),
+                                                config.getoption("qemu_aarch64_dst"))})
     except UsageError as exc:
         raise pytest.UsageError(str(exc))
     config.stash[CONFIG_KEY] = cfg
@@ -214,6 +227,7 @@ def _mark_known_deviations(config: pytest.Config, items: List[pytest.Item]) -> N
     and a pass is reported as XPASS(strict), i.e. a failure that says QEMU changed."""
     from harness import expectations
     from harness.capabilities import probe
+    from harness.guest import arch_of
     from harness.pair import resolve_accel
 
     deviations = config.stash[DEVIATIONS_KEY]
@@ -225,13 +239,15 @@ def _mark_known_deviations(config: pytest.Config, items: List[pytest.Item]) -> N
         if sc is None:
             continue
         try:
-            src, dst = probe(cfg.qemu_src), probe(cfg.qemu_dst)
-            accel = resolve_accel(cfg.accel, sc, src, dst)
+            arch = arch_of(sc.guest)
+            acfg = cfg.for_arch(arch)  # the binaries this case really runs
+            src, dst = probe(acfg.qemu_src), probe(acfg.qemu_dst)
+            accel = resolve_accel(acfg.accel, sc, src, dst)
         except HarnessError:
             continue  # the case will skip or fail with its own reason
         info = expectations.RunInfo(qemu_src=".".join(map(str, src.version)),
                                     qemu_dst=".".join(map(str, dst.version)),
-                                    accel=accel, machine=sc.machine)
+                                    accel=accel, machine=sc.machine, arch=arch)
         dev = expectations.find(deviations, sc.id, info)
         if dev is not None:
             item.add_marker(pytest.mark.xfail(strict=True, raises=ConformanceFailure,

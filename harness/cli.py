@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from harness import catalogue
+from harness.dialect import DIALECTS
+from harness.sweep import DEFAULT_SIZES
 from harness.errors import HarnessError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,6 +82,8 @@ def cmd_run(args: argparse.Namespace, extra: List[str]) -> int:
     pargs = [str(ROOT / "suites" / "conformance"), "-p", "no:cacheprovider",
              "--rootdir", str(ROOT), "-c", str(ROOT / "pyproject.toml"),
              "--qemu-src", args.qemu_src, "--qemu-dst", args.qemu_dst,
+             "--dialect", args.dialect, "--qemu-aarch64-src", args.qemu_aarch64_src,
+             "--qemu-aarch64-dst", args.qemu_aarch64_dst,
              "--accel", args.accel, "--reports", args.reports,
              "--junitxml", os.path.join(args.reports, "junit.xml")]
     if args.jobs != 1:
@@ -137,6 +141,37 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from harness import dialect
+    from harness.pair import render_plan
+
+    sc = catalogue.get(args.scenario)
+    with tempfile.TemporaryDirectory(prefix="cprh-plan-") as wd:
+        print(f"# {sc.id}: {dialect.get(args.dialect).describe(sc.id, sc.title)}")
+        print(f"# expected: {sc.expect}")
+        print(render_plan(sc, dialect.get(args.dialect), wd).text())
+    return 0
+
+
+def cmd_sizes(args: argparse.Namespace) -> int:
+    import json
+
+    from harness.pair import RunConfig
+    from harness.sweep import parse_size_mb, run_sweep, table
+
+    sizes = [parse_size_mb(x) for x in args.sizes.split(",") if x.strip()]
+    cfg = RunConfig(qemu_src=args.qemu_src, qemu_dst=args.qemu_dst, accel=args.accel)
+    out = Path(args.reports) / "sizes"
+    rows = run_sweep(sizes, cfg, str(out))
+    print(table(rows))
+    (Path(args.reports) / "sizes.json").write_text(
+        json.dumps([r.to_dict() for r in rows], indent=2))
+    print(f"written: {Path(args.reports) / 'sizes.json'}; per size: {out}/ram-*/")
+    return 0 if all(r.verdict in ("pass",) or r.verdict.startswith("skip") for r in rows) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cpr-harness",
                                 description="cpr-transfer conformance harness for QEMU")
@@ -164,6 +199,34 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run only this scenario id (repeatable); see 'list'")
     pr.add_argument("--no-allure-html", action="store_true",
                     help="write allure-results but do not build the Allure HTML report")
+    pr.add_argument("--dialect", default=os.environ.get("CPRH_DIALECT", "auto"),
+                    choices=("auto",) + DIALECTS,
+                    help="cpr-transfer interface: auto (from the QMP schema) or forced")
+    pr.add_argument("--qemu-aarch64-src", metavar="PATH",
+                    default=os.environ.get("CPRH_QEMU_AARCH64_SRC", "qemu-system-aarch64"))
+    pr.add_argument("--qemu-aarch64-dst", metavar="PATH",
+                    default=os.environ.get("CPRH_QEMU_AARCH64_DST", "qemu-system-aarch64"))
+
+    pn = sub.add_parser("plan", help="show what a scenario renders to (a dry run: the "
+                                     "command lines and QMP commands, nothing is started)")
+    pn.add_argument("scenario", metavar="ID")
+    pn.add_argument("--dialect", default="released-10x", choices=DIALECTS)
+
+    ps = sub.add_parser("sizes", help="run the base case at several guest RAM sizes and "
+                                      "print the main stream size and the guest pause")
+    ps.add_argument("--sizes", default=",".join(DEFAULT_SIZES), metavar="LIST",
+                    help="comma-separated RAM sizes (default: %(default)s)")
+    ps.add_argument("--qemu-src", default=os.environ.get("CPRH_QEMU_SRC", "qemu-system-x86_64"),
+                    metavar="PATH")
+    ps.add_argument("--qemu-dst", default=os.environ.get("CPRH_QEMU_DST", "qemu-system-x86_64"),
+                    metavar="PATH")
+    ps.add_argument("--accel", choices=("auto", "kvm", "tcg"),
+                    default=os.environ.get("CPRH_ACCEL", "auto"))
+    ps.add_argument("--reports", default=os.environ.get("CPRH_REPORTS", str(ROOT / "reports")),
+                    metavar="DIR")
+
+    sub.add_parser("bench", help="benchmark cpr-transfer against precopy and cpr-reboot "
+                                 "(options: python -m harness bench --help)", add_help=False)
 
     rp = sub.add_parser("report", help="rebuild the matrix pages and the Allure report, "
                                        "or compare with a baseline (exit 1 on regressions)")
@@ -184,6 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        try:
+            from harness import bench
+        except ImportError as exc:
+            return _err(f"the benchmark is not available: {exc}")
+        return int(bench.main(argv[1:]) or 0)
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "run":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -194,6 +264,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_list(args)
         if args.command == "report":
             return cmd_report(args)
+        if args.command == "plan":
+            return cmd_plan(args)
+        if args.command == "sizes":
+            return cmd_sizes(args)
         return cmd_run(args, extra)
     except HarnessError as exc:
         return _err(str(exc))

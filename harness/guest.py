@@ -76,6 +76,15 @@ def _build_module() -> Any:
 
 
 @lru_cache(maxsize=None)
+def arch_of(name: str) -> str:
+    """The architecture of guest ``name``, from its layout, without building it."""
+    try:
+        return _build_module().layout(name).get("arch", "x86_64")
+    except Exception as exc:  # noqa: BLE001 - build.py's own error types
+        raise UsageError(f"unknown guest {name!r}: {exc}") from None
+
+
+@lru_cache(maxsize=None)
 def image(name: str = "x86-bios") -> GuestImage:
     """Build (or reuse the cached build of) guest ``name``."""
     mod = _build_module()

@@ -16,3 +16,13 @@ def short_base():
     d = tempfile.mkdtemp(prefix="st-", dir="/tmp")
     yield Path(d)
     shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def old_qemu_dir(request, tmp_path_factory):
+    """Where scripts/fetch-old-qemu.sh unpacks QEMU 7.2: the pytest cache when there is
+    one (kept across runs), else this session's temp dir (-p no:cacheprovider)."""
+    cache = getattr(request.config, "cache", None)
+    if cache is not None:
+        return Path(cache.mkdir("old-qemu-7.2"))
+    return tmp_path_factory.mktemp("old-qemu-7.2")

@@ -331,8 +331,8 @@ def test_library_imports_no_test_framework():
 
 
 @pytest.fixture(scope="session")
-def qemu72(request) -> str:
-    cache_dir = request.config.cache.mkdir("old-qemu-7.2")
+def qemu72(old_qemu_dir) -> str:
+    cache_dir = old_qemu_dir
     try:
         r = subprocess.run(["bash", str(FETCH_OLD), str(cache_dir)], capture_output=True,
                            text=True, timeout=600, stdin=subprocess.DEVNULL)

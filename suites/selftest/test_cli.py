@@ -68,3 +68,22 @@ def test_catalogue_ids_are_unique_and_readable():
     for sid, sc in catalogue.SCENARIOS.items():
         assert sid == sc.id and "/" in sid and " " not in sid
         assert sc.area == sid.split("/")[0]
+
+
+def test_plan_unknown_scenario():
+    assert_clean_error(cli("plan", "transfer/nope"), "unknown scenario id")
+
+
+def test_plan_renders_both_dialects():
+    for d, needle in (("released-10x", '"channel-type": "cpr"'), ("rfc-v1", "-cpr-uri")):
+        p = cli("plan", "transfer/unix-unix-memfd-immediate-q35", "--dialect", d)
+        assert p.returncode == 0 and needle in p.stdout, p.stdout
+
+
+def test_sizes_bad_value():
+    assert_clean_error(cli("sizes", "--sizes", "12K"), "bad RAM size")
+
+
+def test_run_bad_dialect():
+    p = cli("run", "--dialect", "rfc-v9")
+    assert p.returncode == 2 and "invalid choice" in p.stderr and "Traceback" not in p.stderr

@@ -37,9 +37,8 @@ def assert_usage_error(p, needle):
 
 
 @pytest.fixture(scope="module")
-def qemu72(request):
-    cache = request.config.cache.mkdir("old-qemu") if request.config.cache else Path("/tmp")
-    p = subprocess.run(["bash", str(ROOT / "scripts" / "fetch-old-qemu.sh"), str(cache)],
+def qemu72(old_qemu_dir):
+    p = subprocess.run(["bash", str(ROOT / "scripts" / "fetch-old-qemu.sh"), str(old_qemu_dir)],
                        capture_output=True, text=True, timeout=300)
     if p.returncode != 0:
         pytest.skip(f"QEMU 7.2 not available: {p.stderr.strip().splitlines()[-1:]}")
