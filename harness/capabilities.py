@@ -334,6 +334,7 @@ class _Prober:
         self.deadline = time.monotonic() + max(float(timeout), 0.1)
         self.timeout = timeout
         self.notes: List[str] = []
+        self._qmp_lines: List[str] = []
 
     # -- processes -------------------------------------------------------------
 
@@ -376,6 +377,106 @@ class _Prober:
             proc.wait()
             raise
         return proc.returncode, out or "", err or ""
+
+    def _qmp_session(self, cmds: List[Tuple[str, Dict[str, Any]]], what: str
+                     ) -> Tuple[int, str, str]:
+        """Send every command but the last (``quit``), read until each has its reply,
+        then send ``quit``. Sending ``quit`` with the rest lets QEMU exit with replies
+        still unflushed in its monitor buffer when the reader is slow (a loaded host):
+        the last line comes out cut."""
+        import selectors
+        import tempfile
+
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise ProbeFailed(self.binary, f"ran out of time ({self.timeout:g}s) before {what}")
+        errf = tempfile.TemporaryFile()
+        try:
+            proc = subprocess.Popen([self.path, *QMP_ARGS], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=errf, close_fds=True,
+                                    start_new_session=True)
+        except (PermissionError, FileNotFoundError):
+            errf.close()
+            raise QemuNotFound(self.binary) from None
+        except OSError as e:
+            errf.close()
+            raise ProbeFailed(self.binary, f"cannot start {what}: {e}") from None
+        assert proc.stdin is not None and proc.stdout is not None
+        want = set(range(len(cmds) - 1))
+        buf = b""
+        sel = selectors.DefaultSelector()
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        timed_out = False
+        try:
+            proc.stdin.write("".join(json.dumps(dict(c, id=i)) + "\n"
+                                     for i, (_, c) in enumerate(cmds[:-1])).encode())
+            proc.stdin.flush()
+            while want:
+                left = self.deadline - time.monotonic()
+                if left <= 0:
+                    timed_out = True
+                    break
+                if not sel.select(timeout=min(left, 1.0)):
+                    if proc.poll() is not None:
+                        break
+                    continue
+                chunk = os.read(proc.stdout.fileno(), 1 << 16)
+                if not chunk:
+                    break  # QEMU closed stdout: it died; the caller reports what is missing
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    try:
+                        msg = json.loads(line)
+                    except ValueError:
+                        msg = None
+                    if isinstance(msg, dict) and msg.get("id") in want:
+                        want.discard(msg["id"])
+                    self._qmp_lines.append(line.decode(errors="replace"))
+            if not timed_out and proc.poll() is None:
+                try:
+                    proc.stdin.write((json.dumps(dict(cmds[-1][1], id=len(cmds) - 1))
+                                      + "\n").encode())
+                    proc.stdin.close()
+                except OSError:
+                    pass
+                rest_deadline = max(1.0, self.deadline - time.monotonic())
+                end = time.monotonic() + rest_deadline
+                while time.monotonic() < end:
+                    if not sel.select(timeout=min(1.0, end - time.monotonic())):
+                        if proc.poll() is not None:
+                            break
+                        continue
+                    chunk = os.read(proc.stdout.fileno(), 1 << 16)
+                    if not chunk:
+                        break
+                    buf += chunk
+                else:
+                    timed_out = True
+        finally:
+            sel.close()
+            if timed_out or proc.poll() is None:
+                try:
+                    proc.wait(timeout=5 if not timed_out else 0.01)
+                except subprocess.TimeoutExpired:
+                    self._kill(proc)
+                    proc.wait()
+            for stream in (proc.stdin, proc.stdout):
+                try:
+                    if stream is not None:
+                        stream.close()
+                except OSError:
+                    pass
+            errf.seek(0)
+            err = errf.read().decode(errors="replace")
+            errf.close()
+        out = "\n".join(self._qmp_lines + ([buf.decode(errors="replace")] if buf else []))
+        self._qmp_lines = []
+        if timed_out:
+            raise ProbeFailed(self.binary, f"{what} timed out (probe budget "
+                                           f"{self.timeout:g}s); killed it",
+                              _tail(err, out) or None)
+        return proc.returncode, out, err
 
     @staticmethod
     def _kill(proc: subprocess.Popen) -> None:
@@ -510,12 +611,8 @@ class _Prober:
                          {"execute": "qom-list-properties",
                           "arguments": {"typename": f"{props_machine}-machine"}}))
         cmds.append(("quit", {"execute": "quit"}))
-        text = ""
-        for i, (_, c) in enumerate(cmds):
-            text += json.dumps(dict(c, id=i)) + "\n"
-
         what = "the QMP session (" + " ".join(QMP_ARGS) + ")"
-        rc, out, err = self._run(list(QMP_ARGS), what, input_text=text)
+        rc, out, err = self._qmp_session(cmds, what)
 
         lines = [ln for ln in out.splitlines() if ln.strip()]
         msgs: List[Dict[str, Any]] = []
