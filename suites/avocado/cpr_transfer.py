@@ -7,7 +7,7 @@ second copy of any check. One scenario::
 
     avocado run suites/avocado/cpr_transfer.py -p scenario=transfer/unix-unix-memfd-immediate-q35 \\
         [-p qemu_src=PATH] [-p qemu_dst=PATH] [-p accel=auto|kvm|tcg] [-p expectations=FILE]
-        [-p slow=1]
+        [-p qemu_aarch64_src=PATH] [-p qemu_aarch64_dst=PATH] [-p dialect=NAME] [-p slow=1]
 
 Many: a runnables recipe from ``suites/avocado/cprh_avocado.py recipe`` (docs/avocado.md).
 
@@ -90,8 +90,8 @@ class CprTransfer(Test):
             self.cancel(adapter.SLOW_REASON)
         deviation = adapter.known_deviation(cfg, sc, deviations)
         self.log.info("scenario %s: %s; expected: %s", sc.id, sc.title, sc.expect)
-        self.log.info("qemu_src=%s qemu_dst=%s accel=%s", cfg.qemu_src, cfg.qemu_dst,
-                      cfg.accel)
+        self.log.info("qemu_src=%s qemu_dst=%s other_arch=%s accel=%s dialect=%s",
+                      cfg.qemu_src, cfg.qemu_dst, cfg.other_arch, cfg.accel, cfg.dialect)
         if deviation is not None:
             self.log.info("%s: runs as a strict expected failure", deviation.describe())
         try:

@@ -17,7 +17,8 @@ here:
 Command line (run from the repository root)::
 
     python suites/avocado/cprh_avocado.py recipe [--suite S] [--scenario ID] \\
-        [--qemu-src P] [--qemu-dst P] [--accel A] [--expectations F] [--slow] [-o FILE]
+        [--qemu-src P] [--qemu-dst P] [--qemu-aarch64-src P] [--qemu-aarch64-dst P] \
+        [--accel A] [--dialect D] [--expectations F] [--slow] [-o FILE]
     python suites/avocado/cprh_avocado.py compare AVOCADO_RESULTS_JSON PYTEST_CONFORMANCE_JSON
 
 See docs/avocado.md.
@@ -46,10 +47,14 @@ TEST_METHOD = "CprTransfer.test_scenario"
 #: The avocado parameters a case reads, and the environment variable each falls back
 #: to (the same ones the pytest options fall back to).
 PARAMS_ENV = {"qemu_src": "CPRH_QEMU_SRC", "qemu_dst": "CPRH_QEMU_DST",
-              "accel": "CPRH_ACCEL", "expectations": "CPRH_EXPECTATIONS",
-              "slow": "CPRH_SLOW"}
+              "qemu_aarch64_src": "CPRH_QEMU_AARCH64_SRC",
+              "qemu_aarch64_dst": "CPRH_QEMU_AARCH64_DST",
+              "accel": "CPRH_ACCEL", "dialect": "CPRH_DIALECT",
+              "expectations": "CPRH_EXPECTATIONS", "slow": "CPRH_SLOW"}
 DEFAULTS = {"qemu_src": "qemu-system-x86_64", "qemu_dst": "qemu-system-x86_64",
-            "accel": "auto", "expectations": str(expectations.DEFAULT_FILE), "slow": ""}
+            "qemu_aarch64_src": "qemu-system-aarch64",
+            "qemu_aarch64_dst": "qemu-system-aarch64", "accel": "auto", "dialect": "auto",
+            "expectations": str(expectations.DEFAULT_FILE), "slow": ""}
 
 #: A scenario marked ``slow`` runs only when asked (non-empty ``slow`` param or
 #: CPRH_SLOW), else it is skipped with this reason: as suites/conformance/test_transfer.py
@@ -89,7 +94,9 @@ def param(get: Callable[[str], Any], name: str) -> str:
 def run_config(get: Callable[[str], Any]) -> RunConfig:
     """The run's frozen config from avocado params; a bad value is a UsageError."""
     return RunConfig(qemu_src=param(get, "qemu_src"), qemu_dst=param(get, "qemu_dst"),
-                     accel=param(get, "accel"))
+                     accel=param(get, "accel"), dialect=param(get, "dialect"),
+                     other_arch={"aarch64": (param(get, "qemu_aarch64_src"),
+                                             param(get, "qemu_aarch64_dst"))})
 
 
 def slow_skipped(sc: Scenario, get: Callable[[str], Any]) -> bool:
@@ -105,22 +112,26 @@ def known_deviation(cfg: RunConfig, sc: Scenario,
                     ) -> Optional[expectations.Deviation]:
     """The entry that makes ``sc`` a strict expected failure in this run, if any.
 
-    As conftest.py decides it: on the probed versions of both binaries and the accel
-    the case will use. A probe or accel problem means no entry: the case then skips or
+    As conftest.py decides it: on the probed versions of the two binaries the case
+    really runs (per its guest's architecture), the accel it will use and that
+    architecture. A probe or accel problem means no entry: the case then skips or
     errors with its own reason."""
     from harness.capabilities import probe
+    from harness.guest import arch_of
     from harness.pair import resolve_accel
 
     if not deviations:
         return None
     try:
-        src, dst = probe(cfg.qemu_src), probe(cfg.qemu_dst)
-        accel = resolve_accel(cfg.accel, sc, src, dst)
+        arch = arch_of(sc.guest)
+        acfg = cfg.for_arch(arch)
+        src, dst = probe(acfg.qemu_src), probe(acfg.qemu_dst)
+        accel = resolve_accel(acfg.accel, sc, src, dst)
     except HarnessError:
         return None
     info = expectations.RunInfo(qemu_src=".".join(map(str, src.version)),
                                 qemu_dst=".".join(map(str, dst.version)),
-                                accel=accel, machine=sc.machine)
+                                accel=accel, machine=sc.machine, arch=arch)
     return expectations.find(deviations, sc.id, info)
 
 
@@ -266,8 +277,10 @@ def compare(avocado: Mapping[str, Tuple[str, str]], pytest: Mapping[str, Tuple[s
 
 
 def _cmd_recipe(args: argparse.Namespace) -> int:
-    get = {"qemu_src": args.qemu_src, "qemu_dst": args.qemu_dst, "accel": args.accel,
-           "expectations": args.expectations, "slow": "1" if args.slow else None}.get
+    get = {"qemu_src": args.qemu_src, "qemu_dst": args.qemu_dst,
+           "qemu_aarch64_src": args.qemu_aarch64_src, "qemu_aarch64_dst": args.qemu_aarch64_dst,
+           "accel": args.accel, "dialect": args.dialect, "expectations": args.expectations,
+           "slow": "1" if args.slow else None}.get
     # Every value resolved now (option, else CPRH_* env, else default), so the recipe
     # says exactly what its tests ran with; ``slow`` only when set.
     params = {name: param(get, name) for name in PARAMS_ENV}
@@ -330,7 +343,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--qemu-src", metavar="PATH", help="[env CPRH_QEMU_SRC; default: "
                                                       "qemu-system-x86_64]")
     r.add_argument("--qemu-dst", metavar="PATH", help="[env CPRH_QEMU_DST]")
+    r.add_argument("--qemu-aarch64-src", metavar="PATH", help="source QEMU for aarch64 "
+                   "guests [env CPRH_QEMU_AARCH64_SRC; default: qemu-system-aarch64]")
+    r.add_argument("--qemu-aarch64-dst", metavar="PATH", help="target QEMU for aarch64 "
+                   "guests [env CPRH_QEMU_AARCH64_DST]")
     r.add_argument("--accel", choices=ACCELS, help="[env CPRH_ACCEL; default: auto]")
+    r.add_argument("--dialect", metavar="auto|released-10x|rfc-v1", help="cpr-transfer "
+                   "interface to speak [env CPRH_DIALECT; default: auto]")
     r.add_argument("--expectations", metavar="FILE", help="known deviations "
                    "[env CPRH_EXPECTATIONS; default: expectations/known-deviations.toml]")
     r.add_argument("--slow", action="store_true",
