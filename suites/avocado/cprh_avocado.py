@@ -71,7 +71,6 @@ SUITES: Dict[str, Callable[[], List[Scenario]]] = {
 #: How a strict expected failure that passed announces itself in avocado's fail_reason
 #: (pytest says ``[XPASS(strict)]``).
 XPASS_PREFIX = "XPASS(strict)"
-KNOWN_DEVIATION_PREFIX = "known deviation: "
 
 #: avocado status -> the matrix's verdict (harness.report.VERDICTS); FAIL is ``xpass``
 #: when its reason starts with XPASS_PREFIX.
