@@ -25,6 +25,7 @@ from typing import Any, Dict, Iterator, List
 import allure
 import pytest
 
+from harness import verdict
 from harness.errors import ConformanceFailure, HarnessError, Unsupported, UsageError
 from harness.observe import Observer
 from harness.pair import ACCELS, RunConfig
@@ -169,19 +170,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def _check_binaries(cfg: RunConfig) -> None:
     """A missing, foreign or too old QEMU is a usage error, not 40 failing cases."""
-    from harness.capabilities import probe
+    from harness.pair import check_binaries
 
-    for side, binary in (("src", cfg.qemu_src), ("dst", cfg.qemu_dst)):
-        try:
-            caps = probe(binary)
-        except HarnessError as exc:
-            raise pytest.UsageError(f"--qemu-{side}: {exc}")
-        problems = caps.cpr_transfer_problems()
-        if problems:
-            raise pytest.UsageError(
-                f"--qemu-{side}: {caps.path} ({caps.version_str}) does not support "
-                f"cpr-transfer: {'; '.join(problems)}. Install QEMU >= 10.0 "
-                f"(scripts/setup-host.sh) or point --qemu-{side} at one.")
+    try:
+        check_binaries(cfg)
+    except UsageError as exc:
+        raise pytest.UsageError(str(exc))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
@@ -226,29 +220,12 @@ def _mark_known_deviations(config: pytest.Config, items: List[pytest.Item]) -> N
     """Known deviations become strict xfails: only a conformance failure satisfies them,
     and a pass is reported as XPASS(strict), i.e. a failure that says QEMU changed."""
     from harness import expectations
-    from harness.capabilities import probe
-    from harness.guest import arch_of
-    from harness.pair import resolve_accel
 
     deviations = config.stash[DEVIATIONS_KEY]
     cfg = config.stash[CONFIG_KEY]
-    if not deviations:
-        return
     for item in items:
-        sc = getattr(item, "callspec", None) and item.callspec.params.get("scenario")
-        if sc is None:
-            continue
-        try:
-            arch = arch_of(sc.guest)
-            acfg = cfg.for_arch(arch)  # the binaries this case really runs
-            src, dst = probe(acfg.qemu_src), probe(acfg.qemu_dst)
-            accel = resolve_accel(acfg.accel, sc, src, dst)
-        except HarnessError:
-            continue  # the case will skip or fail with its own reason
-        info = expectations.RunInfo(qemu_src=".".join(map(str, src.version)),
-                                    qemu_dst=".".join(map(str, dst.version)),
-                                    accel=accel, machine=sc.machine, arch=arch)
-        dev = expectations.find(deviations, sc.id, info)
+        sc = _scenario_of(item)
+        dev = expectations.for_case(deviations, sc, cfg) if sc is not None else None
         if dev is not None:
             item.add_marker(pytest.mark.xfail(strict=True, raises=ConformanceFailure,
                                               reason=dev.describe()))
@@ -403,9 +380,7 @@ def cpr_case(request: pytest.FixtureRequest, run_config: RunConfig, case_dir: st
                 pytest.skip(exc.reason)
             with allure.step("judge the result"):
                 mismatches = judge(result)
-            record = result.to_dict()
-            record["id"] = scenario.id
-            record["mismatches"] = [m.__dict__ for m in mismatches]
+            record = verdict.record(result, mismatches)
             with open(os.path.join(case_dir, "result.json"), "w") as f:
                 json.dump(record, f, indent=2, default=str)
             request.node.user_properties.append((RESULT_PROP, json.dumps(record, default=str)))

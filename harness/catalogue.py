@@ -160,6 +160,32 @@ for _sc in _build():
     SCENARIOS[_sc.id] = _sc
 
 
+#: The scenario sets the adapters run: pytest's suites/conformance/test_*.py and the
+#: avocado recipe select from these, so the two never disagree on what a suite is.
+SUITES = {
+    "transfer": lambda: select(positive=True),
+    "refusals": lambda: [s for s in select(positive=False) if s.area != "fault"],
+    "faults": lambda: select(area="fault"),
+}
+
+SLOW_REASON = "a slow case: set CPRH_SLOW=1 (tox -e nightly) to run it"
+
+
+def slow_enabled(flag: object = None) -> bool:
+    """Slow scenarios run when asked: an explicit flag, else $CPRH_SLOW."""
+    import os
+
+    value = flag if flag not in (None, "") else os.environ.get("CPRH_SLOW", "")
+    return str(value).strip().lower() not in ("", "0", "no", "false")
+
+
+def suite(name: str) -> List[Scenario]:
+    try:
+        return SUITES[name]()
+    except KeyError:
+        raise UsageError(f"unknown suite {name!r}; use one of: {', '.join(SUITES)}") from None
+
+
 def get(sid: str) -> Scenario:
     try:
         return SCENARIOS[sid]

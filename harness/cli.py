@@ -56,16 +56,13 @@ def cmd_run(args: argparse.Namespace, extra: List[str]) -> int:
     Writes the matrix (conformance.json/.html/.md), allure-results and, unless
     ``--no-allure-html``, the Allure HTML report, all under ``--reports``."""
     from harness import report
-    from harness.capabilities import probe
 
     for sid in args.scenario or []:
         catalogue.get(sid)  # unknown id: UsageError before anything starts
-    for side, binary in (("src", args.qemu_src), ("dst", args.qemu_dst)):
-        caps = probe(binary)
-        problems = caps.cpr_transfer_problems()
-        if problems:
-            return _err(f"--qemu-{side} {caps.path} ({caps.version_str}) does not support "
-                        f"cpr-transfer: {'; '.join(problems)}")
+    from harness.pair import RunConfig, check_binaries
+
+    check_binaries(RunConfig(qemu_src=args.qemu_src, qemu_dst=args.qemu_dst,
+                             dialect=args.dialect))
     import pytest
 
     if extra[:1] == ["--"]:  # `run [OPTIONS] -- [pytest args]`

@@ -128,3 +128,31 @@ def find(deviations: Sequence[Deviation], case: str, info: RunInfo) -> Optional[
         if d.matches(case, info):
             return d
     return None
+
+
+def for_case(deviations: Sequence[Deviation], sc: Any, cfg: Any) -> Optional[Deviation]:
+    """The entry that makes scenario ``sc`` a strict expected failure in this run, if any.
+
+    Decided on the probed versions of the two binaries the case really runs (per its
+    guest's architecture), the accel it will use, its machine and architecture. A probe
+    or accel problem means no entry: the case then skips or errors with its own reason.
+    Every adapter (pytest, avocado) asks this one function.
+    """
+    from harness.capabilities import probe
+    from harness.errors import HarnessError
+    from harness.guest import arch_of
+    from harness.pair import resolve_accel
+
+    if not deviations:
+        return None
+    try:
+        arch = arch_of(sc.guest)
+        acfg = cfg.for_arch(arch)
+        src, dst = probe(acfg.qemu_src), probe(acfg.qemu_dst)
+        accel = resolve_accel(acfg.accel, sc, src, dst)
+    except HarnessError:
+        return None
+    info = RunInfo(qemu_src=".".join(map(str, src.version)),
+                   qemu_dst=".".join(map(str, dst.version)),
+                   accel=accel, machine=sc.machine, arch=arch)
+    return find(deviations, sc.id, info)

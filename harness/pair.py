@@ -158,6 +158,22 @@ def resolve_accel(run_accel: str, sc: Scenario, src: Capabilities, dst: Capabili
     return want
 
 
+def check_binaries(cfg: RunConfig) -> None:
+    """A missing, foreign or too old QEMU is a usage error up front, not a run of
+    cancelled or broken cases. Raises UsageError naming the option to fix."""
+    for side, binary in (("src", cfg.qemu_src), ("dst", cfg.qemu_dst)):
+        try:
+            caps = probe(binary)
+        except HarnessError as exc:
+            raise UsageError(f"--qemu-{side}: {exc}") from None
+        problems = caps.cpr_transfer_problems()
+        if problems and not (cfg.dialect == dialects.RFC_V1 and caps.has_cpr_transfer):
+            raise UsageError(
+                f"--qemu-{side}: {caps.path} ({caps.version_str}) does not support "
+                f"cpr-transfer: {'; '.join(problems)}. Install QEMU >= 10.0 "
+                f"(scripts/setup-host.sh) or point --qemu-{side} at one.")
+
+
 def choose_dialect(cfg: RunConfig, src: Capabilities, dst: Capabilities) -> Dialect:
     if cfg.dialect == "auto" and src.dialect != dst.dialect:
         raise Unsupported(f"src speaks the {src.dialect} cpr-transfer dialect, dst speaks "

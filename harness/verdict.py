@@ -95,6 +95,14 @@ def judge(r: PairResult) -> List[Mismatch]:
     return out
 
 
+def record(r: PairResult, mismatches: List[Mismatch]) -> dict:
+    """The case's result record (result.json), the same for every adapter."""
+    rec = r.to_dict()
+    rec["id"] = r.scenario.id
+    rec["mismatches"] = [m.__dict__ for m in mismatches]
+    return rec
+
+
 def _check_ram_evidence(r: PairResult, check: Callable[..., None], retry: bool) -> None:
     """The in-place RAM evidence of a completed transfer (docs/ram-evidence.md)."""
     ev = r.evidence

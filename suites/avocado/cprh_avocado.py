@@ -36,9 +36,10 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # `python suites/avocado/cprh_avocado.py` from a checkout
     sys.path.insert(0, str(ROOT))
 
-from harness import catalogue, expectations  # noqa: E402
-from harness.errors import HarnessError, Mismatch, UsageError  # noqa: E402
-from harness.pair import ACCELS, PairResult, RunConfig  # noqa: E402
+from harness import catalogue, expectations, verdict  # noqa: E402
+from harness.errors import UsageError  # noqa: E402
+from harness.pair import ACCELS, RunConfig  # noqa: E402
+from harness.pair import check_binaries as pair_check_binaries  # noqa: E402
 from harness.scenario import Scenario  # noqa: E402
 
 TEST_FILE = Path(__file__).resolve().parent / "cpr_transfer.py"
@@ -57,16 +58,11 @@ DEFAULTS = {"qemu_src": "qemu-system-x86_64", "qemu_dst": "qemu-system-x86_64",
             "expectations": str(expectations.DEFAULT_FILE), "slow": ""}
 
 #: A scenario marked ``slow`` runs only when asked (non-empty ``slow`` param or
-#: CPRH_SLOW), else it is skipped with this reason: as suites/conformance/test_transfer.py
-#: gates it.
-SLOW_REASON = "a slow case: set CPRH_SLOW=1 (tox -e nightly) to run it"
+#: CPRH_SLOW), else it is skipped with this reason: the library's rule, as pytest's.
+SLOW_REASON = catalogue.SLOW_REASON
 
-#: The scenario sets, as the pytest suites in suites/conformance/ select them.
-SUITES: Dict[str, Callable[[], List[Scenario]]] = {
-    "transfer": lambda: catalogue.select(positive=True),
-    "refusals": lambda: [s for s in catalogue.select(positive=False) if s.area != "fault"],
-    "faults": lambda: catalogue.select(area="fault"),
-}
+#: The scenario sets, exactly as the pytest suites in suites/conformance/ select them.
+SUITES = catalogue.SUITES
 
 #: How a strict expected failure that passed announces itself in avocado's fail_reason
 #: (pytest says ``[XPASS(strict)]``).
@@ -99,47 +95,16 @@ def run_config(get: Callable[[str], Any]) -> RunConfig:
 
 
 def slow_skipped(sc: Scenario, get: Callable[[str], Any]) -> bool:
-    return sc.slow and not param(get, "slow")
+    return sc.slow and not catalogue.slow_enabled(get("slow"))
 
 
 def load_deviations(get: Callable[[str], Any]) -> List[expectations.Deviation]:
     return expectations.load(Path(param(get, "expectations")), catalogue.SCENARIOS)
 
 
-def known_deviation(cfg: RunConfig, sc: Scenario,
-                    deviations: Sequence[expectations.Deviation]
-                    ) -> Optional[expectations.Deviation]:
-    """The entry that makes ``sc`` a strict expected failure in this run, if any.
-
-    As conftest.py decides it: on the probed versions of the two binaries the case
-    really runs (per its guest's architecture), the accel it will use and that
-    architecture. A probe or accel problem means no entry: the case then skips or
-    errors with its own reason."""
-    from harness.capabilities import probe
-    from harness.guest import arch_of
-    from harness.pair import resolve_accel
-
-    if not deviations:
-        return None
-    try:
-        arch = arch_of(sc.guest)
-        acfg = cfg.for_arch(arch)
-        src, dst = probe(acfg.qemu_src), probe(acfg.qemu_dst)
-        accel = resolve_accel(acfg.accel, sc, src, dst)
-    except HarnessError:
-        return None
-    info = expectations.RunInfo(qemu_src=".".join(map(str, src.version)),
-                                qemu_dst=".".join(map(str, dst.version)),
-                                accel=accel, machine=sc.machine, arch=arch)
-    return expectations.find(deviations, sc.id, info)
-
-
-def case_record(result: PairResult, mismatches: Sequence[Mismatch]) -> Dict[str, Any]:
-    """What ``result.json`` holds, the same record the pytest adapter writes."""
-    record = result.to_dict()
-    record["id"] = result.scenario.id
-    record["mismatches"] = [m.__dict__ for m in mismatches]
-    return record
+#: The library decides these for every adapter: no second copy here.
+known_deviation = lambda cfg, sc, deviations: expectations.for_case(deviations, sc, cfg)  # noqa: E731
+case_record = verdict.record
 
 
 def write_record(record: Mapping[str, Any], directory: str) -> str:
@@ -202,20 +167,7 @@ def dump_recipe(runnables: Sequence[Mapping[str, Any]]) -> str:
     return "[\n" + ",\n".join(json.dumps(r) for r in runnables) + "\n]\n"
 
 
-def check_binaries(cfg: RunConfig) -> None:
-    """A missing, foreign or too old QEMU is a usage error up front (as ``harness run``
-    and the pytest adapter treat it), not a job of 60 cancelled or broken cases."""
-    from harness.capabilities import probe
-
-    for side, binary in (("src", cfg.qemu_src), ("dst", cfg.qemu_dst)):
-        try:
-            caps = probe(binary)
-        except HarnessError as exc:
-            raise UsageError(f"--qemu-{side}: {exc}") from None
-        problems = caps.cpr_transfer_problems()
-        if problems:
-            raise UsageError(f"--qemu-{side}: {caps.path} ({caps.version_str}) does not "
-                             f"support cpr-transfer: {'; '.join(problems)}")
+check_binaries = pair_check_binaries
 
 
 # --------------------------------------------------------------------------- verdicts

@@ -6,7 +6,7 @@ from harness import catalogue
 
 pytestmark = pytest.mark.conformance
 
-FAULTS = catalogue.select(area="fault")
+FAULTS = catalogue.suite("faults")
 
 
 @pytest.mark.parametrize("scenario", FAULTS, ids=[s.id for s in FAULTS])

@@ -7,7 +7,7 @@ from harness import catalogue
 
 pytestmark = pytest.mark.conformance
 
-REFUSALS = [s for s in catalogue.select(positive=False) if s.area != "fault"]
+REFUSALS = catalogue.suite("refusals")
 
 
 @pytest.mark.parametrize("scenario", REFUSALS, ids=[s.id for s in REFUSALS])

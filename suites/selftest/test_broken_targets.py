@@ -3,7 +3,6 @@
 These run real QEMU pairs. The broken targets are wrappers around the real QEMU
 (suites/selftest/broken/tamper.py), used only here, never as a conformance subject.
 """
-import os
 import shutil
 import sys
 from pathlib import Path
