@@ -16,7 +16,7 @@ if [ ! -x .venv/bin/python ]; then
     }
 fi
 stamp=.venv/.cprh-installed
-want=$(cat pyproject.toml "$0" | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml scripts/setup-python.sh | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "setup-python: installing Python dependencies into .venv" >&2
     .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,avocado]'
