@@ -408,9 +408,12 @@ class _Prober:
         sel.register(proc.stdout, selectors.EVENT_READ)
         timed_out = False
         try:
-            proc.stdin.write("".join(json.dumps(dict(c, id=i)) + "\n"
-                                     for i, (_, c) in enumerate(cmds[:-1])).encode())
-            proc.stdin.flush()
+            try:
+                proc.stdin.write("".join(json.dumps(dict(c, id=i)) + "\n"
+                                         for i, (_, c) in enumerate(cmds[:-1])).encode())
+                proc.stdin.flush()
+            except OSError:
+                pass  # it exited already (not QEMU, or dead): judged by what it printed
             while want:
                 left = self.deadline - time.monotonic()
                 if left <= 0:
