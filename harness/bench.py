@@ -64,6 +64,11 @@ DEFAULT_ROUNDS = 3
 OVERHEAD_CASE = "transfer/unix-unix-memfd-immediate-q35"
 #: The idle window before each transfer: its longest stall is the run's noise floor.
 NOISE_WINDOW_S = 0.5
+#: Between the end of the idle window and the transfer mark: a stall overlapping a
+#: mark counts in both windows, so without a gap a stall that began just before
+#: ``migrate`` (the QMP set-up commands stall the vCPU here) would be both the noise
+#: floor and the pause.
+GUARD_S = 0.02
 #: A short tail after the target runs, so the sampler sees the counter move on.
 TAIL_S = 0.05
 #: Precopy's max-bandwidth. QEMU's default is 128 MiB/s (a 8 GiB guest would need
@@ -625,6 +630,24 @@ class LeanRun:
         if not self.bare:
             self._mark("noise")
             time.sleep(self.ctx.noise_s)
+            self._mark("idle-end")
+
+    def _transfer_mark(self) -> None:
+        """The guard gap, the counter's pre-transfer value, then the ``transfer`` mark."""
+        assert self.src_ram is not None
+        if not self.bare:
+            time.sleep(GUARD_S)
+        self.r.counter_before = self.src_ram.counter()
+        self._mark("transfer")
+
+    def _where(self, res: SamplerResult, pause_start_ns: Optional[int],
+               noise: Optional[Stall]) -> None:
+        """Where the pause began relative to ``migrate``; whether it is also the noise."""
+        marks = {m.label: m.t_ns for m in res.marks}
+        if pause_start_ns is not None and "transfer" in marks:
+            self.r.extra["pause_at_ms"] = round((pause_start_ns - marks["transfer"]) / 1e6, 3)
+        if noise is not None and pause_start_ns == noise.start_ns:
+            self.r.extra["noise_is_pause"] = True
 
     def _record_qm(self, q: Dict[str, Any]) -> None:
         self.r.qemu_downtime_ms = q.get("downtime")
@@ -644,7 +667,8 @@ class LeanRun:
         time.sleep(TAIL_S)
         res = self.samplers[0].stop()
         pause = res.longest_between("transfer", "resumed")
-        noise = res.longest_between("noise", "transfer")
+        noise = res.longest_between("noise", "idle-end")
+        self._where(res, pause.start_ns if pause else None, noise)
         # No stall above the sampler's threshold: the pause was shorter than it.
         thr = res.threshold_ns / 1e6
         self.r.guest_pause_ms = round(pause.duration_ms, 3) if pause else 0.0
@@ -677,8 +701,7 @@ class LeanRun:
                            lambda: dst.check_alive("before it listened on the cpr channel"))
         self.r.dst_start_ms = round((time.monotonic() - t) * 1e3, 1)
         self.r.dst_start_until = "cpr socket listening"
-        self.r.counter_before = self.src_ram.counter()
-        self._mark("transfer")
+        self._transfer_mark()
         t = time.monotonic()
         m = self.dialect.source_migrate(main, cpr)
         sq.cmd(m.name, m.args)
@@ -718,8 +741,7 @@ class LeanRun:
         if ctx.precopy_bandwidth:
             sq.cmd("migrate-set-parameters", {"max-bandwidth": ctx.precopy_bandwidth})
         self.r.extra["max_bandwidth"] = sq.cmd("query-migrate-parameters").get("max-bandwidth")
-        self.r.counter_before = self.src_ram.counter()
-        self._mark("transfer")
+        self._transfer_mark()
         t = time.monotonic()
         sq.cmd("migrate", {"channels": [main.qapi()]})
         q = self._wait_migration(src, ctx.transfer_timeout(self.mb))
@@ -738,7 +760,8 @@ class LeanRun:
                 dst_sampler.mark_at(label, t_ns)
         dst_res = dst_sampler.stop()
         p = precopy_pause(src_res, dst_res)
-        noise = src_res.longest_between("noise", "transfer")
+        noise = src_res.longest_between("noise", "idle-end")
+        self._where(src_res, p.src_stop_ns, noise)
         self.r.noise_floor_ms = round(noise.duration_ms, 3) if noise else 0.0
         self.r.guest_pause_ms, self.r.guest_pause_max_ms = p.pause_ms, p.pause_max_ms
         gaps = [transfer_window_gap_ms(src_res, "transfer", "resumed"),
@@ -775,8 +798,7 @@ class LeanRun:
         sq = src.qmp
         for name, args in setup:
             sq.cmd(name, args)
-        self.r.counter_before = self.src_ram.counter()
-        self._mark("transfer")
+        self._transfer_mark()
         t = time.monotonic()
         sq.cmd("migrate", {"uri": f"file:{state}"})
         q = self._wait_migration(src, ctx.transfer_timeout(self.mb))
