@@ -39,6 +39,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+from harness.cleanup import popen_guarded, released
 from harness.errors import NotQemu, ProbeFailed, QemuNotFound
 
 __all__ = [
@@ -346,11 +347,11 @@ class _Prober:
             raise ProbeFailed(self.binary,
                               f"ran out of time ({self.timeout:g}s) before {what}")
         try:
-            proc = subprocess.Popen(
+            proc = popen_guarded(
                 [self.path, *args],
                 stdin=subprocess.PIPE if input_text is not None else subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                text=True, errors="replace", close_fds=True, start_new_session=True)
+                text=True, errors="replace")
         except PermissionError:
             raise QemuNotFound(self.binary) from None
         except FileNotFoundError:
@@ -376,6 +377,8 @@ class _Prober:
             self._kill(proc)
             proc.wait()
             raise
+        finally:
+            released(proc)
         return proc.returncode, out or "", err or ""
 
     def _qmp_session(self, cmds: List[Tuple[str, Dict[str, Any]]], what: str
@@ -392,9 +395,8 @@ class _Prober:
             raise ProbeFailed(self.binary, f"ran out of time ({self.timeout:g}s) before {what}")
         errf = tempfile.TemporaryFile()
         try:
-            proc = subprocess.Popen([self.path, *QMP_ARGS], stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=errf, close_fds=True,
-                                    start_new_session=True)
+            proc = popen_guarded([self.path, *QMP_ARGS], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=errf)
         except (PermissionError, FileNotFoundError):
             errf.close()
             raise QemuNotFound(self.binary) from None
@@ -470,6 +472,7 @@ class _Prober:
                         stream.close()
                 except OSError:
                     pass
+            released(proc)
             errf.seek(0)
             err = errf.read().decode(errors="replace")
             errf.close()

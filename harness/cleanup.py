@@ -48,8 +48,12 @@ class Janitor:
         except OSError:
             pass
 
-    def watch_pid(self, pid: int, create_time: float) -> None:
-        self._send(f"pid {pid} {create_time!r}")
+    def watch_pid(self, pid: int) -> None:
+        """Kill ``pid`` (and its process group) if the runner dies. Identified by its
+        start time too, so a recycled pid is never hit."""
+        start = proc_starttime(pid)
+        if start is not None:
+            self._send(f"pid {pid} {start}")
 
     def unwatch_pid(self, pid: int) -> None:
         self._send(f"unpid {pid}")
@@ -70,6 +74,42 @@ class Janitor:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+def proc_starttime(pid: int) -> Optional[int]:
+    """The process's start time in clock ticks since boot (/proc/PID/stat field 22)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may contain spaces.
+    fields = stat[stat.rindex(b")") + 2:].split()
+    return int(fields[19])
+
+
+def _child_setup() -> None:  # runs in the child between fork and exec
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+
+
+def popen_guarded(args: "list", **kw: object) -> "subprocess.Popen":
+    """``subprocess.Popen`` for every QEMU the harness starts (pairs and probes alike):
+    its own session, SIGKILL when the launching thread dies (PR_SET_PDEATHSIG), and
+    registered with the janitor. Call :func:`released` once it has been reaped."""
+    kw.setdefault("close_fds", True)
+    proc = subprocess.Popen(args, start_new_session=True, preexec_fn=_child_setup,
+                            **kw)  # type: ignore[call-overload]
+    janitor().watch_pid(proc.pid)
+    return proc
+
+
+def released(proc: "subprocess.Popen") -> None:
+    if proc.poll() is not None:
+        janitor().unwatch_pid(proc.pid)
 
 
 def janitor() -> Janitor:
@@ -127,22 +167,26 @@ def remove_tmpdir(path: str) -> None:
 
 # -- the janitor process itself ---------------------------------------------------------
 
-def _kill_tree(pid: int, create_time: float) -> None:
-    import psutil
+def _kill_tree(pid: int, starttime: int) -> None:
     import signal
 
+    alive = proc_starttime(pid)
+    if alive is not None and alive != starttime:
+        return  # pid recycled: not ours
     # QEMU was started as the leader of its own session and process group. A wrapper
     # that forked (rather than exec'd) QEMU may already be dead, killed by its
-    # PDEATHSIG, leaving QEMU in the group without a parent we could walk from.
+    # PDEATHSIG, leaving QEMU in the group without a parent we could walk from; the
+    # group outlives its leader, so kill it by its id.
     try:
         os.killpg(pid, signal.SIGKILL)
     except OSError:
         pass
     try:
-        proc = psutil.Process(pid)
-        if abs(proc.create_time() - create_time) > 0.01:
-            return  # pid recycled: not ours
-        procs = proc.children(recursive=True) + [proc]
+        import psutil
+    except ImportError:  # e.g. a probe run by a system Python: the group kill suffices
+        return
+    try:
+        procs = psutil.Process(pid).children(recursive=True) + [psutil.Process(pid)]
     except psutil.Error:
         return
     for p in procs:
@@ -159,7 +203,7 @@ def _main(argv: list) -> int:
     for raw in sys.stdin.buffer:
         parts = raw.decode(errors="replace").rstrip("\n").split(" ", 2)
         if parts[0] == "pid" and len(parts) == 3:
-            pids[int(parts[1])] = float(parts[2])
+            pids[int(parts[1])] = int(parts[2])
         elif parts[0] == "unpid" and len(parts) >= 2:
             pids.pop(int(parts[1]), None)
         elif parts[0] == "path" and len(parts) >= 2:

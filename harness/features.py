@@ -13,20 +13,24 @@ import tempfile
 from functools import lru_cache
 from typing import Callable, Dict, Tuple
 
+from harness.cleanup import popen_guarded, released
+
 PROBE_TIMEOUT = 15.0
 
 
 def _run(binary: str, args: list) -> Tuple[int, str]:
     with tempfile.TemporaryFile() as out:
-        proc = subprocess.Popen([binary, "-machine", "none", "-nodefaults", "-display", "none",
-                                 *args], stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, close_fds=True, cwd="/")
+        proc = popen_guarded([binary, "-machine", "none", "-nodefaults", "-display", "none",
+                              *args], stdin=subprocess.DEVNULL, stdout=out,
+                             stderr=subprocess.STDOUT, cwd="/")
         try:
             code = proc.wait(PROBE_TIMEOUT)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
             code = -9
+        finally:
+            released(proc)
         out.seek(0)
         return code, out.read().decode(errors="replace").strip()
 

@@ -12,7 +12,6 @@ from a thread that lives as long as the VM (the test's own thread).
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import subprocess
@@ -21,17 +20,9 @@ from typing import Dict, List, Optional, Sequence
 
 import psutil
 
-from harness.cleanup import janitor
+from harness.cleanup import popen_guarded, released
 from harness.errors import VMLaunchFailure, WaitTimeout
 from harness.qmp import QMPSession
-
-_PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _child_setup() -> None:  # runs in the child between fork and exec
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
 
 def tail(path: str, lines: int = 20, max_bytes: int = 16384) -> str:
     try:
@@ -71,10 +62,9 @@ class QemuProcess:
     def launch(self) -> None:
         log = open(self.log_path, "ab")
         try:
-            self.proc = subprocess.Popen(
+            self.proc = popen_guarded(
                 self.cmdline, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                close_fds=True, pass_fds=self.pass_fds, start_new_session=True,
-                preexec_fn=_child_setup, env=self.env, cwd="/")
+                pass_fds=self.pass_fds, env=self.env, cwd="/")
         except FileNotFoundError:
             raise VMLaunchFailure(self.side, None, self.cmdline, self.log_path,
                                   f"executable not found: {self.binary}", "at exec") from None
@@ -87,7 +77,6 @@ class QemuProcess:
             self._create_time = psutil.Process(self.proc.pid).create_time()
         except psutil.Error:
             self._create_time = 0.0
-        janitor().watch_pid(self.proc.pid, self._create_time)
 
     @property
     def pid(self) -> int:
@@ -160,8 +149,7 @@ class QemuProcess:
                 self.qmp.close()
             if self.proc is not None:
                 self.exitcode = self.proc.poll()
-                if self.exitcode is not None:
-                    janitor().unwatch_pid(self.proc.pid)
+                released(self.proc)
         return self.exitcode
 
     def kill(self) -> None:

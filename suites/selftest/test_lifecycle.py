@@ -252,3 +252,41 @@ def test_a_failing_case_leaves_nothing(tmp_path, short_base):
     assert proc.poll() == 1, "the tampered case must fail"
     wait_until(lambda: gone(seen), 30, "QEMUs of the failed case to be gone")
     assert os.listdir(short_base) == []
+
+
+PROBER = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {root!r})
+    from harness.capabilities import clear_probe_cache, probe
+    print("ready", flush=True)
+    while True:  # probe again and again: the kill lands mid-probe
+        clear_probe_cache()
+        probe({qemu!r})
+""")
+
+
+@needs_qemu
+def test_kill9_of_a_runner_mid_probe_leaves_no_qemu(short_base):
+    """Probe QEMUs (-qmp stdio) get the same guard as the pairs': a probe QEMU whose
+    runner died sees EOF on its monitor and would otherwise stay, paused, forever."""
+    runner = subprocess.Popen([sys.executable, "-c", PROBER.format(root=str(ROOT), qemu=QEMU)],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                              env=dict(os.environ, CPRH_TMPDIR=str(short_base)))
+    seen = set()
+    try:
+        assert runner.stdout.readline().strip() == "ready"
+
+        def probe_qemu_running():
+            for q in qemu_descendants(runner.pid):
+                try:
+                    if "stdio" in " ".join(q.cmdline()):
+                        seen.add(q.pid)
+                except psutil.Error:
+                    pass
+            return bool(seen)
+
+        wait_until(probe_qemu_running, 60, "a probe QEMU (-qmp stdio) to run")
+    finally:
+        runner.kill()
+        runner.wait(10)
+    wait_until(lambda: gone(seen), 30, f"probe QEMU {sorted(seen)} to die with its runner")
