@@ -217,7 +217,7 @@ def disagreement(method: str, metrics: Dict[str, Optional[Dict[str, float]]]
     }
     if d["disagrees"]:
         side = "longer" if diff > 0 else "shorter"
-        why = WHY_DISAGREES.get(method, "")
+        why = WHY_LONGER.get(method, "") if diff > 0 else WHY_SHORTER
         d["text"] = (f"{method}: the guest's pause ({pause['median']:.1f} ms) is "
                      f"{abs(diff):.1f} ms {side} than QEMU's downtime "
                      f"({down['median']:g} ms)"
@@ -226,16 +226,22 @@ def disagreement(method: str, metrics: Dict[str, Optional[Dict[str, float]]]
     return d
 
 
-WHY_DISAGREES = {
+#: Why the guest's pause can be longer than QEMU's downtime, per method.
+WHY_LONGER = {
     "cpr-reboot": "QEMU's downtime is the source's stop-and-save only; quitting the "
                   "source, starting the target and loading the file are not in it",
-    "precopy": "the pause is measured across two memory files (last change on the "
-               "source to first new value on the target); downtime is the source's view",
+    "precopy": "downtime is the source's view; the target's load and vCPU restart "
+               "are not all in it (the pause spans two memory files here)",
     "cpr-transfer": "downtime is the source's view of the switch-over; the target's "
-                    "load and vCPU restart are not all in it",
-    "cpr-transfer-prealloc": "downtime is the source's view of the switch-over; the "
-                             "target's load and vCPU restart are not all in it",
+                    "load and vCPU restart are not all in it, and the longest stall "
+                    "may also come from CPU contention during the transfer",
+    "cpr-transfer-prealloc": "the longest stall can come before the switch-over, while "
+                             "the target preallocates (CPU contention on the source's "
+                             "vCPU); pause_at_ms in bench.json says where it began",
 }
+#: Why it can be shorter.
+WHY_SHORTER = ("QEMU counts downtime on the source until its side of the migration "
+               "completes; the guest already ran on the target before that")
 
 
 # --------------------------------------------------------------------------- the pause
@@ -1021,6 +1027,10 @@ def plot(doc: Dict[str, Any], path: str) -> None:
 
     colors = {"cpr-transfer": "tab:blue", "cpr-transfer-prealloc": "tab:cyan",
               "precopy": "tab:red", "cpr-reboot": "tab:green"}
+    # Distinct markers: cpr-transfer with and without prealloc send the same bytes,
+    # so their lines lie on top of each other.
+    markers = {"cpr-transfer": "o", "cpr-transfer-prealloc": "D", "precopy": "s",
+               "cpr-reboot": "^"}
     fig, axes = plt.subplots(1, 3, figsize=(18, 6))
     sizes = sorted({s["ram_mb"] for s in doc["summary"]})
     methods = list(dict.fromkeys(s["method"] for s in doc["summary"]))
@@ -1041,8 +1051,8 @@ def plot(doc: Dict[str, Any], path: str) -> None:
         c = colors.get(method, f"C{i}")
         xs, med, lo, hi = series(method, "guest_pause_ms")
         if xs:
-            ax.errorbar(xs, med, yerr=[lo, hi], marker="o", color=c, capsize=4,
-                        label=f"{method}: guest pause (measured)")
+            ax.errorbar(xs, med, yerr=[lo, hi], marker=markers.get(method, "o"), color=c,
+                        capsize=4, label=f"{method}: guest pause (measured)")
         xs, med, _, _ = series(method, "qemu_downtime_ms")
         if xs:
             ax.plot(xs, med, linestyle="--", marker="x", color=c, alpha=0.7,
@@ -1059,8 +1069,10 @@ def plot(doc: Dict[str, Any], path: str) -> None:
     for i, method in enumerate(methods):
         xs, med, lo, hi = series(method, "main_bytes")
         if xs:
-            ax.errorbar(xs, med, yerr=[lo, hi], marker="o", capsize=4,
-                        color=colors.get(method, f"C{i}"), label=method)
+            ax.errorbar(xs, med, yerr=[lo, hi], marker=markers.get(method, "o"), capsize=4,
+                        color=colors.get(method, f"C{i}"), label=method,
+                        markersize=9 if method == "cpr-transfer" else 6,
+                        fillstyle="none" if method == "cpr-transfer" else "full")
     ax.set_yscale("log")
     ax.set_ylabel("bytes (ram.transferred; cpr-reboot: state file size)")
     ax.set_title("Bytes on the main channel vs RAM size")
@@ -1070,8 +1082,8 @@ def plot(doc: Dict[str, Any], path: str) -> None:
         c = colors.get(method, f"C{i}")
         xs, med, lo, hi = series(method, "qemu_total_time_ms")
         if xs:
-            ax.errorbar(xs, med, yerr=[lo, hi], marker="o", capsize=4, color=c,
-                        label=f"{method}: QEMU total-time")
+            ax.errorbar(xs, med, yerr=[lo, hi], marker=markers.get(method, "o"), capsize=4,
+                        color=c, label=f"{method}: QEMU total-time")
         xs, med, lo, hi = series(method, "dst_start_ms")
         if xs:
             ax.plot(xs, med, linestyle=":", marker="s", color=c, alpha=0.7,

@@ -75,6 +75,11 @@ def test_disagreement_uses_noise_floor_and_downtime_resolution():
     assert "148.0 ms longer" in far["text"] and "quitting the source" in far["text"]
     assert bench.disagreement("x", {"guest_pause_ms": None, "qemu_downtime_ms": st([1]),
                                     "noise_floor_ms": None}) is None
+    shorter = bench.disagreement("cpr-transfer", {"guest_pause_ms": st([3.5]),
+                                                  "qemu_downtime_ms": st([21]),
+                                                  "noise_floor_ms": st([1.8])})
+    assert shorter["disagrees"] and "17.5 ms shorter" in shorter["text"]
+    assert "already ran on the target" in shorter["text"]
     zero = bench.disagreement("cpr-transfer", {"guest_pause_ms": st([9.0]),
                                                "qemu_downtime_ms": st([0]),
                                                "noise_floor_ms": st([2.0])})
