@@ -73,6 +73,11 @@ def test_disagreement_uses_noise_floor_and_downtime_resolution():
     assert far["disagrees"] and far["tolerance_ms"] == 3.0
     assert far["difference_ms"] == 148.0 and far["ratio"] == 13.33
     assert "148.0 ms longer" in far["text"] and "quitting the source" in far["text"]
+    # Within 10% of a long downtime: agrees, though beyond the noise floor.
+    close = bench.disagreement("precopy", {"guest_pause_ms": st([292.0]),
+                                           "qemu_downtime_ms": st([283]),
+                                           "noise_floor_ms": st([8.8])})
+    assert not close["disagrees"] and close["tolerance_ms"] == 28.3
     assert bench.disagreement("x", {"guest_pause_ms": None, "qemu_downtime_ms": st([1]),
                                     "noise_floor_ms": None}) is None
     shorter = bench.disagreement("cpr-transfer", {"guest_pause_ms": st([3.5]),
