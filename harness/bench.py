@@ -774,9 +774,13 @@ class LeanRun:
         self._where(src_res, p.src_stop_ns, noise)
         self.r.noise_floor_ms = round(noise.duration_ms, 3) if noise else 0.0
         self.r.guest_pause_ms, self.r.guest_pause_max_ms = p.pause_ms, p.pause_max_ms
-        gaps = [transfer_window_gap_ms(src_res, "transfer", "resumed"),
-                transfer_window_gap_ms(dst_res, "transfer", "<end>")]
-        self.r.sampler_gap_ms = max((g for g in gaps if g is not None), default=None)
+        # The samplers' own gaps around the switch-over (the whole transfer can take a
+        # minute, with long gaps that do not touch the pause): the target's split
+        # windows, and the source's gap just before it first read the final value.
+        split_gap = max((w.max_sampler_gap_ns for w in dst_res.windows
+                         if w.start.startswith("split")), default=0)
+        src_gap = fin.max_ns - fin.duration_ns if fin is not None else 0
+        self.r.sampler_gap_ms = round(max(split_gap, src_gap) / 1e6, 3)
         self.r.extra["pause"] = asdict(p)
         if p.note:
             self.r.extra["note"] = p.note
