@@ -1259,6 +1259,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except HarnessError as exc:  # bad input, QEMU missing: one line, no traceback
         print(f"cpr-harness bench: error: {str(exc).strip()}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # the round in flight has torn down in its finally
+        print("cpr-harness bench: interrupted; nothing written", file=sys.stderr)
+        return 130
     print(doc["table"])
     print(f"wrote {paths['json']}, {paths['png']}, {paths['txt']}")
     return 1 if any(r["status"] == "error" for r in doc["rounds"]) else 0

@@ -1,7 +1,6 @@
 """Self-tests of the benchmark (harness/bench.py): its statistics, the precopy pause
 computed from two synthetic sampler results, its output, and one quick live run."""
 import json
-import os
 import shutil
 import subprocess
 import sys
