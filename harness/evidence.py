@@ -32,7 +32,7 @@ from harness.sampler import Sampler
 #: How long the sampler watches the idle pair before the transfer (noise floor).
 NOISE_WINDOW_S = 0.5
 #: Mark labels in the sampler's timeline.
-M_NOISE, M_TRANSFER, M_RESUMED = "noise", "transfer", "resumed"
+M_NOISE, M_IDLE_END, M_TRANSFER, M_RESUMED = "noise", "idle-end", "transfer", "resumed"
 
 
 def work_area(guest: GuestImage) -> ram.WorkArea:
@@ -95,6 +95,10 @@ class RamEvidence:
         self.sampler.start()
         self.sampler.mark(M_NOISE)
         time.sleep(NOISE_WINDOW_S)
+        # The noise window ends here, not at the transfer mark: the target's start-up
+        # lies between the two, so a stall at the switch-over cannot also be counted
+        # as noise.
+        self.sampler.mark(M_IDLE_END)
 
     def mark(self, label: str) -> None:
         if self.sampler is not None and self.sampler.running():
@@ -107,7 +111,7 @@ class RamEvidence:
             return
         try:
             res = self.sampler.stop()
-            noise = res.longest_between(M_NOISE, M_TRANSFER)
+            noise = res.longest_between(M_NOISE, M_IDLE_END)
             pause = res.longest_between(M_TRANSFER, M_RESUMED)
         except HarnessError as exc:  # died, timed out, or a mark never arrived
             self.data["pause"] = {"error": str(exc)}
