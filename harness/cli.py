@@ -169,6 +169,18 @@ def cmd_sizes(args: argparse.Namespace) -> int:
     return 0 if all(r.verdict in ("pass",) or r.verdict.startswith("skip") for r in rows) else 1
 
 
+def _pair_options(p: argparse.ArgumentParser) -> None:
+    """The QEMU pair, accel and reports options (with their CPRH_* environment)."""
+    p.add_argument("--qemu-src", default=os.environ.get("CPRH_QEMU_SRC", "qemu-system-x86_64"),
+                   metavar="PATH")
+    p.add_argument("--qemu-dst", default=os.environ.get("CPRH_QEMU_DST", "qemu-system-x86_64"),
+                   metavar="PATH")
+    p.add_argument("--accel", choices=("auto", "kvm", "tcg"),
+                   default=os.environ.get("CPRH_ACCEL", "auto"))
+    p.add_argument("--reports", default=os.environ.get("CPRH_REPORTS", str(ROOT / "reports")),
+                   metavar="DIR")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cpr-harness",
                                 description="cpr-transfer conformance harness for QEMU")
@@ -182,14 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--area", help="only this area (e.g. transfer)")
 
     pr = sub.add_parser("run", help="run the conformance suite (extra args go to pytest)")
-    pr.add_argument("--qemu-src", default=os.environ.get("CPRH_QEMU_SRC", "qemu-system-x86_64"),
-                    metavar="PATH")
-    pr.add_argument("--qemu-dst", default=os.environ.get("CPRH_QEMU_DST", "qemu-system-x86_64"),
-                    metavar="PATH")
-    pr.add_argument("--accel", choices=("auto", "kvm", "tcg"),
-                    default=os.environ.get("CPRH_ACCEL", "auto"))
-    pr.add_argument("--reports", default=os.environ.get("CPRH_REPORTS", str(ROOT / "reports")),
-                    metavar="DIR")
+    _pair_options(pr)
     pr.add_argument("-j", "--jobs", type=int, default=2, metavar="N",
                     help="parallel pytest-xdist workers (default 2; 1 = no xdist)")
     pr.add_argument("--scenario", action="append", metavar="ID",
@@ -213,14 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "print the main stream size and the guest pause")
     ps.add_argument("--sizes", default=",".join(DEFAULT_SIZES), metavar="LIST",
                     help="comma-separated RAM sizes (default: %(default)s)")
-    ps.add_argument("--qemu-src", default=os.environ.get("CPRH_QEMU_SRC", "qemu-system-x86_64"),
-                    metavar="PATH")
-    ps.add_argument("--qemu-dst", default=os.environ.get("CPRH_QEMU_DST", "qemu-system-x86_64"),
-                    metavar="PATH")
-    ps.add_argument("--accel", choices=("auto", "kvm", "tcg"),
-                    default=os.environ.get("CPRH_ACCEL", "auto"))
-    ps.add_argument("--reports", default=os.environ.get("CPRH_REPORTS", str(ROOT / "reports")),
-                    metavar="DIR")
+    _pair_options(ps)
 
     sub.add_parser("bench", help="benchmark cpr-transfer against precopy and cpr-reboot "
                                  "(options: python -m harness bench --help)", add_help=False)

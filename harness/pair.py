@@ -660,13 +660,7 @@ class _Pair:
         dq, sq = self.dst.qmp, self.src.qmp
         assert dq is not None and sq is not None
         want = "paused" if self.sc.paused else "running"
-        deadline = time.monotonic() + self.t.settle
-        status = ""
-        while time.monotonic() < deadline:
-            status = dq.cmd("query-status")["status"]
-            if status == want:
-                break
-            time.sleep(0.01)
+        status = _wait_status(dq, want, self.t.settle)
         self._mark(f"{a.tag}_dst_{want}", t0)
         a.dst_status_after = status
         a.src_status_after = sq.cmd("query-status")["status"]
@@ -725,14 +719,7 @@ class _Pair:
         """After a refusal the source must still run its guest, in its prior state."""
         assert self.src is not None and self.src.qmp is not None
         sq = self.src.qmp
-        want = "paused" if self.sc.paused else "running"
-        deadline = time.monotonic() + self.t.settle
-        status = ""
-        while time.monotonic() < deadline:
-            status = sq.cmd("query-status")["status"]
-            if status == want:
-                break
-            time.sleep(0.02)
+        status = _wait_status(sq, "paused" if self.sc.paused else "running", self.t.settle)
         self.r.src_status_after = status
         self.ev.verify_after(self.src.pid, None)
         if status == "running":
@@ -864,6 +851,19 @@ def run_chain(sc: Scenario, cfg: RunConfig, artifacts_dir: str, hops: int,
         remove_tmpdir(workdir)
         chain.artifacts = dict(result.artifacts)
     return chain
+
+
+def _wait_status(qmp: Any, want: str, timeout: float) -> str:
+    """Poll ``query-status`` until it says ``want`` or ``timeout`` passes; return the
+    last status seen (the caller judges it: a wrong state is a verdict, not an error)."""
+    deadline = time.monotonic() + timeout
+    status = ""
+    while time.monotonic() < deadline:
+        status = qmp.cmd("query-status")["status"]
+        if status == want:
+            break
+        time.sleep(0.01)
+    return status
 
 
 def _shutdown_all(vms: List[QemuProcess]) -> None:
