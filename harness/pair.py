@@ -189,7 +189,16 @@ def check_supported(caps: Capabilities, sc: Scenario, dialect: Optional[Dialect]
         raise Unsupported(f"{caps.path} ({caps.version_str}) cannot run cpr-transfer: "
                           + "; ".join(problems))
     qom = backends.BACKENDS[sc.backend].qom_type if sc.backend in backends.BACKENDS else None
-    if qom and not caps.has_object_type(qom):
+    if sc.backend == "epc":
+        # SGX enclave memory needs both: say which of the two is missing.
+        missing = []
+        if not caps.has_object_type("memory-backend-epc"):
+            missing.append(f"{caps.path} has no object type memory-backend-epc")
+        if not os.path.exists("/dev/sgx_enclave"):
+            missing.append("the host has no SGX (/dev/sgx_enclave absent)")
+        if missing:
+            raise Unsupported("memory-backend-epc case not runnable: " + "; ".join(missing))
+    elif qom and not caps.has_object_type(qom):
         raise Unsupported(f"{caps.path} has no object type {qom}")
     for feature in sc.requires:
         ok, reason = features.check(feature, caps.path)

@@ -163,7 +163,8 @@ def scenario_summary(params: Mapping[str, Any]) -> Dict[str, Any]:
 
     return {"main": side("main"), "cpr": side("cpr"), "backend": params.get("backend"),
             "incoming": params.get("incoming"), "machine": params.get("machine"),
-            "accel": params.get("accel"), "smp": params.get("smp")}
+            "accel": params.get("accel"), "smp": params.get("smp"),
+            "guest": params.get("guest"), "arch": params.get("arch")}
 
 
 def case_record(nodeid: str, phases: Sequence[Phase], scenario: Optional[Mapping[str, Any]],

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Dict, Optional
 
-from harness.errors import UsageError
+from harness.errors import HarnessError, UsageError
 
 COMPLETES = "completes"
 SRC_REFUSES = "src-refuses"   # the source's migrate (or set-up) is refused with a message
@@ -95,4 +95,9 @@ class Scenario:
         """The parameters a report shows for this case."""
         d = asdict(self)
         d["expect"] = str(self.expect)
+        try:
+            from harness.guest import arch_of
+            d["arch"] = arch_of(self.guest)
+        except HarnessError:
+            d["arch"] = "?"
         return d
