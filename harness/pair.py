@@ -11,10 +11,11 @@ import json
 import os
 import signal
 import time
+from contextlib import contextmanager
 
 import psutil
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from harness import backends, channels, features, ram
 from harness import dialect as dialects
@@ -291,9 +292,20 @@ def render_plan(sc: Scenario, dialect: Dialect, workdir: str, accel: str = "kvm"
             c.close()
 
 
-def run_scenario(sc: Scenario, cfg: RunConfig, artifacts_dir: str,
-                 observer: Observer = NULL_OBSERVER, hooks: Hooks = Hooks()) -> PairResult:
-    """Run ``sc`` on a fresh QEMU pair; logs and serial output go to ``artifacts_dir``."""
+@dataclass(frozen=True)
+class _Setup:
+    """What a run of ``sc`` speaks and with what, decided once before any QEMU starts."""
+    cfg: RunConfig          # with the binaries for the guest's architecture
+    guest: GuestImage
+    dialect: Dialect
+    accel: str
+    timeouts: Timeouts
+    src: Capabilities
+    dst: Capabilities
+
+
+def _setup(sc: Scenario, cfg: RunConfig, observer: Observer) -> _Setup:
+    """Build the guest, probe both binaries, pick dialect and accel (or Unsupported)."""
     guest = image(sc.guest)
     cfg = cfg.for_arch(guest.arch)
     with observer.step("probe QEMU binaries"):
@@ -303,21 +315,35 @@ def run_scenario(sc: Scenario, cfg: RunConfig, artifacts_dir: str,
         check_supported(caps_src, sc, dialect)
         check_supported(caps_dst, sc, dialect)
         accel = resolve_accel(cfg.accel, sc, caps_src, caps_dst)
-    os.makedirs(artifacts_dir, exist_ok=True)
     timeouts = cfg.timeouts if accel == "kvm" else cfg.timeouts.scaled(2.0)
-    result = PairResult(scenario=sc, accel=accel, dialect=dialect.name,
-                        qemu_src_version=caps_src.version_str,
-                        qemu_dst_version=caps_dst.version_str)
+    return _Setup(cfg, guest, dialect, accel, timeouts, caps_src, caps_dst)
+
+
+@contextmanager
+def _private_dirs(sc: Scenario) -> Iterator[tuple]:
+    """(workdir, shm_dir or None): private 0700 dirs, removed whatever happens."""
     workdir = private_tmpdir()
     shm_dir = private_tmpdir_shm() if backends.BACKENDS[sc.backend].qom_type == \
         "memory-backend-file" else None
     try:
-        _Pair(sc, cfg, accel, guest, timeouts, workdir, shm_dir, artifacts_dir, result,
-              observer, hooks, dialect).run()
+        yield workdir, shm_dir
     finally:
         remove_tmpdir(workdir)
         if shm_dir:
             remove_tmpdir(shm_dir)
+
+
+def run_scenario(sc: Scenario, cfg: RunConfig, artifacts_dir: str,
+                 observer: Observer = NULL_OBSERVER, hooks: Hooks = Hooks()) -> PairResult:
+    """Run ``sc`` on a fresh QEMU pair; logs and serial output go to ``artifacts_dir``."""
+    su = _setup(sc, cfg, observer)
+    os.makedirs(artifacts_dir, exist_ok=True)
+    result = PairResult(scenario=sc, accel=su.accel, dialect=su.dialect.name,
+                        qemu_src_version=su.src.version_str,
+                        qemu_dst_version=su.dst.version_str)
+    with _private_dirs(sc) as (workdir, shm_dir):
+        _Pair(sc, su.cfg, su.accel, su.guest, su.timeouts, workdir, shm_dir, artifacts_dir,
+              result, observer, hooks, su.dialect).run()
     return result
 
 
@@ -837,28 +863,22 @@ def run_chain(sc: Scenario, cfg: RunConfig, artifacts_dir: str, hops: int,
     same), the live QEMU's open fds and anonymous RSS, the guest's counter and boot count,
     QEMU's downtime; verifies the RAM pattern through the last QEMU at the end.
     """
-    cfg = cfg.for_arch(image(sc.guest).arch)
-    caps_src, caps_dst = probe(cfg.qemu_src), probe(cfg.qemu_dst)
-    dialect = choose_dialect(cfg, caps_src, caps_dst)
-    check_supported(caps_src, sc, dialect)
-    accel = resolve_accel(cfg.accel, sc, caps_src, caps_dst)
-    guest = image(sc.guest)
+    su = _setup(sc, cfg, observer)
     os.makedirs(artifacts_dir, exist_ok=True)
-    timeouts = cfg.timeouts if accel == "kvm" else cfg.timeouts.scaled(2.0)
-    result = PairResult(scenario=sc.with_(id=sc.id + f"-chain{hops}"), accel=accel,
-                        dialect=dialect.name)
+    result = PairResult(scenario=sc.with_(id=sc.id + f"-chain{hops}"), accel=su.accel,
+                        dialect=su.dialect.name, qemu_src_version=su.src.version_str,
+                        qemu_dst_version=su.dst.version_str)
     chain = ChainResult(hops_wanted=hops)
-    workdir = private_tmpdir()
-    pair = _Pair(sc, cfg, accel, guest,
-                 timeouts, workdir, None, artifacts_dir, result, observer, Hooks(), dialect)
-    pair.ev.sample_pause = False
-    try:
-        pair.start_src()
-        pair.chain(chain)
-    finally:
-        pair.teardown()
-        remove_tmpdir(workdir)
-        chain.artifacts = dict(result.artifacts)
+    with _private_dirs(sc) as (workdir, shm_dir):
+        pair = _Pair(sc, su.cfg, su.accel, su.guest, su.timeouts, workdir, shm_dir,
+                     artifacts_dir, result, observer, Hooks(), su.dialect)
+        pair.ev.sample_pause = False
+        try:
+            pair.start_src()
+            pair.chain(chain)
+        finally:
+            pair.teardown()
+            chain.artifacts = dict(result.artifacts)
     return chain
 
 
