@@ -29,10 +29,9 @@ class Channel:
     kind: str
     src_addr: Optional[Dict[str, Any]]   # QAPI MigrationAddress for the source
     dst_incoming: Optional[str]   # the -incoming argument of the target
-    #: QAPI MigrationAddress for the target's migrate-incoming (None: same as src_addr)
+    #: QAPI MigrationAddress for the target's migrate-incoming (None: same as src_addr).
+    #: The target gets its fds at launch (dst_pass_fds), so it names them by number.
     dst_addr: Optional[Dict[str, Any]] = None
-    #: fds the target must receive via QMP ``getfd`` (with -incoming defer)
-    dst_getfd: Dict[str, int] = field(default_factory=dict)
     dst_pass_fds: Tuple[int, ...] = ()
     #: fds the source must receive via QMP ``getfd`` before ``migrate``: name -> fd
     src_getfd: Dict[str, int] = field(default_factory=dict)

@@ -508,12 +508,13 @@ class _Pair:
         """Start a target and transfer to it; fill ``a`` with what was observed."""
         assert self.src is not None and self.src.qmp is not None
         sq = self.src.qmp
+        fault = self.sc.fault if a.tag == "first" else ""  # faults hit the first attempt
         wd = os.path.join(self.workdir, a.tag)
         os.makedirs(wd, mode=0o700)
         src_main, dst_main, src_cpr, dst_cpr = render_channels(
             src_main_kind, dst_main_kind, src_cpr_kind, dst_cpr_kind, wd)
         relay = None
-        if a.tag == "first" and self.sc.fault.endswith("during-main"):
+        if fault.endswith("during-main"):
             # The source talks to our relay, which holds the stream after a few KiB.
             assert dst_main.kind == "unix", "mid-stream faults relay a unix main channel"
             relay_path = os.path.join(wd, "relay.sock")
@@ -523,7 +524,6 @@ class _Pair:
                                                          "path": relay_path}, None)
         self.chans += list({id(c): c for c in (dst_main, src_main, dst_cpr, src_cpr)}.values())
 
-        fault = self.sc.fault if a.tag == "first" else ""
         extra = ["-device", "cprh-no-such-device"] if fault == "dst-fails-after-cpr" else []
         t0 = time.monotonic()
         with self.obs.step(f"start dst ({a.tag})"):
@@ -566,8 +566,6 @@ class _Pair:
             self._after_fault(a, t0, "dst", fault)
             return
         if incoming == "defer":
-            for name, fd in dst_main.dst_getfd.items():
-                dq.send_fd(name, fd)
             try:
                 c = self.dialect.target_migrate_incoming(dst_main)
                 dq.cmd(c.name, c.args)
