@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence
 
 import psutil
 
-from harness.cleanup import popen_guarded, released
+from harness.cleanup import popen_guarded, proc_starttime, released
 from harness.errors import VMLaunchFailure, WaitTimeout
 from harness.qmp import QMPSession
 
@@ -55,7 +55,7 @@ class QemuProcess:
         self.exitcode: Optional[int] = None
         #: Why the process ended, when we ended it: "quit", "killed", or None.
         self.intent: Optional[str] = None
-        self._create_time = 0.0
+        self._starttime: Optional[int] = None
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -73,10 +73,8 @@ class QemuProcess:
                                   f"cannot execute {self.binary}: {exc}", "at exec") from None
         finally:
             log.close()
-        try:
-            self._create_time = psutil.Process(self.proc.pid).create_time()
-        except psutil.Error:
-            self._create_time = 0.0
+        # Identity by /proc start time, as the janitor's: a recycled pid is not ours.
+        self._starttime = proc_starttime(self.proc.pid)
 
     @property
     def pid(self) -> int:
@@ -176,11 +174,10 @@ class QemuProcess:
 
     def _signal_descendants(self, sig: int) -> None:
         assert self.proc is not None
+        if self._starttime is None or proc_starttime(self.proc.pid) != self._starttime:
+            return
         try:
-            parent = psutil.Process(self.proc.pid)
-            if abs(parent.create_time() - self._create_time) > 0.01:
-                return
-            kids = parent.children(recursive=True)
+            kids = psutil.Process(self.proc.pid).children(recursive=True)
         except psutil.Error:
             return
         for k in kids:
