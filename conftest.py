@@ -1,10 +1,11 @@
 """pytest wiring for the cpr-transfer harness: options, fixtures, allure hooks, records.
 
-Thin on purpose: the library (``harness/``) does the work; this file turns pytest's
-settings into one frozen :class:`harness.pair.RunConfig`, turns the library's answers
-into pytest outcomes (``Unsupported`` -> skip with its reason, a failed check -> a
-failure that names the check), maps the library's phases onto Allure steps, and hands
-what it saw of each conformance case to :mod:`harness.report` as plain values.
+Thin on purpose: the library (``harness/``) does the work; this file declares the
+run's options from :data:`harness.run.config.OPTIONS` and resolves them into the one
+frozen :class:`~harness.run.config.RunConfig`, turns the library's answers into pytest
+outcomes (``Unsupported`` -> skip with its reason, a failed check -> a failure that
+names the check), maps the library's phases onto Allure steps, and reads pytest's
+phases into the verdicts the matrix (:mod:`harness.tools.report`) is built from.
 
 What travels between xdist workers and the controller is the test report, including
 its ``user_properties``: ``cpr_scenario`` (the scenario's parameters, set at
@@ -19,16 +20,17 @@ import re
 import shutil
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import allure
 import pytest
 
-from harness import verdict
-from harness.errors import ConformanceFailure, HarnessError, Unsupported, UsageError
-from harness.observe import Observer
-from harness.pair import ACCELS, RunConfig
+from harness.core.errors import ConformanceFailure, HarnessError, Unsupported, UsageError
+from harness.core.observe import Observer
+from harness.run import config as run_config_mod
+from harness.run.config import RunConfig
 
 ROOT = Path(__file__).resolve().parent
 CONFIG_KEY = pytest.StashKey[RunConfig]()
@@ -37,6 +39,8 @@ START_KEY = pytest.StashKey[float]()
 DEVIATIONS_KEY = pytest.StashKey[list]()
 MATRIX_KEY = pytest.StashKey[Dict[str, Any]]()
 SCENARIO_PROP, RESULT_PROP = "cpr_scenario", "cpr_result"
+#: The soak chain's base scenario (its id says how many hops).
+SOAK_BASE = "transfer/unix-unix-memfd-immediate-q35"
 
 
 class ConformanceMismatch(ConformanceFailure, AssertionError):
@@ -71,10 +75,19 @@ class AllureObserver(Observer):
 ALLURE_OBSERVER = AllureObserver()
 
 
-def _accel(value: str) -> str:
-    if value not in ACCELS:
-        raise pytest.UsageError(f"--accel: expected one of {', '.join(ACCELS)}, got {value!r}")
-    return value
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("cpr-transfer", "cpr-transfer conformance harness")
+    for o in run_config_mod.OPTIONS:
+        help_ = f"{o.help} [env {o.env}; default: {o.default}]"
+        if o.switch:
+            group.addoption(o.flag, dest=f"cprh_{o.name}", action="store_const", const=True,
+                            default=None, help=help_)
+        else:
+            group.addoption(o.flag, dest=f"cprh_{o.name}", metavar=o.metavar, default=None,
+                            help=help_)
+    group.addoption("--scenario", dest="cprh_scenarios", metavar="ID", action="append",
+                    default=[], help="run only this scenario id (repeatable); see "
+                                     "'python -m harness list'")
 
 
 def _reports_dir(value: str) -> str:
@@ -87,43 +100,6 @@ def _reports_dir(value: str) -> str:
     except OSError as exc:
         raise pytest.UsageError(f"--reports: cannot write to {path}: {exc.strerror or exc}")
     return str(path)
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("cpr-transfer", "cpr-transfer conformance harness")
-    group.addoption("--qemu-src", dest="qemu_src", metavar="PATH",
-                    default=os.environ.get("CPRH_QEMU_SRC", "qemu-system-x86_64"),
-                    help="QEMU binary (or wrapper that execs it) for the source side "
-                         "[env CPRH_QEMU_SRC; default: qemu-system-x86_64 on PATH]")
-    group.addoption("--qemu-dst", dest="qemu_dst", metavar="PATH",
-                    default=os.environ.get("CPRH_QEMU_DST", "qemu-system-x86_64"),
-                    help="QEMU binary for the target side [env CPRH_QEMU_DST]")
-    group.addoption("--accel", dest="cprh_accel", metavar="auto|kvm|tcg", type=_accel,
-                    default=_accel(os.environ.get("CPRH_ACCEL", "auto")),
-                    help="accelerator: kvm when /dev/kvm opens else tcg (auto), or forced "
-                         "[env CPRH_ACCEL; default: auto]")
-    group.addoption("--dialect", dest="cprh_dialect", metavar="auto|released-10x|rfc-v1",
-                    default=os.environ.get("CPRH_DIALECT", "auto"),
-                    help="cpr-transfer interface to speak: auto (from the probed QMP "
-                         "schema) or forced [env CPRH_DIALECT; default: auto]")
-    group.addoption("--qemu-aarch64-src", dest="qemu_aarch64_src", metavar="PATH",
-                    default=os.environ.get("CPRH_QEMU_AARCH64_SRC", "qemu-system-aarch64"),
-                    help="source QEMU for aarch64 guests [env CPRH_QEMU_AARCH64_SRC]")
-    group.addoption("--qemu-aarch64-dst", dest="qemu_aarch64_dst", metavar="PATH",
-                    default=os.environ.get("CPRH_QEMU_AARCH64_DST", "qemu-system-aarch64"),
-                    help="target QEMU for aarch64 guests [env CPRH_QEMU_AARCH64_DST]")
-    group.addoption("--scenario", dest="cprh_scenarios", metavar="ID", action="append",
-                    default=[], help="run only this scenario id (repeatable); see "
-                                     "'python -m harness list'")
-    group.addoption("--expectations", dest="cprh_expectations", metavar="FILE",
-                    default=os.environ.get("CPRH_EXPECTATIONS",
-                                           str(ROOT / "expectations" / "known-deviations.toml")),
-                    help="known deviations (TOML): matching cases run as strict expected "
-                         "failures [env CPRH_EXPECTATIONS]")
-    group.addoption("--reports", dest="cprh_reports", metavar="DIR",
-                    default=os.environ.get("CPRH_REPORTS", str(ROOT / "reports")),
-                    help="where case artifacts and conformance.json go [env CPRH_REPORTS; "
-                         "default: reports/]")
 
 
 def _wants_conformance(config: pytest.Config) -> bool:
@@ -140,48 +116,50 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "selftest: tests of the harness itself (no conformance verdict)")
     config.addinivalue_line("markers", "conformance: a cpr-transfer conformance case on real QEMU")
     config.addinivalue_line("markers", "slow: long cases kept out of the default run")
-    reports = _reports_dir(config.getoption("cprh_reports"))
-    config.option.cprh_reports = reports
+    from harness.scenario import catalogue, expectations
+
     try:
-        cfg = RunConfig(qemu_src=config.getoption("qemu_src"),
-                        qemu_dst=config.getoption("qemu_dst"),
-                        accel=config.getoption("cprh_accel"),
-                        dialect=config.getoption("cprh_dialect"),
-                        other_arch={"aarch64": (config.getoption("qemu_aarch64_src"),
-                                                config.getoption("qemu_aarch64_dst"))})
+        cfg = run_config_mod.resolve({o.name: config.getoption(f"cprh_{o.name}")
+                                      for o in run_config_mod.OPTIONS})
+        cfg = cfg.with_(reports=_reports_dir(cfg.reports))
+        config.stash[DEVIATIONS_KEY] = expectations.load(Path(cfg.expectations),
+                                                         catalogue.SCENARIOS)
     except UsageError as exc:
         raise pytest.UsageError(str(exc))
     config.stash[CONFIG_KEY] = cfg
-    from harness import catalogue, expectations
-
-    try:
-        config.stash[DEVIATIONS_KEY] = expectations.load(
-            Path(config.getoption("cprh_expectations")), catalogue.SCENARIOS)
-    except UsageError as exc:
-        raise pytest.UsageError(f"--expectations: {exc}")
     config.stash[CASES_KEY] = {}
     config.stash[START_KEY] = time.monotonic()
     is_worker = hasattr(config, "workerinput")
     if not is_worker:
         config.pluginmanager.register(CaseCollector(config), "cprh-case-collector")
     if not is_worker and _wants_conformance(config) and not config.option.collectonly:
-        _check_binaries(cfg)
+        from harness.run.setup import check_binaries
+
+        try:
+            check_binaries(cfg)
+        except UsageError as exc:
+            raise pytest.UsageError(str(exc))
 
 
-def _check_binaries(cfg: RunConfig) -> None:
-    """A missing, foreign or too old QEMU is a usage error, not 40 failing cases."""
-    from harness.pair import check_binaries
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """The soak chain: its scenario and the run's number of hops, one case."""
+    if "soak_hops" in metafunc.fixturenames:
+        from harness.scenario import catalogue
 
-    try:
-        check_binaries(cfg)
-    except UsageError as exc:
-        raise pytest.UsageError(str(exc))
+        hops = metafunc.config.stash[CONFIG_KEY].soak_hops
+        metafunc.parametrize(("scenario", "soak_hops"), [(catalogue.get(SOAK_BASE), hops)],
+                             ids=[f"chain-{hops}-hops"])
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
+    from harness.scenario.catalogue import SLOW_REASON
+
     _select_scenarios(config, items)
     _mark_known_deviations(config, items)
+    cfg = config.stash[CONFIG_KEY]
     for item in items:
+        if item.get_closest_marker("slow") is not None and not cfg.slow:
+            item.add_marker(pytest.mark.skip(reason=SLOW_REASON))
         sc = _scenario_of(item)
         if sc is not None:
             # Set before the case runs, so a report of any phase (a skip too) carries
@@ -219,13 +197,13 @@ def _scenario_of(item: pytest.Item) -> Any:
 def _mark_known_deviations(config: pytest.Config, items: List[pytest.Item]) -> None:
     """Known deviations become strict xfails: only a conformance failure satisfies them,
     and a pass is reported as XPASS(strict), i.e. a failure that says QEMU changed."""
-    from harness import expectations
+    from harness.run.setup import known_deviation
 
     deviations = config.stash[DEVIATIONS_KEY]
     cfg = config.stash[CONFIG_KEY]
     for item in items:
         sc = _scenario_of(item)
-        dev = expectations.for_case(deviations, sc, cfg) if sc is not None else None
+        dev = known_deviation(deviations, sc, cfg) if sc is not None else None
         if dev is not None:
             item.add_marker(pytest.mark.xfail(strict=True, raises=ConformanceFailure,
                                               reason=dev.describe()))
@@ -235,7 +213,7 @@ def _select_scenarios(config: pytest.Config, items: List[pytest.Item]) -> None:
     wanted = config.getoption("cprh_scenarios")
     if not wanted:
         return
-    from harness import catalogue
+    from harness.scenario import catalogue
 
     for sid in wanted:
         try:
@@ -244,7 +222,7 @@ def _select_scenarios(config: pytest.Config, items: List[pytest.Item]) -> None:
             raise pytest.UsageError(f"--scenario: {exc}")
     keep, drop = [], []
     for item in items:
-        sc = getattr(item, "callspec", None) and item.callspec.params.get("scenario")
+        sc = _scenario_of(item)
         (keep if sc is not None and sc.id in wanted else drop).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
@@ -262,9 +240,9 @@ def _case_dirname(nodeid: str) -> str:
 
 
 @pytest.fixture
-def case_dir(request: pytest.FixtureRequest) -> str:
+def case_dir(request: pytest.FixtureRequest, run_config: RunConfig) -> str:
     """A fresh artifacts directory for this case under <reports>/cases/."""
-    path = Path(request.config.option.cprh_reports) / "cases" / _case_dirname(request.node.nodeid)
+    path = Path(run_config.reports) / "cases" / _case_dirname(request.node.nodeid)
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
     return str(path)
@@ -278,8 +256,8 @@ def _side_kind(sc: Any, kind: str) -> str:
 
 def _allure_describe(sc: Any, cfg: RunConfig) -> None:
     """Title, labels and parameters of a case, set before it runs (a skip keeps them)."""
-    from harness.capabilities import probe
-    from harness.pair import resolve_accel
+    from harness.qemu.probe import probe
+    from harness.run.setup import resolve_accel
 
     allure.dynamic.title(sc.id)
     allure.dynamic.description(f"{sc.title}\n\nexpected: {sc.expect}")
@@ -296,14 +274,14 @@ def _allure_describe(sc: Any, cfg: RunConfig) -> None:
         allure.dynamic.parameter(name, value)
     allure.dynamic.parameter("guest", sc.guest)
     try:
-        from harness.guest import image
+        from harness.guest.images import arch_of
 
-        cfg = cfg.for_arch(image(sc.guest).arch)  # what run_scenario will run
-        src, dst = probe(cfg.qemu_src), probe(cfg.qemu_dst)
+        acfg = cfg.for_arch(arch_of(sc.guest))  # what run_scenario will run
+        src, dst = probe(acfg.qemu_src), probe(acfg.qemu_dst)
     except HarnessError:
         return  # the case fails or skips with its own reason
     try:
-        accel = resolve_accel(cfg.accel, sc, src, dst)
+        accel = resolve_accel(acfg.accel, sc, src, dst)
     except HarnessError:
         accel = f"{sc.accel if sc.accel != 'auto' else cfg.accel} (unavailable)"
     allure.dynamic.parameter("accel", accel)
@@ -367,8 +345,8 @@ def _shell_quote(arg: str) -> str:
 @pytest.fixture
 def cpr_case(request: pytest.FixtureRequest, run_config: RunConfig, case_dir: str):
     """Run a scenario on a real QEMU pair and judge it; returns the PairResult."""
-    from harness.pair import run_scenario
-    from harness.verdict import judge
+    from harness.run.driver import run_scenario
+    from harness.run.verdict import failed, judge, record
 
     def run(scenario):
         _allure_describe(scenario, run_config)
@@ -379,13 +357,14 @@ def cpr_case(request: pytest.FixtureRequest, run_config: RunConfig, case_dir: st
             except Unsupported as exc:
                 pytest.skip(exc.reason)
             with allure.step("judge the result"):
-                mismatches = judge(result)
-            record = verdict.record(result, mismatches)
+                checks = judge(result)
+            rec = record(result, checks)
             with open(os.path.join(case_dir, "result.json"), "w") as f:
-                json.dump(record, f, indent=2, default=str)
-            request.node.user_properties.append((RESULT_PROP, json.dumps(record, default=str)))
-            if mismatches:
-                raise ConformanceMismatch(scenario.id, mismatches)
+                json.dump(rec, f, indent=2, default=str)
+            request.node.user_properties.append((RESULT_PROP, json.dumps(rec, default=str)))
+            bad = failed(checks)
+            if bad:
+                raise ConformanceMismatch(scenario.id, bad)
             return result
         finally:
             _allure_attach(result, case_dir)
@@ -393,7 +372,61 @@ def cpr_case(request: pytest.FixtureRequest, run_config: RunConfig, case_dir: st
     return run
 
 
-# --------------------------------------------------------------------------- records
+# --------------------------------------------------------------------------- verdicts
+
+
+@dataclass
+class Phase:
+    """One pytest phase of a case (setup/call/teardown), as plain values."""
+    when: str                      # "setup", "call" or "teardown"
+    outcome: str                   # "passed", "failed" or "skipped"
+    message: str = ""              # skip reason, or the failure's one-line summary
+    wasxfail: Optional[str] = None  # set when pytest applied an expected failure
+    duration: float = 0.0
+
+
+_STRICT_XPASS = "[XPASS(strict)]"
+
+
+def verdict_of(phases: Sequence[Phase], mismatches: Sequence[Dict[str, Any]] = ()
+               ) -> Tuple[str, str]:
+    """The case's verdict and the reason a reader needs, from its pytest phases.
+
+    ``fail`` is reserved for a failed conformance check (``mismatches`` non-empty, or
+    the call failing with the checks named); any other failure is ``error``.
+    """
+    from harness.tools.report import describe_checks
+    from harness.tools.report.records import _one_line
+
+    by = {p.when: p for p in phases}
+    setup, call, teardown = by.get("setup"), by.get("call"), by.get("teardown")
+    if setup is not None and setup.outcome == "failed":
+        return "error", "set-up failed: " + _one_line(setup.message)
+    if setup is not None and setup.outcome == "skipped":
+        if setup.wasxfail is not None:
+            return "xfail", setup.wasxfail
+        return "skip", setup.message
+    if call is None:
+        if teardown is not None and teardown.outcome == "failed":
+            return "error", "teardown failed: " + _one_line(teardown.message)
+        return "error", "the case did not run (interrupted?)"
+    if call.outcome == "skipped":
+        if call.wasxfail is not None:
+            # What was observed is in the record's checks and actual outcome.
+            return "xfail", call.wasxfail or "expected failure"
+        return "skip", call.message
+    if call.outcome == "failed":
+        if call.message.startswith(_STRICT_XPASS):
+            reason = call.message[len(_STRICT_XPASS):].strip()
+            return "xpass", f"passed, but expected to fail: {reason}"
+        if mismatches:
+            return "fail", describe_checks(mismatches)
+        return "error", _one_line(call.message)
+    if teardown is not None and teardown.outcome == "failed":
+        return "error", "teardown failed: " + _one_line(teardown.message)
+    if call.wasxfail is not None:
+        return "xpass", f"passed, but expected to fail: {call.wasxfail}"
+    return "pass", ""
 
 
 def _phase_message(rep: pytest.TestReport) -> str:
@@ -426,12 +459,12 @@ class CaseCollector:
         cases = self.config.stash[CASES_KEY]
         case = cases.setdefault(report.nodeid, {"phases": [], "props": {}})
         case["props"].update(props)
-        case["phases"].append((report.when, report.outcome, _phase_message(report),
-                               getattr(report, "wasxfail", None), report.duration))
+        case["phases"].append(Phase(report.when, report.outcome, _phase_message(report),
+                                    getattr(report, "wasxfail", None), report.duration))
 
 
 def _run_meta(config: pytest.Config) -> Dict[str, Any]:
-    from harness.capabilities import probe
+    from harness.qemu.probe import probe
 
     cfg = config.stash[CONFIG_KEY]
     meta: Dict[str, Any] = {"accel_requested": cfg.accel}
@@ -455,14 +488,16 @@ def _run_meta(config: pytest.Config) -> Dict[str, Any]:
 
 
 def _records(config: pytest.Config) -> List[Dict[str, Any]]:
-    from harness import report
+    from harness.tools import report
 
     out = []
     for nodeid, case in config.stash[CASES_KEY].items():
-        phases = [report.Phase(*p) for p in case["phases"]]
+        phases = case["phases"]
         sc = json.loads(case["props"][SCENARIO_PROP]) if SCENARIO_PROP in case["props"] else None
         res = json.loads(case["props"][RESULT_PROP]) if RESULT_PROP in case["props"] else None
-        out.append(report.case_record(nodeid, phases, sc, res))
+        verdict, reason = verdict_of(phases, (res or {}).get("mismatches") or [])
+        durations = {f"{p.when}_s": round(p.duration, 3) for p in phases}
+        out.append(report.case_record(nodeid, verdict, reason, sc, res, durations))
     return out
 
 
@@ -471,7 +506,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     if hasattr(config, "workerinput") or config.option.collectonly:
         return
-    from harness import report
+    from harness.tools import report
 
     records = _records(config)
     alluredir = getattr(config.option, "allure_report_dir", None)
@@ -483,14 +518,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if records:
         wall = time.monotonic() - config.stash[START_KEY]
         doc = report.matrix(records, meta, wall)
-        paths = report.write_matrix(doc, Path(config.option.cprh_reports))
+        paths = report.write_matrix(doc, Path(config.stash[CONFIG_KEY].reports))
         config.stash[MATRIX_KEY] = {"doc": doc, "paths": paths}
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     """Print the matrix's case count and wall time, and where the reports are."""
-    from harness import report
+    from harness.tools import report
 
     written = config.stash.get(MATRIX_KEY, None)
     if not written:

@@ -1,4 +1,6 @@
-"""Command line: ``python -m harness {probe,list,run,report}`` (also ``cpr-harness``).
+"""Command line: ``python -m harness {probe,list,plan,run,sizes,bench,report}`` (also
+``cpr-harness``). An adapter: its options come from :data:`harness.run.config.OPTIONS`,
+``run`` starts pytest as a child process (the library never imports pytest).
 
 Errors the user can fix are one line on stderr and exit code 2, never a traceback.
 """
@@ -8,17 +10,22 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from harness import catalogue
-from harness.dialect import DIALECTS
-from harness.sweep import DEFAULT_SIZES
-from harness.errors import HarnessError
+from harness.core.errors import HarnessError
+from harness.cpr.dialect import DIALECTS
+from harness.run import config
+from harness.scenario import catalogue
+from harness.tools.sweep import DEFAULT_SIZES
 
 ROOT = Path(__file__).resolve().parent.parent
 EXIT_USAGE = 2
+#: The pair options of ``run`` and ``sizes``.
+RUN_OPTIONS = tuple(o.name for o in config.OPTIONS)
+SIZES_OPTIONS = ("qemu_src", "qemu_dst", "accel", "reports")
 
 
 def _err(msg: str) -> int:
@@ -27,8 +34,8 @@ def _err(msg: str) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from harness.capabilities import probe
-    from harness.features import FEATURES
+    from harness.qemu.features import FEATURES
+    from harness.qemu.probe import probe
 
     caps = probe(args.qemu)
     if args.json:
@@ -50,24 +57,44 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def pytest_args(cfg: config.RunConfig, scenarios: Sequence[str], jobs: int) -> List[str]:
+    """The pytest command line that runs the conformance suite with ``cfg``."""
+    args = [sys.executable, "-m", "pytest", str(ROOT / "suites" / "conformance"),
+            "-p", "no:cacheprovider", "--rootdir", str(ROOT), "-c", str(ROOT / "pyproject.toml"),
+            "--junitxml", os.path.join(cfg.reports, "junit.xml")]
+    aarch = cfg.binaries("aarch64")
+    values = {"qemu_src": cfg.qemu_src, "qemu_dst": cfg.qemu_dst, "qemu_aarch64_src": aarch[0],
+              "qemu_aarch64_dst": aarch[1], "accel": cfg.accel, "dialect": cfg.dialect,
+              "reports": cfg.reports, "expectations": cfg.expectations,
+              "soak_hops": cfg.soak_hops, "case_timeout": cfg.case_timeout}
+    for o in config.OPTIONS:
+        if o.switch:
+            if getattr(cfg, o.name):
+                args.append(o.flag)
+        else:
+            args += [o.flag, str(values[o.name])]
+    if jobs != 1:
+        args += ["-n", str(jobs)]
+    for sid in scenarios:
+        args += ["--scenario", sid]
+    return args
+
+
 def cmd_run(args: argparse.Namespace, extra: List[str]) -> int:
     """Run the conformance suite through pytest with this project's conftest.
 
     Writes the matrix (conformance.json/.html/.md), allure-results and, unless
     ``--no-allure-html``, the Allure HTML report, all under ``--reports``."""
-    from harness import report
+    from harness.run.setup import check_binaries
+    from harness.tools import report
 
     for sid in args.scenario or []:
         catalogue.get(sid)  # unknown id: UsageError before anything starts
-    from harness.pair import RunConfig, check_binaries
-
-    check_binaries(RunConfig(qemu_src=args.qemu_src, qemu_dst=args.qemu_dst,
-                             dialect=args.dialect))
-    import pytest
-
+    cfg = config.from_namespace(args, RUN_OPTIONS)
+    check_binaries(cfg)
     if extra[:1] == ["--"]:  # `run [OPTIONS] -- [pytest args]`
         extra = extra[1:]
-    paths = report.default_paths(Path(args.reports))
+    paths = report.default_paths(Path(cfg.reports))
     # This run's outputs, not the last run's: a run that dies early leaves no stale
     # conformance.json for a compare to read.
     for key in ("json", "html", "md"):
@@ -76,29 +103,19 @@ def cmd_run(args: argparse.Namespace, extra: List[str]) -> int:
     if own_alluredir:
         shutil.rmtree(paths["allure-results"], ignore_errors=True)
         extra = ["--alluredir", str(paths["allure-results"])] + extra
-    pargs = [str(ROOT / "suites" / "conformance"), "-p", "no:cacheprovider",
-             "--rootdir", str(ROOT), "-c", str(ROOT / "pyproject.toml"),
-             "--qemu-src", args.qemu_src, "--qemu-dst", args.qemu_dst,
-             "--dialect", args.dialect, "--qemu-aarch64-src", args.qemu_aarch64_src,
-             "--qemu-aarch64-dst", args.qemu_aarch64_dst,
-             "--accel", args.accel, "--reports", args.reports,
-             "--junitxml", os.path.join(args.reports, "junit.xml")]
-    if args.jobs != 1:
-        pargs += ["-n", str(args.jobs)]
-    for sid in args.scenario or []:
-        pargs += ["--scenario", sid]
-    code = int(pytest.main(pargs + extra))
+    code = subprocess.call(pytest_args(cfg, args.scenario or [], args.jobs) + extra,
+                           cwd=str(ROOT))
     if own_alluredir and not args.no_allure_html and paths["allure-results"].is_dir():
-        _, line = report.generate_allure(Path(args.reports))
+        _, line = report.generate_allure(Path(cfg.reports))
         print(line, flush=True)
     return code
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Regenerate the matrix pages and the Allure report, or compare with a baseline."""
-    from harness import report
+    from harness.tools import report
 
-    reports = Path(args.reports)
+    reports = Path(config.from_namespace(args, ("reports",)).reports)
     paths = report.default_paths(reports)
     current_path = Path(args.current) if args.current else paths["json"]
     baseline = args.baseline
@@ -115,16 +132,8 @@ def cmd_report(args: argparse.Namespace) -> int:
                   f"{report.summary_line(current['cases'])}")
             return 0
     if baseline:
-        base = report.load_matrix(Path(baseline))
-        current = report.load_matrix(current_path)
-        cmp = report.compare(base, current)
-        bname, cname = report.relpath(Path(baseline)), report.relpath(current_path)
-        print(report.render_comparison_text(cmp, bname, cname))
-        out = Path(args.output) if args.output else paths["regressions"]
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(report.render_comparison_md(cmp, bname, cname))
-        print(f"written: {report.relpath(out)}")
-        return cmp.exit_code
+        return _compare(report, Path(baseline), current_path,
+                        Path(args.output) if args.output else paths["regressions"])
     current = report.load_matrix(current_path)
     written = report.write_matrix(current, current_path.parent)
     print(report.summary_line(current["cases"]))
@@ -138,11 +147,23 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(report, baseline: Path, current_path: Path, out: Path) -> int:
+    base = report.load_matrix(baseline)
+    current = report.load_matrix(current_path)
+    cmp = report.compare(base, current)
+    bname, cname = report.relpath(baseline), report.relpath(current_path)
+    print(report.render_comparison_text(cmp, bname, cname))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report.render_comparison_md(cmp, bname, cname))
+    print(f"written: {report.relpath(out)}")
+    return cmp.exit_code
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     import tempfile
 
-    from harness import dialect
-    from harness.pair import render_plan
+    from harness.cpr import dialect
+    from harness.run.plan import render_plan
 
     sc = catalogue.get(args.scenario)
     with tempfile.TemporaryDirectory(prefix="cprh-plan-") as wd:
@@ -153,32 +174,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_sizes(args: argparse.Namespace) -> int:
-    import json
-
-    from harness.pair import RunConfig
-    from harness.sweep import parse_size_mb, run_sweep, table
+    from harness.tools.sweep import parse_size_mb, run_sweep, table
 
     sizes = [parse_size_mb(x) for x in args.sizes.split(",") if x.strip()]
-    cfg = RunConfig(qemu_src=args.qemu_src, qemu_dst=args.qemu_dst, accel=args.accel)
-    out = Path(args.reports) / "sizes"
+    cfg = config.from_namespace(args, SIZES_OPTIONS)
+    out = Path(cfg.reports) / "sizes"
     rows = run_sweep(sizes, cfg, str(out))
     print(table(rows))
-    (Path(args.reports) / "sizes.json").write_text(
+    (Path(cfg.reports) / "sizes.json").write_text(
         json.dumps([r.to_dict() for r in rows], indent=2))
-    print(f"written: {Path(args.reports) / 'sizes.json'}; per size: {out}/ram-*/")
+    print(f"written: {Path(cfg.reports) / 'sizes.json'}; per size: {out}/ram-*/")
     return 0 if all(r.verdict in ("pass",) or r.verdict.startswith("skip") for r in rows) else 1
-
-
-def _pair_options(p: argparse.ArgumentParser) -> None:
-    """The QEMU pair, accel and reports options (with their CPRH_* environment)."""
-    p.add_argument("--qemu-src", default=os.environ.get("CPRH_QEMU_SRC", "qemu-system-x86_64"),
-                   metavar="PATH")
-    p.add_argument("--qemu-dst", default=os.environ.get("CPRH_QEMU_DST", "qemu-system-x86_64"),
-                   metavar="PATH")
-    p.add_argument("--accel", choices=("auto", "kvm", "tcg"),
-                   default=os.environ.get("CPRH_ACCEL", "auto"))
-    p.add_argument("--reports", default=os.environ.get("CPRH_REPORTS", str(ROOT / "reports")),
-                   metavar="DIR")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,20 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--area", help="only this area (e.g. transfer)")
 
     pr = sub.add_parser("run", help="run the conformance suite (extra args go to pytest)")
-    _pair_options(pr)
+    config.argparse_options(pr, RUN_OPTIONS)
     pr.add_argument("-j", "--jobs", type=int, default=2, metavar="N",
                     help="parallel pytest-xdist workers (default 2; 1 = no xdist)")
     pr.add_argument("--scenario", action="append", metavar="ID",
                     help="run only this scenario id (repeatable); see 'list'")
     pr.add_argument("--no-allure-html", action="store_true",
                     help="write allure-results but do not build the Allure HTML report")
-    pr.add_argument("--dialect", default=os.environ.get("CPRH_DIALECT", "auto"),
-                    choices=("auto",) + DIALECTS,
-                    help="cpr-transfer interface: auto (from the QMP schema) or forced")
-    pr.add_argument("--qemu-aarch64-src", metavar="PATH",
-                    default=os.environ.get("CPRH_QEMU_AARCH64_SRC", "qemu-system-aarch64"))
-    pr.add_argument("--qemu-aarch64-dst", metavar="PATH",
-                    default=os.environ.get("CPRH_QEMU_AARCH64_DST", "qemu-system-aarch64"))
 
     pn = sub.add_parser("plan", help="show what a scenario renders to (a dry run: the "
                                      "command lines and QMP commands, nothing is started)")
@@ -218,15 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
                                       "print the main stream size and the guest pause")
     ps.add_argument("--sizes", default=",".join(DEFAULT_SIZES), metavar="LIST",
                     help="comma-separated RAM sizes (default: %(default)s)")
-    _pair_options(ps)
+    config.argparse_options(ps, SIZES_OPTIONS)
 
     sub.add_parser("bench", help="benchmark cpr-transfer against precopy and cpr-reboot "
                                  "(options: python -m harness bench --help)", add_help=False)
 
     rp = sub.add_parser("report", help="rebuild the matrix pages and the Allure report, "
                                        "or compare with a baseline (exit 1 on regressions)")
-    rp.add_argument("--reports", default=os.environ.get("CPRH_REPORTS", str(ROOT / "reports")),
-                    metavar="DIR", help="the run's reports directory (default: reports/)")
+    config.argparse_options(rp, ("reports",))
     rp.add_argument("--current", metavar="FILE",
                     help="the matrix to report on (default: REPORTS/conformance.json)")
     rp.add_argument("--baseline", metavar="FILE|auto",
@@ -240,30 +238,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+COMMANDS = {"probe": cmd_probe, "list": cmd_list, "report": cmd_report, "plan": cmd_plan,
+            "sizes": cmd_sizes}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:
-        try:
-            from harness import bench
-        except ImportError as exc:
-            return _err(f"the benchmark is not available: {exc}")
+        from harness.tools import bench
         return int(bench.main(argv[1:]) or 0)
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "run":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        if args.command == "probe":
-            return cmd_probe(args)
-        if args.command == "list":
-            return cmd_list(args)
-        if args.command == "report":
-            return cmd_report(args)
-        if args.command == "plan":
-            return cmd_plan(args)
-        if args.command == "sizes":
-            return cmd_sizes(args)
-        return cmd_run(args, extra)
+        if args.command == "run":
+            return cmd_run(args, extra)
+        return COMMANDS[args.command](args)
     except HarnessError as exc:
         return _err(str(exc))
     except KeyboardInterrupt:

@@ -1,8 +1,8 @@
 """cpr-transfer conformance scenarios as avocado-instrumented tests.
 
 One test, parametrized by avocado params; it runs one scenario of
-:mod:`harness.catalogue` on a real QEMU pair with the same library calls as the pytest
-adapter (``harness.pair.run_scenario``, ``harness.verdict.judge``), so there is no
+:mod:`harness.scenario.catalogue` on a real QEMU pair with the same library calls as the pytest
+adapter (``harness.run.driver.run_scenario``, ``harness.run.verdict.judge``), so there is no
 second copy of any check. One scenario::
 
     avocado run suites/avocado/cpr_transfer.py -p scenario=transfer/unix-unix-memfd-immediate-q35 \\
@@ -32,9 +32,9 @@ from avocado import Test
 from avocado.core.exceptions import TestWarn
 
 import cprh_avocado as adapter
-from harness import catalogue
-from harness.errors import ConformanceFailure, Unsupported, UsageError
-from harness.observe import Observer
+from harness.core.errors import ConformanceFailure, Unsupported, UsageError
+from harness.core.observe import Observer
+from harness.scenario import catalogue
 
 
 class LogObserver(Observer):
@@ -69,8 +69,8 @@ class CprTransfer(Test):
         self.whiteboard = json.dumps(fields)
 
     def test_scenario(self):
-        from harness.pair import run_scenario
-        from harness.verdict import judge
+        from harness.run.driver import run_scenario
+        from harness.run.verdict import failed, judge
 
         sid = self.params.get("scenario")
         if not sid:
@@ -82,10 +82,10 @@ class CprTransfer(Test):
         try:
             sc = catalogue.get(sid)
             cfg = adapter.run_config(self.params.get)
-            deviations = adapter.load_deviations(self.params.get)
+            deviations = adapter.load_deviations(cfg)
         except UsageError as exc:
             self.error(str(exc))
-        if adapter.slow_skipped(sc, self.params.get):
+        if adapter.slow_skipped(sc, cfg):
             self._board(scenario=sc.id, verdict="skip", reason=adapter.SLOW_REASON)
             self.cancel(adapter.SLOW_REASON)
         deviation = adapter.known_deviation(cfg, sc, deviations)
@@ -99,8 +99,9 @@ class CprTransfer(Test):
         except Unsupported as exc:
             self._board(scenario=sc.id, verdict="skip", reason=exc.reason)
             self.cancel(exc.reason)
-        mismatches = judge(result)
-        path = adapter.write_record(adapter.case_record(result, mismatches), self.outputdir)
+        checks = judge(result)
+        mismatches = failed(checks)
+        path = adapter.write_record(adapter.case_record(result, checks), self.outputdir)
         self.log.info("observed %s; %d failed check(s); record: %s", result.observed,
                       len(mismatches), path)
         failure = ConformanceFailure(sc.id, mismatches) if mismatches else None

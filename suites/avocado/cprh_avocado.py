@@ -4,13 +4,13 @@ The avocado test (``cpr_transfer.py``) is thin; what it shares with the tools li
 here:
 
 * :func:`run_config`: avocado params (else ``CPRH_*`` env, else the defaults) -> the
-  library's frozen :class:`harness.pair.RunConfig`, the way ``conftest.py`` builds it
-  from pytest options;
+  library's frozen :class:`harness.run.config.RunConfig`, resolved by the library from
+  the same option table (:data:`harness.run.config.OPTIONS`) ``conftest.py`` uses;
 * :func:`known_deviation`: the expectations entry that applies to a scenario in this
   run (the same lookup ``conftest.py`` does at collection);
 * :func:`case_record`: the ``result.json`` a case leaves beside its evidence;
 * :func:`recipe`: an avocado *runnables recipe* (plain JSON that ``avocado run FILE``
-  resolves into one test per scenario), built from :mod:`harness.catalogue`;
+  resolves into one test per scenario), built from :mod:`harness.scenario.catalogue`;
 * :func:`verdict_of_test` and :func:`compare`: avocado statuses back to the matrix's
   verdicts, and a per-scenario comparison with a pytest run's ``conformance.json``.
 
@@ -36,26 +36,18 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # `python suites/avocado/cprh_avocado.py` from a checkout
     sys.path.insert(0, str(ROOT))
 
-from harness import catalogue, expectations, verdict  # noqa: E402
-from harness.errors import UsageError  # noqa: E402
-from harness.pair import ACCELS, RunConfig  # noqa: E402
-from harness.pair import check_binaries as pair_check_binaries  # noqa: E402
-from harness.scenario import Scenario  # noqa: E402
+from harness.core.errors import UsageError  # noqa: E402
+from harness.run import config, setup, verdict  # noqa: E402
+from harness.run.config import RunConfig  # noqa: E402
+from harness.scenario import catalogue, expectations  # noqa: E402
+from harness.scenario.model import Scenario  # noqa: E402
 
 TEST_FILE = Path(__file__).resolve().parent / "cpr_transfer.py"
 TEST_METHOD = "CprTransfer.test_scenario"
 
-#: The avocado parameters a case reads, and the environment variable each falls back
-#: to (the same ones the pytest options fall back to).
-PARAMS_ENV = {"qemu_src": "CPRH_QEMU_SRC", "qemu_dst": "CPRH_QEMU_DST",
-              "qemu_aarch64_src": "CPRH_QEMU_AARCH64_SRC",
-              "qemu_aarch64_dst": "CPRH_QEMU_AARCH64_DST",
-              "accel": "CPRH_ACCEL", "dialect": "CPRH_DIALECT",
-              "expectations": "CPRH_EXPECTATIONS", "slow": "CPRH_SLOW"}
-DEFAULTS = {"qemu_src": "qemu-system-x86_64", "qemu_dst": "qemu-system-x86_64",
-            "qemu_aarch64_src": "qemu-system-aarch64",
-            "qemu_aarch64_dst": "qemu-system-aarch64", "accel": "auto", "dialect": "auto",
-            "expectations": str(expectations.DEFAULT_FILE), "slow": ""}
+#: The avocado parameters a case reads: the run options, by name (each falls back to its
+#: ``CPRH_*`` variable, then its default, exactly as the pytest options do).
+PARAMS = tuple(o.name for o in config.OPTIONS)
 
 #: A scenario marked ``slow`` runs only when asked (non-empty ``slow`` param or
 #: CPRH_SLOW), else it is skipped with this reason: the library's rule, as pytest's.
@@ -78,32 +70,21 @@ VERDICT_OF_STATUS = {"PASS": "pass", "FAIL": "fail", "ERROR": "error",
 # --------------------------------------------------------------------------- the case
 
 
-def param(get: Callable[[str], Any], name: str) -> str:
-    """An avocado param, else its ``CPRH_*`` environment variable, else the default."""
-    value = get(name)
-    if value in (None, ""):
-        value = os.environ.get(PARAMS_ENV[name]) or DEFAULTS[name]
-    return str(value)
-
-
 def run_config(get: Callable[[str], Any]) -> RunConfig:
     """The run's frozen config from avocado params; a bad value is a UsageError."""
-    return RunConfig(qemu_src=param(get, "qemu_src"), qemu_dst=param(get, "qemu_dst"),
-                     accel=param(get, "accel"), dialect=param(get, "dialect"),
-                     other_arch={"aarch64": (param(get, "qemu_aarch64_src"),
-                                             param(get, "qemu_aarch64_dst"))})
+    return config.resolve({name: get(name) for name in PARAMS})
 
 
-def slow_skipped(sc: Scenario, get: Callable[[str], Any]) -> bool:
-    return sc.slow and not catalogue.slow_enabled(get("slow"))
+def slow_skipped(sc: Scenario, cfg: RunConfig) -> bool:
+    return sc.slow and not cfg.slow
 
 
-def load_deviations(get: Callable[[str], Any]) -> List[expectations.Deviation]:
-    return expectations.load(Path(param(get, "expectations")), catalogue.SCENARIOS)
+def load_deviations(cfg: RunConfig) -> List[expectations.Deviation]:
+    return expectations.load(Path(cfg.expectations), catalogue.SCENARIOS)
 
 
 #: The library decides these for every adapter: no second copy here.
-known_deviation = lambda cfg, sc, deviations: expectations.for_case(deviations, sc, cfg)  # noqa: E731
+known_deviation = lambda cfg, sc, deviations: setup.known_deviation(deviations, sc, cfg)  # noqa: E731
 case_record = verdict.record
 
 
@@ -167,7 +148,7 @@ def dump_recipe(runnables: Sequence[Mapping[str, Any]]) -> str:
     return "[\n" + ",\n".join(json.dumps(r) for r in runnables) + "\n]\n"
 
 
-check_binaries = pair_check_binaries
+check_binaries = setup.check_binaries
 
 
 # --------------------------------------------------------------------------- verdicts
@@ -228,18 +209,18 @@ def compare(avocado: Mapping[str, Tuple[str, str]], pytest: Mapping[str, Tuple[s
 
 
 def _cmd_recipe(args: argparse.Namespace) -> int:
-    get = {"qemu_src": args.qemu_src, "qemu_dst": args.qemu_dst,
-           "qemu_aarch64_src": args.qemu_aarch64_src, "qemu_aarch64_dst": args.qemu_aarch64_dst,
-           "accel": args.accel, "dialect": args.dialect, "expectations": args.expectations,
-           "slow": "1" if args.slow else None}.get
+    cfg = config.from_namespace(args, PARAMS)
     # Every value resolved now (option, else CPRH_* env, else default), so the recipe
     # says exactly what its tests ran with; ``slow`` only when set.
-    params = {name: param(get, name) for name in PARAMS_ENV}
-    params["expectations"] = os.path.abspath(params["expectations"])
-    if not params["slow"]:
-        del params["slow"]
-    cfg = run_config(get)
-    expectations.load(Path(params["expectations"]), catalogue.SCENARIOS)
+    aarch = cfg.binaries("aarch64")
+    params = {"qemu_src": cfg.qemu_src, "qemu_dst": cfg.qemu_dst,
+              "qemu_aarch64_src": aarch[0], "qemu_aarch64_dst": aarch[1],
+              "accel": cfg.accel, "dialect": cfg.dialect,
+              "expectations": os.path.abspath(cfg.expectations),
+              "soak_hops": str(cfg.soak_hops), "case_timeout": str(cfg.case_timeout)}
+    if cfg.slow:
+        params["slow"] = "1"
+    load_deviations(cfg)
     scenarios = select(args.suite or (), args.scenario or ())
     if not args.no_probe:
         check_binaries(cfg)
@@ -291,21 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(repeatable)")
     r.add_argument("--scenario", action="append", metavar="ID",
                    help="a scenario id (repeatable); see 'python -m harness list'")
-    r.add_argument("--qemu-src", metavar="PATH", help="[env CPRH_QEMU_SRC; default: "
-                                                      "qemu-system-x86_64]")
-    r.add_argument("--qemu-dst", metavar="PATH", help="[env CPRH_QEMU_DST]")
-    r.add_argument("--qemu-aarch64-src", metavar="PATH", help="source QEMU for aarch64 "
-                   "guests [env CPRH_QEMU_AARCH64_SRC; default: qemu-system-aarch64]")
-    r.add_argument("--qemu-aarch64-dst", metavar="PATH", help="target QEMU for aarch64 "
-                   "guests [env CPRH_QEMU_AARCH64_DST]")
-    r.add_argument("--accel", choices=ACCELS, help="[env CPRH_ACCEL; default: auto]")
-    r.add_argument("--dialect", metavar="auto|released-10x|rfc-v1", help="cpr-transfer "
-                   "interface to speak [env CPRH_DIALECT; default: auto]")
-    r.add_argument("--expectations", metavar="FILE", help="known deviations "
-                   "[env CPRH_EXPECTATIONS; default: expectations/known-deviations.toml]")
-    r.add_argument("--slow", action="store_true",
-                   help="also run the slow scenarios (else they are skipped, as under "
-                        "pytest) [env CPRH_SLOW]")
+    config.argparse_options(r, [n for n in PARAMS if n not in ("reports",)])
     r.add_argument("--no-probe", action="store_true",
                    help="do not check now that both binaries support cpr-transfer")
     r.add_argument("-o", "--output", metavar="FILE", help="where to write it (default: "

@@ -2,7 +2,7 @@
 (where it lives) carries on with its RAM intact, and a fresh target then completes."""
 import pytest
 
-from harness import catalogue
+from harness.scenario import catalogue
 
 pytestmark = pytest.mark.conformance
 

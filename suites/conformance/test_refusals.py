@@ -3,7 +3,7 @@ with QEMU's message; afterwards the source guest still runs, and (where the sour
 own set-up is valid) a retried valid transfer from it completes."""
 import pytest
 
-from harness import catalogue
+from harness.scenario import catalogue
 
 pytestmark = pytest.mark.conformance
 

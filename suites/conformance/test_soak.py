@@ -1,34 +1,31 @@
 """Soak: one guest live-updated hop after hop (A -> B -> C -> ...), the same memory all
 the way. The default run does a quick chain; ``CPRH_SOAK_HOPS=50`` (tox -e soak) the
-long one."""
+long one. conftest parametrizes the scenario and the run's number of hops."""
 import json
 import os
 
 import pytest
 
-from harness import catalogue
-from harness.pair import run_chain
+from harness.run.chain import run_chain
 
 pytestmark = pytest.mark.conformance
 
-HOPS = int(os.environ.get("CPRH_SOAK_HOPS", "5"))
 #: Anonymous RSS the live QEMU may gain over the whole chain before it counts as a leak.
 RSS_SLACK_KIB = 2048
 
 
-@pytest.mark.parametrize("scenario", [catalogue.get("transfer/unix-unix-memfd-immediate-q35")],
-                         ids=[f"chain-{HOPS}-hops"])
-def test_chain_of_live_updates(run_config, case_dir, scenario):
-    c = run_chain(scenario, run_config, case_dir, HOPS)
+def test_chain_of_live_updates(run_config, case_dir, scenario, soak_hops):
+    hops = soak_hops
+    c = run_chain(scenario, run_config, case_dir, hops)
     with open(os.path.join(case_dir, "chain.json"), "w") as f:
         json.dump(c.to_dict(), f, indent=2, default=str)
-    assert c.failed_hop is None, f"hop {c.failed_hop} of {HOPS}: {c.failure}"
-    assert len(c.hops) == HOPS
+    assert c.failed_hop is None, f"hop {c.failed_hop} of {hops}: {c.failure}"
+    assert len(c.hops) == hops
     assert c.pattern.get("ok") is True, c.pattern.get("description")
     inodes = {h["ram_inode"] for h in c.hops}
     assert inodes == {c.ram_inode}, f"the RAM file changed along the chain: {inodes}"
     counters = [h["counter_after"] for h in c.hops]
-    assert counters == sorted(counters) and len(set(counters)) == HOPS, counters
+    assert counters == sorted(counters) and len(set(counters)) == hops, counters
     fds = [h["open_fds"] for h in c.hops]
     assert fds[-1] <= fds[0], f"open fds of the live QEMU grew hop by hop: {fds}"
     rss = [h["rss_anon_kib"] for h in c.hops]

@@ -192,6 +192,6 @@ def test_status_maps_back_to_the_matrix_verdicts():
     for (status, reason), verdict in cases.items():
         assert adapter.verdict_of_test({"status": status, "fail_reason": reason})[0] \
             == verdict, status
-    from harness.report import VERDICTS
+    from harness.tools.report import VERDICTS
 
     assert set(adapter.VERDICT_OF_STATUS.values()) | {"xpass"} == set(VERDICTS)

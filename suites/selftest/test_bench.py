@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import bench
-from harness.errors import UsageError
-from harness.sampler import SamplerResult, Stall, Window
+from harness.tools import bench
+from harness.core.errors import UsageError
+from harness.evidence.sampler import SamplerResult, Stall, Window
 
 pytestmark = pytest.mark.selftest
 ROOT = Path(__file__).resolve().parents[2]
@@ -213,7 +213,7 @@ def test_parse_args_quick_and_overrides():
 
 
 def test_bad_input_is_one_line_exit_2():
-    p = subprocess.run([sys.executable, "-m", "harness.bench", "--methods", "postcopy"],
+    p = subprocess.run([sys.executable, "-m", "harness.tools.bench", "--methods", "postcopy"],
                        cwd=str(ROOT), capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "unknown method" in p.stderr
     assert "Traceback" not in p.stderr
@@ -225,7 +225,7 @@ def _doc(rounds):
             "host": {"cpus": 2, "load_avg": [1.0, 1.0, 1.0]}, "load_avg_end": [2.0],
             "config": {"rounds": 1},
             "overhead": {"case": bench.OVERHEAD_CASE, "ram_mb": 256,
-                         "full_case_s": bench.stats([1.3]), "bare_lean_s": bench.stats([0.3]),
+                         "full_case_s": bench.stats([1.3]), "bare_pair_s": bench.stats([0.3]),
                          "overhead_s": 1.0, "overhead_ratio": 4.33},
             "matrix": {"runs": [{"label": "-n 1 (no xdist)", "wall_s": 80.0, "exit_code": 0,
                                  "summary": "48 passed"},
@@ -258,7 +258,7 @@ def test_table_and_plot_from_synthetic_rounds(tmp_path):
                     reason="qemu-system-x86_64 not installed (scripts/setup-host.sh)")
 def test_quick_bench_writes_every_method_json_and_png(tmp_path):
     out = tmp_path / "reports"
-    p = subprocess.run([sys.executable, "-m", "harness.bench", "--quick", "--rounds", "1",
+    p = subprocess.run([sys.executable, "-m", "harness.tools.bench", "--quick", "--rounds", "1",
                         "--sizes", "256M", "--skip-matrix", "--out", str(out)],
                        cwd=str(ROOT), capture_output=True, text=True, timeout=180)
     assert p.returncode == 0, p.stdout + p.stderr
@@ -278,5 +278,5 @@ def test_quick_bench_writes_every_method_json_and_png(tmp_path):
     assert bytes_["precopy"] > 200e6 > 1e6 > bytes_["cpr-transfer"]
     assert bytes_["cpr-reboot"] < 1e6
     ov = doc["overhead"]
-    assert ov["full_case_s"] and ov["bare_lean_s"] and "overhead_s" in ov
+    assert ov["full_case_s"] and ov["bare_pair_s"] and "overhead_s" in ov
     assert "guest pause ms" in p.stdout and "bench.png" in p.stdout

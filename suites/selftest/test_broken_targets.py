@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from harness import catalogue, ram
-from harness.errors import ConformanceFailure
-from harness.pair import Hooks, RunConfig, run_scenario
-from harness.verdict import judge
+from harness.core.errors import ConformanceFailure
+from harness.evidence.memory import open_ram
+from harness.run.config import RunConfig
+from harness.run.driver import Hooks, run_scenario
+from harness.run.verdict import failed, judge
+from harness.scenario import catalogue
 
 pytestmark = [pytest.mark.selftest,
               pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None,
@@ -30,14 +32,14 @@ def wrapper(tmp_path, mode):
 
 
 def failed_checks(result):
-    return {m.check: m for m in judge(result)}
+    return {m.check: m for m in failed(judge(result))}
 
 
 def test_harness_corrupting_one_page_fails_and_names_it(tmp_path):
     gpa = 0x1234000
 
     def corrupt(ramfd):
-        with ram.open_ram(ramfd, writable=True, machine="q35") as g:
+        with open_ram(ramfd, writable=True, machine="q35") as g:
             g.write_u32(gpa + 8, g.read_u32(gpa + 8) ^ 1)
 
     r = run_scenario(BASE, RunConfig(), str(tmp_path / "a"), hooks=Hooks(before_verify=corrupt))
@@ -71,4 +73,4 @@ def test_a_target_that_changes_one_page_fails_and_names_it(tmp_path):
 def test_an_unbroken_wrapper_passes(tmp_path):
     """Control: the wrapper itself (no tampering mode) does not break anything."""
     r = run_scenario(BASE, RunConfig(qemu_dst=wrapper(tmp_path, "none")), str(tmp_path / "a"))
-    assert judge(r) == []
+    assert failed(judge(r)) == []

@@ -1,4 +1,4 @@
-"""Self-tests of harness.capabilities: real probes of the installed QEMU (10.0.x) and of
+"""Self-tests of harness.qemu.probe: real probes of the installed QEMU (10.0.x) and of
 Debian's QEMU 7.2 (fetched by scripts/fetch-old-qemu.sh), and the error paths.
 
 Fast: a real probe takes ~0.3 s; the 7.2 download (~11 MB) is cached under the pytest
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.capabilities import (DIALECT_NONE, DIALECT_RELEASED, DIALECT_RFC_V1,
+from harness.qemu.probe import (DIALECT_NONE, DIALECT_RELEASED, DIALECT_RFC_V1,
                                   Capabilities, clear_probe_cache, probe)
-from harness.errors import HarnessError, NotQemu, ProbeFailed, QemuNotFound
+from harness.core.errors import HarnessError, NotQemu, ProbeFailed, QemuNotFound
 
 pytestmark = pytest.mark.selftest
 
@@ -230,25 +230,50 @@ def test_qemu_that_dies_is_probe_failed(tmp_path):
     assert "\n" not in ei.value.detail
 
 
+#: The rest of a fake QEMU: listen on the -qmp unix socket it is given, answer every
+#: connection with LINES, then (MODE "exit") exit 3 or (MODE "stay") keep running.
+FAKE_MONITOR = """
+    exec "{python}" - "$@" <<'EOF'
+    import socket, sys, time
+    args = sys.argv[1:]
+    path = args[args.index("-qmp") + 1][len("unix:"):].split(",")[0]
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(path)
+    s.listen(4)
+    print("fake monitor up", flush=True)
+    end = time.monotonic() + 20
+    while time.monotonic() < end:
+        c, _ = s.accept()
+        c.sendall({lines!r})
+        if {mode!r} == "exit":
+            sys.exit(3)
+        time.sleep(0.2)
+        c.close()
+    EOF
+"""
+
+
+def _fake_monitor(path, lines, mode):
+    return _script(path, FAKE_HEAD + FAKE_MONITOR.format(python=sys.executable, lines=lines,
+                                                          mode=mode))
+
+
 def test_qemu_answering_nonsense_is_probe_failed(tmp_path):
-    f = _script(tmp_path / "nonsense", FAKE_HEAD + """
-    echo '{"QMP": {"version": {}}}'
-    echo 'this is not JSON at all'
-    """)
+    f = _fake_monitor(tmp_path / "nonsense", b'{"QMP": {"version": {}}}\nnot JSON at all\n',
+                      "stay")
+    t0 = time.monotonic()
     with pytest.raises(ProbeFailed) as ei:
         probe(str(f))
-    assert "not QMP JSON" in ei.value.detail
-    assert "this is not JSON at all" in ei.value.log
+    assert time.monotonic() - t0 < 15, "a monitor that does not speak QMP fails fast"
+    assert "not a QMP monitor" in ei.value.detail and "negotiation failed" in ei.value.detail
+    assert "fake monitor up" in ei.value.log
 
 
 def test_qemu_that_stops_answering_is_probe_failed(tmp_path):
-    f = _script(tmp_path / "mute", FAKE_HEAD + """
-    echo '{"QMP": {"version": {}}}'
-    exit 3
-    """)
+    f = _fake_monitor(tmp_path / "mute", b'{"QMP": {"version": {}}}\n', "exit")
     with pytest.raises(ProbeFailed) as ei:
         probe(str(f))
-    assert "before answering QMP qmp_capabilities" in ei.value.detail
+    assert "QEMU exited with code 3" in ei.value.detail, ei.value.detail
 
 
 def test_hanging_binary_times_out_and_is_killed(tmp_path):
@@ -319,7 +344,7 @@ def test_released_interface_complete():
 
 
 def test_library_imports_no_test_framework():
-    code = ("import sys, harness.capabilities; "
+    code = ("import sys, harness.qemu.probe; "
             "bad = [m for m in ('pytest', 'allure', 'avocado') if m in sys.modules]; "
             "sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -7,10 +7,13 @@ import json
 
 import pytest
 
-from harness import catalogue, dialect
-from harness.capabilities import Capabilities
-from harness.errors import Unsupported, UsageError
-from harness.pair import RunConfig, choose_dialect, render_plan
+from harness.cpr import dialect
+from harness.scenario import catalogue
+from harness.qemu.probe import Capabilities
+from harness.core.errors import Unsupported, UsageError
+from harness.run.config import RunConfig
+from harness.run.plan import render_plan
+from harness.run.setup import choose_dialect
 
 pytestmark = pytest.mark.selftest
 

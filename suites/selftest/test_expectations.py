@@ -1,9 +1,9 @@
 """Self-tests of the known-deviations file: strict validation and condition matching."""
 import pytest
 
-from harness import catalogue, expectations
-from harness.errors import UsageError
-from harness.expectations import RunInfo
+from harness.scenario import catalogue, expectations
+from harness.core.errors import UsageError
+from harness.scenario.expectations import RunInfo
 
 pytestmark = pytest.mark.selftest
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from harness import catalogue
-from harness.capabilities import Capabilities
-from harness.cleanup import private_tmpdir, remove_tmpdir
-from harness.errors import Unsupported
-from harness.pair import resolve_accel
+from harness.scenario import catalogue
+from harness.qemu.probe import Capabilities
+from harness.core.cleanup import private_tmpdir, remove_tmpdir
+from harness.core.errors import Unsupported
+from harness.run.setup import resolve_accel
 
 pytestmark = pytest.mark.selftest
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,9 +92,13 @@ def test_a_user_without_kvm_access_is_told_why():
     """As 'nobody' (no /dev/kvm access), the probe says KVM is not usable and why."""
     if os.geteuid() != 0 or shutil.which("runuser") is None:
         pytest.skip("needs root and runuser to switch to an unprivileged user")
+    # The venv's interpreter lives under /root, which nobody cannot enter: run the
+    # system Python (the same minor version) on the venv's packages.
     py = "/usr/bin/python3"
-    p = subprocess.run(["runuser", "-u", "nobody", "--", "env", f"PYTHONPATH={ROOT}", py,
-                        "-m", "harness.capabilities", QEMU],
+    site = ROOT / ".venv" / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" \
+        / "site-packages"
+    p = subprocess.run(["runuser", "-u", "nobody", "--", "env", f"PYTHONPATH={ROOT}:{site}",
+                        py, "-m", "harness.qemu.probe", QEMU],
                        capture_output=True, text=True, timeout=120)
     if p.returncode != 0 and ("Permission denied" in p.stderr and "harness" in p.stderr
                               or "No module named" in p.stderr):

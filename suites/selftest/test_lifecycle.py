@@ -12,8 +12,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from harness.errors import VMLaunchFailure, WaitTimeout
-from harness.vmm import QemuProcess
+from harness.core.errors import VMLaunchFailure, WaitTimeout
+from harness.qemu.process import QemuProcess
 
 pytestmark = pytest.mark.selftest
 
@@ -105,8 +105,8 @@ def test_qmp_waits_are_bounded(tmp_path):
 RUNNER = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {root!r})
-    from harness.cleanup import private_tmpdir
-    from harness.vmm import QemuProcess
+    from harness.core.cleanup import private_tmpdir
+    from harness.qemu.process import QemuProcess
     d = private_tmpdir()
     vm = QemuProcess("src", {qemu!r}, {args!r}, d, d)
     vm.launch()
@@ -257,7 +257,7 @@ def test_a_failing_case_leaves_nothing(tmp_path, short_base):
 PROBER = textwrap.dedent("""
     import sys
     sys.path.insert(0, {root!r})
-    from harness.capabilities import clear_probe_cache, probe
+    from harness.qemu.probe import clear_probe_cache, probe
     print("ready", flush=True)
     while True:  # probe again and again: the kill lands mid-probe
         clear_probe_cache()
@@ -267,8 +267,8 @@ PROBER = textwrap.dedent("""
 
 @needs_qemu
 def test_kill9_of_a_runner_mid_probe_leaves_no_qemu(short_base):
-    """Probe QEMUs (-qmp stdio) get the same guard as the pairs': a probe QEMU whose
-    runner died sees EOF on its monitor and would otherwise stay, paused, forever."""
+    """Probe QEMUs get the same guard as the pairs': a probe QEMU (-S, its monitor on
+    probe.qmp) whose runner died would otherwise stay, paused, forever."""
     runner = subprocess.Popen([sys.executable, "-c", PROBER.format(root=str(ROOT), qemu=QEMU)],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                               env=dict(os.environ, CPRH_TMPDIR=str(short_base)))
@@ -279,13 +279,13 @@ def test_kill9_of_a_runner_mid_probe_leaves_no_qemu(short_base):
         def probe_qemu_running():
             for q in qemu_descendants(runner.pid):
                 try:
-                    if "stdio" in " ".join(q.cmdline()):
+                    if "probe.qmp" in " ".join(q.cmdline()):
                         seen.add(q.pid)
                 except psutil.Error:
                     pass
             return bool(seen)
 
-        wait_until(probe_qemu_running, 60, "a probe QEMU (-qmp stdio) to run")
+        wait_until(probe_qemu_running, 60, "a probe QEMU (-qmp unix:.../probe.qmp) to run")
     finally:
         runner.kill()
         runner.wait(10)

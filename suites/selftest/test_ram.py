@@ -1,4 +1,4 @@
-"""Self-tests of harness.ram on a memfd standing in for guest RAM (no QEMU needed)."""
+"""Self-tests of harness.evidence (layout, memory, pattern) on a memfd standing in for guest RAM (no QEMU needed)."""
 import os
 import subprocess
 import sys
@@ -7,11 +7,12 @@ import time
 import numpy as np
 import pytest
 
-from harness.errors import HarnessError, UsageError
-from harness.ram import (PAGE_SIZE, RamError, RamFdNotFound, RamLayoutError, WorkArea,
-                         compare_mappings, fill_pattern, find_ram_fd, gpa_of_offset,
-                         mapped_regions, offset_of_gpa, open_ram, pattern_word, ram_layout,
-                         verify_pattern)
+from harness.core.errors import HarnessError, UsageError
+from harness.evidence.layout import (PAGE_SIZE, RamError, RamLayoutError, WorkArea,
+                                     gpa_of_offset, offset_of_gpa, ram_layout)
+from harness.evidence.memory import (RamFdNotFound, compare_mappings, find_ram_fd,
+                                     mapped_regions, open_ram)
+from harness.evidence.pattern import fill_pattern, pattern_word, verify_pattern
 
 pytestmark = pytest.mark.selftest
 

@@ -13,13 +13,28 @@ from pathlib import Path
 
 import pytest
 
-from harness import report
-from harness.errors import ConformanceFailure, Mismatch, QMPConnectionLost, VMLaunchFailure, \
-    WaitTimeout
-from harness.report import Phase
+import importlib.util
+
+from harness.core.errors import (Check, ConformanceFailure, QMPConnectionLost, VMLaunchFailure,
+                                 WaitTimeout)
+from harness.tools import report
 
 pytestmark = pytest.mark.selftest
 ROOT = Path(__file__).resolve().parents[2]
+
+# The pytest adapter reads pytest's phases into verdicts (the library never sees them).
+_spec = importlib.util.spec_from_file_location("cprh_conftest_adapter", ROOT / "conftest.py")
+adapter = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = adapter  # dataclasses look their module up
+_spec.loader.exec_module(adapter)
+Phase, verdict_of = adapter.Phase, adapter.verdict_of
+
+
+def case_record(nodeid, phases, sc, res):
+    """What the adapter records for a case: its verdict from the phases, then the record."""
+    verdict, reason = verdict_of(phases, (res or {}).get("mismatches") or [])
+    return report.case_record(nodeid, verdict, reason, sc, res,
+                              {f"{p.when}_s": round(p.duration, 3) for p in phases})
 ALLURE = ROOT / "node_modules" / ".bin" / "allure"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -51,7 +66,7 @@ def sc_params(sid, expect="completes", **kw):
     return d
 
 
-def result(sid, observed="completes", message="", mismatches=(), evidence=None):
+def result(sid, observed="completed", message="", mismatches=(), evidence=None):
     return {"id": sid, "accel": "kvm", "qemu_src_version": "10.0.2", "qemu_dst_version": "10.0.2",
             "observed": observed, "observed_message": message,
             "query_migrate": {"status": "completed", "downtime": 7, "total-time": 50},
@@ -62,7 +77,7 @@ def result(sid, observed="completes", message="", mismatches=(), evidence=None):
             "artifacts": {"src.log": "/nonexistent/src.log"}}
 
 
-CALL_FAIL = Mismatch("guest progress", "> 10", 10, "the guest's counter must continue")
+CALL_FAIL = Check("guest progress", "> 10", 10, "the guest's counter must continue")
 
 
 def case(kind):
@@ -87,14 +102,14 @@ def case(kind):
             sc_params(sid, "src-refuses: x"), None
     if kind == "xfail":
         sid = "channel/xfail-case"
-        m = Mismatch("outcome", "dst-refuses", "failed", "Connection refused")
+        m = Check("outcome", "dst-refuses", "failed", "Connection refused")
         return sid, [ok[0], Phase("call", "skipped", "", wasxfail="known deviation: port 0"),
                      ok[1]], sc_params(sid, "dst-refuses"), \
             result(sid, "failed", "Connection refused", [m])
     if kind == "xpass":
         sid = "channel/xpass-case"
         return sid, [ok[0], Phase("call", "failed", "[XPASS(strict)] known deviation: port 0"),
-                     ok[1]], sc_params(sid, "dst-refuses"), result(sid, "dst-refuses", "refused")
+                     ok[1]], sc_params(sid, "dst-refuses"), result(sid, "dst-refused", "refused")
     raise AssertionError(kind)
 
 
@@ -106,7 +121,7 @@ def records():
     out = []
     for kind in KINDS:
         sid, phases, sc, res = case(kind)
-        out.append(report.case_record(f"suites/conformance/test_x.py::t[{sid}]", phases, sc, res))
+        out.append(case_record(f"suites/conformance/test_x.py::t[{sid}]", phases, sc, res))
     return out
 
 
@@ -129,14 +144,14 @@ def test_every_verdict_kind():
     assert "expected to fail" in recs["channel/xpass-case"]["reason"]
     assert "WaitTimeout" in recs["transfer/error-case"]["reason"]
     assert recs["transfer/setup-error-case"]["reason"].startswith("set-up failed")
-    assert recs["transfer/pass-case"]["actual"] == {"outcome": "completes", "message": ""}
+    assert recs["transfer/pass-case"]["actual"] == {"outcome": "completed", "message": ""}
     # A non-strict xfail that passes is an xpass too.
     phases = [Phase("setup", "passed"), Phase("call", "passed", wasxfail="flaky")]
-    assert report.verdict_of(phases)[0] == "xpass"
+    assert verdict_of(phases)[0] == "xpass"
     # A teardown failure after a pass is an error.
     phases = [Phase("setup", "passed"), Phase("call", "passed"),
               Phase("teardown", "failed", "boom")]
-    assert report.verdict_of(phases) == ("error", "teardown failed: boom")
+    assert verdict_of(phases) == ("error", "teardown failed: boom")
 
 
 def test_evidence_figures_are_flattened_numbers():
@@ -323,40 +338,40 @@ def failure(*mismatches):
 
 #: Real failure texts (as pytest's exconly() renders them) -> the categories they belong to.
 FAILURES = {
-    "crash": (failure(Mismatch("outcome", "completes", "src-crashed",
+    "crash": (failure(Check("outcome", "completes", "src-crashed",
                                "src QEMU was killed by signal 11 (SIGSEGV) during the transfer")),
               "failed", {"QEMU crashed"}),
-    "refused": (failure(Mismatch("outcome", "completes", "dst-refuses",
+    "refused": (failure(Check("outcome", "completes", "dst-refused",
                                  "qemu-system-x86_64: bad cpr channel socket type")),
                 "failed", {"QEMU refused a transfer it should accept"}),
-    "accepted": (failure(Mismatch("outcome", "src-refuses", "completes", "")),
+    "accepted": (failure(Check("outcome", "src-refuses", "completed", "")),
                  "failed", {"QEMU did not refuse as documented"}),
-    "message": (failure(Mismatch("error message", "must be unix", "other words")),
+    "message": (failure(Check("error message", "must be unix", "other words")),
                 "failed", {"QEMU refused with another message"}),
-    "ram": (failure(Mismatch("RAM content", "pattern intact", "page 0x1000 changed",
+    "ram": (failure(Check("RAM content", "pattern intact", "page 0x1000 changed",
                              "guest progress looked fine")),
             "failed", {"RAM changed"}),
-    "pattern": (failure(Mismatch("RAM pattern intact", "every page unchanged",
+    "pattern": (failure(Check("RAM pattern intact", "every page unchanged",
                                  "page 0x2000 (gpa 0x2000) changed")), "failed",
                 {"RAM changed"}),
-    "src-ram": (failure(Mismatch("source RAM intact after refusal", True, False)), "failed",
+    "src-ram": (failure(Check("source RAM intact after refusal", True, False)), "failed",
                 {"RAM changed"}),
-    "inode": (failure(Mismatch("same memory mapped by the target", "the source's RAM file",
+    "inode": (failure(Check("same memory mapped by the target", "the source's RAM file",
                                "src inode 1 dst inode 2")), "failed", {"RAM not kept in place"}),
-    "stream": (failure(Mismatch("retry: no RAM pages in the main stream", "ram.normal == 0",
+    "stream": (failure(Check("retry: no RAM pages in the main stream", "ram.normal == 0",
                                 {"normal": 3})), "failed", {"RAM not kept in place"}),
-    "went-back": (failure(Mismatch("guest counter never went back", False, True, "a reset")),
+    "went-back": (failure(Check("guest counter never went back", False, True, "a reset")),
                   "failed", {"Guest reset"}),
-    "pause": (failure(Mismatch("pause measured", "a stall", {"error": "x"})), "failed",
+    "pause": (failure(Check("pause measured", "a stall", {"error": "x"})), "failed",
               {"Guest pause not measured"}),
-    "stall": (failure(Mismatch("guest progress", "> 10", 10,
+    "stall": (failure(Check("guest progress", "> 10", 10,
                                "the guest's counter must continue past its pre-transfer "
                                "value")), "failed", {"Guest stalled"}),
-    "stall+state": (failure(Mismatch("target run state", "running", "paused"),
-                            Mismatch("retry: guest progress", "> 1", 1)),
+    "stall+state": (failure(Check("target run state", "running", "paused"),
+                            Check("retry: guest progress", "> 1", 1)),
                     "failed", {"Wrong run state after the transfer"}),
-    "reset": (failure(Mismatch("guest reset", 1, 2)), "failed", {"Guest reset"}),
-    "retry": (failure(Mismatch("retry of a valid transfer", "completes", "not attempted")),
+    "reset": (failure(Check("guest reset", 1, 2)), "failed", {"Guest reset"}),
+    "retry": (failure(Check("retry of a valid transfer", "completes", "not attempted")),
               "failed", {"Retry after a refusal failed"}),
     "timeout": (_exconly(WaitTimeout("migration to complete", 60.0, 60.2,
                                      "active (target alive)", "src", "/r/src.log")),
@@ -366,7 +381,7 @@ FAILURES = {
     "other": (_exconly(QMPConnectionLost("src", "query-status", "EOF")), "broken",
               {"Other harness errors"}),
     "xfail": ("XFAIL known deviation: port 0 (docs/deviations.md#port-0)\n\n" +
-              failure(Mismatch("outcome", "dst-refuses", "failed")), "skipped",
+              failure(Check("outcome", "dst-refuses", "failed")), "skipped",
               {"Known deviations (expected failures)"}),
     "skip": ("Skipped: /usr/bin/qemu-system-x86_64 has no object type memory-backend-epc",
              "skipped", {"Not supported here (skips)"}),
@@ -420,8 +435,8 @@ def test_end_to_end_run(tmp_path):
     assert set(E2E_CASES) <= set(verdicts) and set(verdicts.values()) == {"pass"}, verdicts
     assert d["meta"]["qemu_src"].startswith("10.") and d["meta"]["accel"]
     by = {c["id"]: c for c in d["cases"]}
-    assert by["transfer/unix-unix-memfd-immediate-q35"]["actual"]["outcome"] == "completes"
-    assert by["channel/cpr-missing"]["actual"]["outcome"] == "src-refuses"
+    assert by["transfer/unix-unix-memfd-immediate-q35"]["actual"]["outcome"] == "completed"
+    assert by["channel/cpr-missing"]["actual"]["outcome"] == "src-refused"
     assert by["channel/cpr-missing"]["parameters"]["area"] == "channel"
     for name in ("conformance.md", "conformance.html"):
         text = (reports / name).read_text()
@@ -449,9 +464,11 @@ def test_end_to_end_run(tmp_path):
         assert steps[0] == "probe QEMU binaries" and "transfer" in steps
         attached = {a["name"] for a in r["attachments"]}
         for want in ("src command line", "dst command line", "src QMP transcript",
-                     "dst QMP transcript", "src QEMU log", "dst QEMU log",
+                     "src QEMU log", "dst QEMU log",
                      "src serial console", "query-migrate (src)", "evidence"):
             assert want in attached, attached
+        # Each target's own transcript: a refused one never got a monitor, its retry did.
+        assert {"dst QMP transcript", "dst-retry QMP transcript"} & attached, attached
         for a in r["attachments"]:
             assert (results_dir / a["source"]).is_file()
     assert "accel = " in (results_dir / "environment.properties").read_text()

@@ -1,4 +1,4 @@
-"""Self-tests of harness.sampler against a memfd counter driven by a thread (no QEMU)."""
+"""Self-tests of harness.evidence.sampler against a memfd counter driven by a thread (no QEMU)."""
 import json
 import mmap
 import os
@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from harness.errors import UsageError, WaitTimeout
-from harness.ram import WorkArea
-from harness.sampler import (END, START, Sampler, SamplerDied, SamplerError,
+from harness.core.errors import UsageError, WaitTimeout
+from harness.evidence.layout import WorkArea
+from harness.evidence.sampler import (END, START, Sampler, SamplerDied, SamplerError,
                               SamplerResult)
 
 pytestmark = pytest.mark.selftest
@@ -175,7 +175,7 @@ def test_stops_by_itself_after_max_seconds(counter):
 
 def _child(path, *extra):
     return subprocess.Popen(
-        [sys.executable, "-m", "harness.sampler", "--path", path, "--offset", str(OFFSET),
+        [sys.executable, "-m", "harness.evidence.sampler", "--path", path, "--offset", str(OFFSET),
          "--max-seconds", "30", *extra],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 

@@ -1,10 +1,12 @@
 """Self-tests of the verdict: each way a transfer can go wrong is named."""
 import pytest
 
-from harness import catalogue
-from harness.pair import PairResult
-from harness.scenario import COMPLETES, DST_REFUSES, SRC_REFUSES
-from harness.verdict import judge
+from harness.run.result import PairResult
+from harness.run.verdict import failed, judge
+from harness.scenario import catalogue
+from harness.scenario.model import Observed
+
+COMPLETES, DST_REFUSES, SRC_REFUSES = Observed.COMPLETED, Observed.DST_REFUSED, Observed.SRC_REFUSED
 
 pytestmark = pytest.mark.selftest
 
@@ -23,11 +25,11 @@ def good_result(**kw):
 
 
 def checks(r):
-    return [m.check for m in judge(r)]
+    return [m.check for m in failed(judge(r))]
 
 
 def test_a_good_transfer_passes():
-    assert judge(good_result()) == []
+    assert failed(judge(good_result())) == []
 
 
 @pytest.mark.parametrize("change,check", [
@@ -51,7 +53,7 @@ def refusal(**kw):
                    observed_message="missing 'cpr' migration channel",
                    src_status_after="running", counter_before=5, src_counter_after_refusal=9,
                    boots_before=1,
-                   retry={"observed": COMPLETES, "dst_status_after": "running",
+                   retry={"observed": "completed", "dst_status_after": "running",
                           "src_status_after": "postmigrate", "boots_after": 1,
                           "counter_after": 20, "counter_moved_on_dst": True})
     for k, v in kw.items():
@@ -60,7 +62,7 @@ def refusal(**kw):
 
 
 def test_a_correct_refusal_passes():
-    assert judge(refusal()) == []
+    assert failed(judge(refusal())) == []
 
 
 @pytest.mark.parametrize("change,check", [
@@ -71,7 +73,7 @@ def test_a_correct_refusal_passes():
     ({"src_counter_after_refusal": None}, "source guest progress after refusal"),
     ({"retry": None}, "retry of a valid transfer"),
     ({"retry": {"observed": "failed", "message": "x"}}, "retry of a valid transfer"),
-    ({"retry": {"observed": COMPLETES, "dst_status_after": "running",
+    ({"retry": {"observed": "completed", "dst_status_after": "running",
                 "src_status_after": "postmigrate", "boots_after": 1, "counter_after": 20,
                 "counter_moved_on_dst": False}}, "retry: guest progress"),
 ])

@@ -1,0 +1,168 @@
+"""Interface dialects: how a scenario becomes commands for one generation of QEMU.
+
+Scenarios stay the same; a dialect renders the machine properties, the source's QMP
+commands and the target's ``-incoming`` arguments.
+
+``released-10x`` (QEMU >= 10.0): ``-machine aux-ram-share=on``; the cpr channel is a
+second entry in ``migrate``'s ``channels`` (``"channel-type": "cpr"``) and a second
+``-incoming`` with a JSON ``MigrationChannel`` on the target.
+
+``rfc-v1`` (the 2024 RFC patch series): ``-machine anon-alloc=memfd``; the cpr channel
+is the ``cpr-uri`` migration parameter on the source and ``-cpr-uri URI`` on the
+target; channels are URIs. No binary of this dialect is available to run here: it is
+covered by self-tests of what it renders, never by live runs.
+
+A dialect is chosen from the probed capabilities (QMP schema), never from a version
+number; ``--dialect`` overrides.
+"""
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from harness.cpr.channels import Channel
+from harness.core.errors import Unsupported, UsageError
+
+RELEASED = "released-10x"
+RFC_V1 = "rfc-v1"
+DIALECTS = (RELEASED, RFC_V1)
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    args: Dict[str, Any] = field(default_factory=dict)
+
+
+def uri_of(addr: Dict[str, Any]) -> str:
+    """A QAPI MigrationAddress as the URI string older interfaces take."""
+    t = addr.get("transport")
+    if t == "socket":
+        kind = addr.get("type")
+        if kind == "unix":
+            return f"unix:{addr['path']}"
+        if kind == "inet":
+            return f"tcp:{addr['host']}:{addr['port']}"
+        if kind == "fd":
+            return f"fd:{addr['str']}"
+    if t == "file":
+        off = addr.get("offset", 0)
+        return f"file:{addr['filename']}" + (f",offset={off}" if off else "")
+    if t == "exec":
+        # Our own fixed argument lists (harness.cpr.channels), quoted: nothing from input.
+        return "exec:" + shlex.join(addr["args"])
+    raise UsageError(f"no URI form for migration address {addr!r}")
+
+
+class Dialect:
+    name = ""
+    #: Per requirement (scenario id), how this dialect phrases it, where it differs.
+    requirement_text: Dict[str, str] = {}
+    #: Whether QEMU's error messages are known for this dialect (checked if so).
+    messages_known = True
+
+    def machine_suffix(self, aux_ram_share: bool) -> str:
+        raise NotImplementedError
+
+    def source_prepare(self, cpr: Channel) -> List[Command]:
+        """Commands after ``migrate-set-parameters mode=cpr-transfer``, before migrate."""
+        return []
+
+    def source_migrate(self, main: Channel, cpr: Channel) -> Command:
+        raise NotImplementedError
+
+    def target_incoming(self, main: Channel, cpr: Channel, defer: bool) -> List[str]:
+        raise NotImplementedError
+
+    def target_migrate_incoming(self, main: Channel) -> Command:
+        raise NotImplementedError
+
+    def describe(self, scenario_id: str, default: str) -> str:
+        return self.requirement_text.get(scenario_id, default)
+
+
+class Released(Dialect):
+    name = RELEASED
+    requirement_text = {
+        "channel/cpr-missing": "no cpr entry in migrate's channels",
+        "memory/no-aux-ram-share": "-machine without aux-ram-share=on",
+    }
+
+    def machine_suffix(self, aux_ram_share: bool) -> str:
+        return ",aux-ram-share=on" if aux_ram_share else ""
+
+    def source_migrate(self, main: Channel, cpr: Channel) -> Command:
+        return Command("migrate", {"channels": [c for c in (main.qapi(), cpr.qapi())
+                                                if c is not None]})
+
+    def target_incoming(self, main: Channel, cpr: Channel, defer: bool) -> List[str]:
+        args = ["-incoming", "defer" if defer else str(main.dst_incoming)]
+        if cpr.dst_incoming is not None:
+            args += ["-incoming", cpr.dst_incoming]
+        return args
+
+    def target_migrate_incoming(self, main: Channel) -> Command:
+        return Command("migrate-incoming", {"channels": [main.dst_qapi()]})
+
+
+class RfcV1(Dialect):
+    name = RFC_V1
+    messages_known = False
+    requirement_text = {
+        "channel/cpr-missing": "no cpr-uri migration parameter set",
+        "memory/no-aux-ram-share": "-machine without anon-alloc=memfd",
+        "channel/cpr-inet-src": "cpr-uri tcp: on the source",
+        "channel/cpr-file-src": "cpr-uri file: on the source",
+        "channel/cpr-inet-dst": "-cpr-uri tcp: on the target",
+        "channel/cpr-file-dst": "-cpr-uri file: on the target",
+    }
+
+    def machine_suffix(self, aux_ram_share: bool) -> str:
+        return ",anon-alloc=memfd" if aux_ram_share else ""
+
+    def source_prepare(self, cpr: Channel) -> List[Command]:
+        if cpr.src_addr is None:
+            return []  # the "missing cpr-uri" error path
+        return [Command("migrate-set-parameters", {"cpr-uri": uri_of(cpr.src_addr)})]
+
+    def source_migrate(self, main: Channel, cpr: Channel) -> Command:
+        assert main.src_addr is not None
+        return Command("migrate", {"uri": uri_of(main.src_addr)})
+
+    def target_incoming(self, main: Channel, cpr: Channel, defer: bool) -> List[str]:
+        addr = main.dst_addr or main.src_addr
+        assert addr is not None
+        args = ["-incoming", "defer" if defer else uri_of(addr)]
+        if cpr.src_addr is not None:
+            caddr = cpr.dst_addr or cpr.src_addr
+            if caddr.get("type") == "fd":
+                raise Unsupported("the rfc-v1 dialect takes the target's cpr channel as a "
+                                  "URI; an fd-passed cpr listener has no URI form there")
+            args += ["-cpr-uri", uri_of(caddr)]
+        return args
+
+    def target_migrate_incoming(self, main: Channel) -> Command:
+        addr = main.dst_addr or main.src_addr
+        assert addr is not None
+        return Command("migrate-incoming", {"uri": uri_of(addr)})
+
+
+_BY_NAME = {RELEASED: Released(), RFC_V1: RfcV1()}
+
+
+def get(name: str) -> Dialect:
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise UsageError(f"unknown dialect {name!r}; known: {', '.join(DIALECTS)} "
+                         f"(or auto)") from None
+
+
+def choose(probed: str, override: Optional[str] = None) -> Dialect:
+    """The dialect to speak: the override if given, else the probed one."""
+    if override and override != "auto":
+        return get(override)
+    if probed not in _BY_NAME:
+        raise Unsupported(f"the binary speaks no known cpr-transfer dialect ({probed})")
+    return _BY_NAME[probed]

@@ -1,0 +1,231 @@
+"""In-place RAM evidence for one transfer, gathered around the pair driver's phases.
+
+The five pieces (see docs/ram-evidence.md):
+
+1. same memory: the target maps the very file (memfd inode) the source used;
+2. no RAM in the stream: ``ram.normal == 0`` in the source's ``query-migrate``;
+3. content: all guest RAM outside the guest's own work area is filled with a seeded
+   pattern through the memory file before the transfer and verified in full after
+   it, through the *target's* file descriptor; a changed page is named by its
+   guest-physical address;
+4. continuity: the guest's counter continues (sampled from the host, it never goes
+   back), boot count unchanged;
+5. the pause: a separate sampler process reads the guest's counter through the
+   shared memory during an idle "noise" window and during the transfer; the longest
+   stall in each window is reported beside QEMU's ``downtime`` and ``total-time``.
+
+Only applies where guest RAM is a shareable file and the guest leaves RAM alone
+outside its work area (the bare-metal guests); :attr:`RamEvidence.applicable` says so.
+What is gathered at all is the run's :class:`EvidencePlan` (the bench switches the
+checks off and keeps the samplers).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional
+
+from harness.core.errors import HarnessError
+from harness.core.wait import sleep
+from harness.cpr.backends import BACKENDS
+from harness.evidence.layout import WorkArea, offset_of_gpa
+from harness.evidence.memory import GuestRam, RamFd, compare_mappings, find_ram_fd, open_ram
+from harness.evidence.pattern import fill_pattern, verify_pattern
+from harness.evidence.sampler import Sampler, SamplerResult
+from harness.guest.images import GuestImage
+
+#: How long the sampler watches the idle pair before the transfer (noise floor).
+NOISE_WINDOW_S = 0.5
+#: Mark labels in the sampler's timeline.
+M_NOISE, M_IDLE_END, M_TRANSFER, M_RESUMED = "noise", "idle-end", "transfer", "resumed"
+#: The sampler of the memory file the source runs on (for cpr-transfer: both sides).
+SRC = "src"
+
+
+@dataclass(frozen=True)
+class EvidencePlan:
+    """What a run gathers. ``checks``: same memory, stream, pattern verify (the
+    conformance evidence); ``fill``: write the seeded pattern (every page resident);
+    ``sampler``: the pause sampler; ``noise_s``: its idle window before the transfer."""
+    checks: bool = True
+    fill: bool = True
+    sampler: bool = True
+    noise_s: float = NOISE_WINDOW_S
+
+
+#: Conformance runs: everything.
+FULL = EvidencePlan()
+#: The bench: RAM touched and the pause measured, no conformance checks.
+MEASURE = EvidencePlan(checks=False)
+#: The bare pair (the bench's baseline): nothing but launch and transfer.
+OFF = EvidencePlan(checks=False, fill=False, sampler=False, noise_s=0.0)
+
+
+def work_area(guest: GuestImage) -> WorkArea:
+    lay = guest.layout
+    if lay is None:
+        return WorkArea()
+    return WorkArea(base=lay.base, size=lay.size, magic_offset=lay.off_magic,
+                    magic=lay.magic, version_offset=lay.off_version,
+                    counter_offset=lay.off_counter, boots_offset=lay.off_boots,
+                    heartbeats_offset=lay.off_heartbeats)
+
+
+class RamEvidence:
+    def __init__(self, backend: str, machine: str, ram_mb: int, guest: GuestImage,
+                 artifacts: str, mem_path: Optional[str], sample_pause: bool,
+                 max_seconds: float, pattern: bool = True, plan: EvidencePlan = FULL):
+        kind = BACKENDS[backend]
+        self.plan = plan
+        self.size = ram_mb << 20
+        self.machine = machine
+        self.guest = guest
+        self.work = work_area(guest)
+        self.exclude = list(guest.own_ranges)
+        self.hint = mem_path or kind.fd_hint or None
+        self.artifacts = artifacts
+        #: Guest RAM is a shareable file: same-memory and stream evidence apply.
+        self.applicable = kind.share and kind.qom_type is not None and kind.name != "epc"
+        #: ... and the guest leaves RAM alone outside its own ranges: the pattern applies.
+        self.pattern = self.applicable and pattern
+        self.sample_pause = sample_pause and self.pattern and plan.sampler
+        self.max_seconds = max_seconds
+        self.seed = int.from_bytes(os.urandom(8), "little") or 1
+        self.data: Dict[str, Any] = {"applicable": self.applicable and plan.checks,
+                                     "pattern_applicable": self.pattern and plan.checks}
+        #: Samplers by label (SRC; the bench's precopy adds "dst").
+        self.samplers: Dict[str, Sampler] = {}
+        #: Their results, once stopped.
+        self.results: Dict[str, SamplerResult] = {}
+        self.src_fd: Optional[RamFd] = None
+
+    # -- before the transfer --------------------------------------------------------
+
+    def prepare(self, src_pid: int) -> None:
+        """Find the RAM file; fill guest RAM (outside the work area) with the pattern."""
+        if not self.applicable:
+            self.data["note"] = "guest RAM is not a shareable file: no RAM evidence"
+            return
+        self.src_fd = find_ram_fd(src_pid, self.size, self.hint)
+        if not self.pattern:
+            self.data["note"] = "the guest uses all of its RAM: no pattern"
+            return
+        if not self.plan.fill:
+            return
+        with self.open(self.src_fd, writable=True) as g:
+            rep = fill_pattern(g, self.seed, self.exclude)
+        self.data["seed"] = f"{self.seed:#018x}"
+        self.data["fill"] = rep.to_dict()
+        self.data["src_ram_fd"] = {"fd": self.src_fd.fd, "link": self.src_fd.link,
+                                   "inode": self.src_fd.inode}
+
+    def start_sampler(self, label: str = SRC, path: Optional[str] = None) -> None:
+        """Start a pause sampler on ``path`` (default: the source's RAM file)."""
+        if not self.sample_pause or (path is None and self.src_fd is None):
+            return
+        where = path or (self.src_fd.path if self.src_fd else "")
+        offset = offset_of_gpa(self.work.counter_gpa, self.machine, self.size)
+        name = "sampler.log" if label == SRC else f"sampler-{label}.log"
+        s = Sampler(where, offset, self.max_seconds,
+                    log_path=os.path.join(self.artifacts, name))
+        self.samplers[label] = s
+        s.start()
+
+    def noise_window(self) -> None:
+        """The idle window: its longest stall is the run's noise floor."""
+        if not self.samplers or self.plan.noise_s <= 0:
+            return
+        self.mark(M_NOISE)
+        sleep(self.plan.noise_s)
+        # The noise window ends here, not at the transfer mark: the target's start-up
+        # lies between the two, so a stall at the switch-over cannot also be counted
+        # as noise.
+        self.mark(M_IDLE_END)
+
+    def mark(self, label: str) -> None:
+        for s in self.samplers.values():
+            if s.running():
+                s.mark(label)
+
+    # -- after the transfer ---------------------------------------------------------
+
+    def stop_samplers(self, query_migrate: Dict[str, Any]) -> None:
+        """Stop every sampler; the source's gives the pause figures."""
+        for label, s in list(self.samplers.items()):
+            try:
+                self.results[label] = s.stop()
+            except HarnessError as exc:  # died, timed out, or a mark never arrived
+                if label == SRC:
+                    self.data["pause"] = {"error": str(exc)}
+            finally:
+                s.close()
+        res = self.results.get(SRC)
+        if res is None or "pause" in self.data:
+            return
+        try:
+            noise = res.longest_between(M_NOISE, M_IDLE_END) \
+                if self.plan.noise_s > 0 else None
+            pause = res.longest_between(M_TRANSFER, M_RESUMED)
+        except HarnessError as exc:
+            self.data["pause"] = {"error": str(exc)}
+            return
+        self.data["pause"] = {
+            "guest_pause_ms": round(pause.duration_ms, 3) if pause else None,
+            "guest_pause_max_ms": round(pause.max_ms, 3) if pause else None,
+            "noise_floor_ms": round(noise.duration_ms, 3) if noise else None,
+            "qemu_downtime_ms": query_migrate.get("downtime"),
+            "qemu_total_time_ms": query_migrate.get("total-time"),
+            "sample_rate_hz": round(res.rate_hz),
+            "median_interval_us": round(res.median_interval_ns / 1e3, 2),
+            "samples": res.samples,
+            "counter_went_back": res.reset,
+            "stalled_at_end": pause is not None and pause.end_ns is None,
+        }
+        self.data["sampler"] = res.to_dict()
+
+    def check_stream(self, query_migrate: Dict[str, Any]) -> None:
+        if not self.plan.checks:
+            return
+        r = query_migrate.get("ram", {})
+        self.data["stream"] = {k: r.get(k) for k in
+                               ("normal", "normal-bytes", "transferred", "total", "duplicate")}
+
+    def verify_after(self, src_pid: int, dst_pid: Optional[int],
+                     hook: Optional[Callable[[RamFd], None]] = None) -> None:
+        """Same memory and intact content, read through the side now running the guest."""
+        if not self.applicable or not self.plan.checks:
+            return
+        if dst_pid is not None:
+            same = compare_mappings(src_pid, dst_pid, self.size, self.hint)
+            self.data["same_memory"] = same.to_dict()
+            fd = find_ram_fd(dst_pid, self.size, self.hint)
+        else:
+            fd = find_ram_fd(src_pid, self.size, self.hint)
+        if hook is not None:
+            hook(fd)
+        if not self.pattern:
+            return
+        with self.open(fd, writable=False) as g:
+            rep = verify_pattern(g, self.seed, self.exclude, self.machine, self.size)
+            snap = g.snapshot()
+        key = "pattern" if dst_pid is not None else "pattern_src_after_refusal"
+        self.data[key] = rep.to_dict()
+        self.data["work_area_" + ("dst" if dst_pid is not None else "src")] = {
+            "counter": snap.counter, "boots": snap.boots, "magic_ok": snap.magic_ok}
+
+    def verify_pattern_at(self, pid: int) -> Dict[str, Any]:
+        """The pattern verified through ``pid``'s RAM file (the soak's last hop)."""
+        fd = find_ram_fd(pid, self.size, self.hint)
+        with self.open(fd, writable=False) as g:
+            return verify_pattern(g, self.seed, self.exclude, self.machine,
+                                  self.size).to_dict()
+
+    def ram_inode(self, pid: int) -> int:
+        return find_ram_fd(pid, self.size, self.hint).inode
+
+    def close(self) -> None:
+        for s in self.samplers.values():
+            s.close()
+
+    def open(self, fd: Any, writable: bool) -> GuestRam:
+        return open_ram(fd, writable, machine=self.machine, work=self.work)

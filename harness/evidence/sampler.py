@@ -1,0 +1,592 @@
+"""The pause the guest lived through, measured from the host (evidence 5).
+
+The guest increments a u64 progress counter continuously. A separate process (this
+module run as ``python -m harness.evidence.sampler``) maps that word of guest RAM read-only,
+through the RAM backend file, and reads it in a tight loop with a CLOCK_MONOTONIC
+timestamp per read (~10 M reads/s on CPython 3.11). A *stall* is a run of reads that
+all saw the same value: the guest did not run for at least that long.
+
+Two bounds per stall, both reported:
+
+* ``duration_ns``: from the first to the last read that saw the value. The counter
+  surely stood still that long; a hiccup of the sampler itself cannot inflate it.
+* ``max_ns``: from the read before the first to the read after the last. The guest
+  cannot have stood still longer. A sampler descheduled in the middle of a stall widens
+  the gap between the two, and the sampler's own gaps are reported per window.
+
+A separate process, not a thread: the harness's own Python work (QMP, JSON, pattern
+checks) would otherwise hold the GIL and show up as guest stalls. Its timestamps and
+the parent's marks share CLOCK_MONOTONIC (``time.monotonic_ns``), so a mark carries the
+parent's own time and lands exactly, however late the child reads it.
+
+Protocol: one JSON object a line. Child -> parent: ``{"event": "ready", ...}`` after the
+first read, and ``{"event": "result", ...}`` when it stops. Parent -> child:
+``{"cmd": "mark", "label": L, "t_ns": T}`` and ``{"cmd": "stop"}`` (plain ``mark L`` and
+``stop`` lines are accepted too, for hand use). The child also stops by itself after
+``--max-seconds`` (then writes its result unasked), and exits without a result when its
+stdin reaches EOF (its parent died).
+
+Noise floor vs. transfer: one sampler, marks between phases. Windows run between
+consecutive marks ("<start>" .. first mark .. "<end>"), so marking "transfer-start"
+after an idle period gives a noise window and a transfer window from one run.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import mmap
+import os
+import select
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from typing import IO, Any, Dict, List, Optional, Sequence, Tuple
+
+from harness.core.errors import HarnessError, UsageError, WaitTimeout
+from harness.core.wait import budget
+
+START = "<start>"
+END = "<end>"
+DEFAULT_THRESHOLD_US = 50.0     # stalls shorter than this are not recorded
+_CHECK_EVERY = 4096             # reads between looks at stdin and the clock (~0.5 ms)
+_MAX_RECORDED = 200_000         # stalls, sampler gaps, interval probes: bounded memory
+_TOP = 5
+
+
+class SamplerError(HarnessError):
+    """The sampler child could not do its job."""
+
+
+class SamplerDied(SamplerError):
+    """The sampler child exited when it should have been running or answering."""
+
+    def __init__(self, pid: int, exitcode: Optional[int], when: str, stderr_tail: str,
+                 log_path: Optional[str] = None):
+        self.pid = pid
+        self.exitcode = exitcode
+        self.when = when
+        self.stderr_tail = stderr_tail
+        self.log_path = log_path
+        msg = f"sampler (pid {pid}) exited with code {exitcode} {when}"
+        if log_path:
+            msg += f"; log: {log_path}"
+        if stderr_tail:
+            msg += f"\n--- its stderr ---\n{stderr_tail}"
+        super().__init__(msg)
+
+
+# --------------------------------------------------------------------------- results
+
+@dataclass(frozen=True)
+class Mark:
+    label: str
+    t_ns: int
+
+
+@dataclass(frozen=True)
+class Stall:
+    """A run of reads that all saw one counter value."""
+    start_ns: int               # first read that saw the value
+    end_ns: Optional[int]       # first read that saw another; None: still stalled at the end
+    duration_ns: int            # first to last read of the value: surely stalled this long
+    max_ns: int                 # read before the first to read after the last: upper bound
+    value: int
+    mark: str                   # the last mark at or before start_ns ("<start>" if none)
+    since_mark_ns: int          # start_ns minus that mark's time
+
+    @property
+    def duration_ms(self) -> float:
+        return self.duration_ns / 1e6
+
+    @property
+    def max_ms(self) -> float:
+        return self.max_ns / 1e6
+
+    def describe(self) -> str:
+        tail = "still stalled at the end" if self.end_ns is None else \
+            f"at most {self.max_ms:.3f} ms"
+        return (f"{self.duration_ms:.3f} ms ({tail}), started "
+                f"{self.since_mark_ns / 1e6:.3f} ms after {self.mark!r}, counter {self.value}")
+
+
+@dataclass(frozen=True)
+class Window:
+    """Between two consecutive marks."""
+    start: str
+    end: str
+    start_ns: int
+    end_ns: int
+    longest: Optional[Stall]     # longest stall overlapping the window
+    stalls: int                  # stalls >= threshold overlapping the window
+    max_sampler_gap_ns: int      # the sampler's own longest gap between reads (>= threshold)
+
+
+@dataclass(frozen=True)
+class BackwardStep:
+    t_ns: int
+    from_value: int
+    to_value: int
+    kind: str   # "reset": the counter stayed low; "glitch": back above the old value at once
+
+
+@dataclass(frozen=True)
+class SamplerResult:
+    stopped_by: str              # "stop" or "max_seconds"
+    samples: int
+    t0_ns: int
+    t_end_ns: int
+    rate_hz: float
+    median_interval_ns: int      # between reads, from a probe every 4096 reads
+    max_interval_ns: int         # the sampler's longest gap (exact when >= threshold)
+    threshold_ns: int
+    first_value: int
+    last_value: int
+    changes: int
+    reset: bool                  # the counter went backwards and stayed there
+    backward_steps: Tuple[BackwardStep, ...]
+    longest: Optional[Stall]
+    top: Tuple[Stall, ...]
+    marks: Tuple[Mark, ...]
+    windows: Tuple[Window, ...]
+    stalls_recorded: int
+    stalls_dropped: int
+
+    @property
+    def duration_s(self) -> float:
+        return (self.t_end_ns - self.t0_ns) / 1e9
+
+    def longest_between(self, start: str, end: str) -> Optional[Stall]:
+        """Longest stall overlapping the span from mark ``start`` to the next ``end``.
+
+        "<start>" and "<end>" name the beginning and end of sampling. None: no stall of
+        at least the threshold. A mark that never arrived (e.g. the sampler stopped at
+        max_seconds first) raises :class:`SamplerError`.
+        """
+        labels = [w.start for w in self.windows] + [self.windows[-1].end]
+        try:
+            i = labels.index(start)
+            j = labels.index(end, i + 1)
+        except ValueError:
+            raise SamplerError(f"sampler: no span {start!r}..{end!r} in this run (stopped by "
+                               f"{self.stopped_by}); marks: {labels}") from None
+        found = [w.longest for w in self.windows[i:j] if w.longest is not None]
+        return max(found, key=lambda s: s.duration_ns, default=None)
+
+    def describe(self) -> str:
+        parts = [f"{self.samples} reads in {self.duration_s:.2f}s "
+                 f"({self.rate_hz / 1e6:.2f} M/s, median interval {self.median_interval_ns} ns, "
+                 f"longest gap {self.max_interval_ns / 1e6:.3f} ms)"]
+        parts.append("longest stall " + (self.longest.describe() if self.longest else
+                                         f"< {self.threshold_ns / 1e3:.0f} us"))
+        if self.reset:
+            parts.append("counter RESET (went backwards)")
+        return "; ".join(parts)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "SamplerResult":
+        def stall(s: Optional[Dict[str, Any]]) -> Optional[Stall]:
+            return None if s is None else Stall(**s)
+        return cls(
+            stopped_by=d["stopped_by"], samples=d["samples"], t0_ns=d["t0_ns"],
+            t_end_ns=d["t_end_ns"], rate_hz=d["rate_hz"],
+            median_interval_ns=d["median_interval_ns"], max_interval_ns=d["max_interval_ns"],
+            threshold_ns=d["threshold_ns"], first_value=d["first_value"],
+            last_value=d["last_value"], changes=d["changes"], reset=d["reset"],
+            backward_steps=tuple(BackwardStep(**b) for b in d["backward_steps"]),
+            longest=stall(d["longest"]), top=tuple(Stall(**s) for s in d["top"]),
+            marks=tuple(Mark(**m) for m in d["marks"]),
+            windows=tuple(Window(**{**w, "longest": stall(w["longest"])})
+                          for w in d["windows"]),
+            stalls_recorded=d["stalls_recorded"], stalls_dropped=d["stalls_dropped"])
+
+
+# --------------------------------------------------------------------------- the parent side
+
+def _package_root() -> str:
+    """The directory that holds the ``harness`` package."""
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class Sampler:
+    """Runs the sampler child; a context manager that always kills it on exit.
+
+    ``path``: the RAM backend file (e.g. ``RamFd.path``); ``offset``: byte offset of
+    the u64 counter in that file (8-byte aligned); ``max_seconds``: the child stops by
+    itself after this long, whatever happens to the parent.
+    """
+
+    def __init__(self, path: str, offset: int, max_seconds: float, *,
+                 threshold_us: float = DEFAULT_THRESHOLD_US, log_path: Optional[str] = None):
+        if offset < 0 or offset % 8:
+            raise UsageError(f"sampler: counter offset {offset:#x} must be 8-byte aligned "
+                             f"(an unaligned read could tear)")
+        if not max_seconds > 0:
+            raise UsageError(f"sampler: max_seconds {max_seconds!r} must be > 0")
+        self.path = path
+        self.offset = offset
+        self.max_seconds = float(max_seconds)
+        self.threshold_us = float(threshold_us)
+        self.log_path = log_path
+        self.ready: Optional[Dict[str, Any]] = None
+        self.result: Optional[SamplerResult] = None
+        self._proc: Optional[subprocess.Popen] = None
+        self._stderr: Optional[IO[bytes]] = None
+        self._buf = b""
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self._proc.pid if self._proc else None
+
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def __enter__(self) -> "Sampler":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self, timeout: float = 10.0) -> "Sampler":
+        """Launch the child and wait until it has read the counter once."""
+        if self._proc is not None:
+            raise SamplerError("sampler already started")
+        self._stderr = (open(self.log_path, "wb") if self.log_path
+                        else tempfile.TemporaryFile(prefix="sampler-"))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (_package_root(), env.get("PYTHONPATH")) if p)
+        cmd = [sys.executable, "-m", "harness.evidence.sampler", "--path", self.path,
+               "--offset", str(self.offset), "--max-seconds", repr(self.max_seconds),
+               "--threshold-us", repr(self.threshold_us)]
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=self._stderr, close_fds=True, env=env)
+        try:
+            msg = self._read_message(timeout, "the sampler's first read of the counter",
+                                     when="before its first read")
+            if msg.get("event") != "ready":
+                raise SamplerError(f"sampler: expected a ready message, got {msg!r}")
+        except BaseException:
+            self.close()
+            raise
+        self.ready = msg
+        return self
+
+    def mark(self, label: str) -> int:
+        """Record ``label`` at this instant (parent's clock); returns its time in ns."""
+        if not label or "\n" in label or label in (START, END):
+            raise UsageError(f"sampler: bad mark label {label!r}")
+        t_ns = time.monotonic_ns()
+        self._send({"cmd": "mark", "label": label, "t_ns": t_ns}, when=f"at mark {label!r}")
+        return t_ns
+
+    def mark_at(self, label: str, t_ns: int) -> None:
+        """Record ``label`` at a past instant ``t_ns`` (CLOCK_MONOTONIC ns): a mark
+        placed once a later event tells where it belongs."""
+        if not label or "\n" in label or label in (START, END):
+            raise UsageError(f"sampler: bad mark label {label!r}")
+        self._send({"cmd": "mark", "label": label, "t_ns": int(t_ns)},
+                   when=f"at mark {label!r}")
+
+    def stop(self, timeout: float = 10.0) -> SamplerResult:
+        """Ask for the results (or collect those written at max_seconds) and reap.
+
+        A second call returns the same result.
+        """
+        if self.result is not None:
+            return self.result
+        if self._proc is None:
+            raise SamplerError("sampler not started")
+        if self._proc.poll() is None:
+            try:
+                self._send({"cmd": "stop"}, when="at stop")
+            except SamplerDied:
+                pass  # it may have stopped by itself meanwhile: its result is in the pipe
+        msg = self._read_message(timeout, "the sampler's result", when="before its result")
+        if msg.get("event") != "result":
+            raise SamplerError(f"sampler: expected a result, got {msg!r}")
+        try:
+            self._proc.wait(timeout=max(1.0, timeout))
+        except subprocess.TimeoutExpired:
+            pass  # close() kills it
+        self.close()
+        self.result = SamplerResult.from_dict(msg["result"])
+        return self.result
+
+    def close(self) -> None:
+        """Kill the child if it still runs; idempotent."""
+        proc = self._proc
+        if proc is not None:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe is not None:
+                    try:
+                        pipe.close()
+                    except OSError:
+                        pass  # stdin to a dead child: EPIPE on flush
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
+
+    # -- plumbing
+
+    def _stderr_tail(self, limit: int = 4000) -> str:
+        f = self._stderr
+        if f is None or f.closed:
+            return ""
+        try:
+            f.flush()
+            if self.log_path:
+                with open(self.log_path, "rb") as r:
+                    data = r.read()
+            else:
+                f.seek(0)
+                data = f.read()
+        except OSError:
+            return ""
+        return data[-limit:].decode(errors="replace").rstrip()
+
+    def _died(self, when: str) -> SamplerDied:
+        assert self._proc is not None
+        try:
+            code = self._proc.wait(timeout=2.0)
+        except subprocess.TimeoutExpired:
+            code = None
+        return SamplerDied(self._proc.pid, code, when, self._stderr_tail(), self.log_path)
+
+    def _send(self, obj: Dict[str, Any], when: str) -> None:
+        if self._proc is None or self._proc.stdin is None:
+            raise SamplerError("sampler not started")
+        try:
+            self._proc.stdin.write(json.dumps(obj).encode() + b"\n")
+            self._proc.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            raise self._died(when) from None
+
+    def _read_message(self, timeout: float, what: str, when: str) -> Dict[str, Any]:
+        assert self._proc is not None and self._proc.stdout is not None
+        if self._proc.stdout.closed:
+            raise SamplerError("sampler already closed: nothing more to read from it")
+        fd = self._proc.stdout.fileno()
+        start = time.monotonic()
+        timeout = budget(timeout)
+        deadline = start + timeout
+        while b"\n" not in self._buf:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WaitTimeout(what, timeout, time.monotonic() - start,
+                                  last_state={"running": self.running(),
+                                              "partial_output": self._buf[-200:].decode(
+                                                  errors="replace")},
+                                  log_path=self.log_path)
+            ready, _, _ = select.select([fd], [], [], min(remaining, 0.2))
+            if ready:
+                data = os.read(fd, 1 << 16)
+                if not data:
+                    raise self._died(when)
+                self._buf += data
+        line, self._buf = self._buf.split(b"\n", 1)
+        try:
+            return json.loads(line)
+        except ValueError:
+            raise SamplerError(f"sampler: unreadable output line {line[:200]!r}") from None
+
+
+# --------------------------------------------------------------------------- the child
+
+def _emit(obj: Dict[str, Any]) -> None:
+    data = (json.dumps(obj) + "\n").encode()
+    while data:
+        n = os.write(1, data)
+        data = data[n:]
+
+
+def _parse_command(line: bytes) -> Tuple[str, Optional[str], Optional[int]]:
+    text = line.decode(errors="replace").strip()
+    if text.startswith("{"):
+        try:
+            obj = json.loads(text)
+            return str(obj.get("cmd", "")), obj.get("label"), obj.get("t_ns")
+        except (ValueError, AttributeError):
+            return "?", None, None     # reported as unknown, the sampling goes on
+    cmd, _, rest = text.partition(" ")
+    return cmd, (rest.strip() or None), None
+
+
+def _map_word(path: str, offset: int) -> Tuple[mmap.mmap, memoryview]:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        st = os.fstat(fd)
+        if offset + 8 > st.st_size:
+            raise OSError(f"offset {offset:#x} + 8 is beyond the file's {st.st_size} bytes")
+        # One page around the word; on hugetlbfs that page is a huge page (st_blksize).
+        page = max(mmap.PAGESIZE, st.st_blksize)
+        base = offset - offset % page
+        mm = mmap.mmap(fd, min(page, st.st_size - base), mmap.MAP_SHARED, mmap.PROT_READ,
+                       offset=base)
+    finally:
+        os.close(fd)
+    rel = offset - base
+    # A native-format memoryview item is read with one 8-byte load: no torn values.
+    return mm, memoryview(mm)[rel:rel + 8].cast("Q")
+
+
+def _sample(word: memoryview, max_ns: int, thr_ns: int, stdin_fd: int) -> Dict[str, Any]:
+    """The hot loop. Returns the raw record; everything per read stays in locals."""
+    mono = time.monotonic_ns
+    poll = select.select
+    v = word[0]
+    t = mono()
+    t0 = prev_t = run_t = run_before_t = t
+    first_value = last_v = v
+    _emit({"event": "ready", "pid": os.getpid(), "t_ns": t0, "value": v})
+    deadline = t0 + max_ns
+    stalls: List[Tuple[int, int, Optional[int], int, int]] = []
+    gaps: List[Tuple[int, int]] = []
+    probes: List[int] = []
+    steps: List[Tuple[int, int, int, str]] = []
+    pending: Optional[Tuple[int, int, int]] = None   # a backward step not yet classified
+    marks: List[Tuple[str, int]] = []
+    dropped = changes = 0
+    n = 1
+    mask = _CHECK_EVERY - 1
+    inbuf = b""
+    stopped_by = ""
+    while True:
+        v = word[0]
+        t = mono()
+        if t - prev_t > thr_ns and len(gaps) < _MAX_RECORDED:
+            gaps.append((prev_t, t))
+        if v != last_v:
+            if pending is not None:
+                steps.append((pending[0], pending[1], pending[2],
+                              "glitch" if v >= pending[1] else "reset"))
+                pending = None
+            if v < last_v:
+                pending = (t, last_v, v)
+            if prev_t - run_t >= thr_ns:
+                if len(stalls) < _MAX_RECORDED:
+                    stalls.append((run_t, prev_t, t, run_before_t, last_v))
+                else:
+                    dropped += 1
+            run_before_t = prev_t
+            run_t = t
+            last_v = v
+            changes += 1
+        n += 1
+        if not n & mask:
+            if len(probes) < _MAX_RECORDED:
+                probes.append(t - prev_t)
+            if t >= deadline:
+                stopped_by = "max_seconds"
+            elif poll([stdin_fd], [], [], 0)[0]:
+                data = os.read(stdin_fd, 1 << 16)
+                if not data:
+                    stopped_by = "eof"
+                inbuf += data
+                while b"\n" in inbuf and not stopped_by:
+                    line, inbuf = inbuf.split(b"\n", 1)
+                    cmd, label, t_ns = _parse_command(line)
+                    if cmd == "mark" and label:
+                        marks.append((label, int(t_ns) if t_ns else mono()))
+                    elif cmd == "stop":
+                        stopped_by = "stop"
+                    elif cmd:
+                        sys.stderr.write(f"sampler: ignoring unknown command {line!r}\n")
+            if stopped_by:
+                break
+        prev_t = t
+    if pending is not None:
+        steps.append((pending[0], pending[1], pending[2], "reset"))
+    if prev_t - run_t >= thr_ns:   # still stalled when told to stop
+        stalls.append((run_t, prev_t, None, run_before_t, last_v))
+    return {"stopped_by": stopped_by, "samples": n, "t0_ns": t0, "t_end_ns": t,
+            "first_value": first_value, "last_value": last_v, "changes": changes,
+            "stalls": stalls, "gaps": gaps, "probes": probes, "steps": steps,
+            "marks": marks, "dropped": dropped}
+
+
+def _summarize(raw: Dict[str, Any], thr_ns: int) -> Dict[str, Any]:
+    """Turn the raw record into a :class:`SamplerResult` dict."""
+    t0, t_end = raw["t0_ns"], raw["t_end_ns"]
+    marks = sorted(raw["marks"], key=lambda m: m[1])
+    bounds = [(START, t0)] + [(lbl, min(max(tn, t0), t_end)) for lbl, tn in marks] \
+        + [(END, t_end)]
+
+    def stall_dict(s: Tuple[int, int, Optional[int], int, int]) -> Dict[str, Any]:
+        start, last_same, end, before, value = s
+        mark, mark_t = START, t0
+        for lbl, tn in bounds[:-1]:
+            if tn <= start:
+                mark, mark_t = lbl, tn
+        return {"start_ns": start, "end_ns": end, "duration_ns": last_same - start,
+                "max_ns": (last_same if end is None else end) - before, "value": value,
+                "mark": mark, "since_mark_ns": start - mark_t}
+
+    stalls = raw["stalls"]
+    by_length = sorted(stalls, key=lambda s: s[1] - s[0], reverse=True)
+    windows = []
+    for (a, ta), (b, tb) in zip(bounds, bounds[1:]):
+        inside = [s for s in stalls if s[0] <= tb and (s[1] if s[2] is None else s[2]) >= ta]
+        gaps = [g1 - g0 for g0, g1 in raw["gaps"] if g0 <= tb and g1 >= ta]
+        longest = max(inside, key=lambda s: s[1] - s[0], default=None)
+        windows.append({"start": a, "end": b, "start_ns": ta, "end_ns": tb,
+                        "longest": stall_dict(longest) if longest else None,
+                        "stalls": len(inside), "max_sampler_gap_ns": max(gaps, default=0)})
+    probes = sorted(raw["probes"])
+    gap_max = max((g1 - g0 for g0, g1 in raw["gaps"]), default=0)
+    duration = max(t_end - t0, 1)
+    return {
+        "stopped_by": raw["stopped_by"], "samples": raw["samples"], "t0_ns": t0,
+        "t_end_ns": t_end, "rate_hz": raw["samples"] * 1e9 / duration,
+        "median_interval_ns": probes[len(probes) // 2] if probes else 0,
+        "max_interval_ns": max(gap_max, probes[-1] if probes else 0),
+        "threshold_ns": thr_ns, "first_value": raw["first_value"],
+        "last_value": raw["last_value"], "changes": raw["changes"],
+        "reset": any(kind == "reset" for *_, kind in raw["steps"]),
+        "backward_steps": [{"t_ns": tn, "from_value": f, "to_value": to, "kind": kind}
+                           for tn, f, to, kind in raw["steps"][:20]],
+        "longest": stall_dict(by_length[0]) if by_length else None,
+        "top": [stall_dict(s) for s in by_length[:_TOP]],
+        "marks": [{"label": lbl, "t_ns": tn} for lbl, tn in marks],
+        "windows": windows, "stalls_recorded": len(stalls),
+        "stalls_dropped": raw["dropped"],
+    }
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m harness.evidence.sampler",
+        description="Read a u64 counter in a shared file in a tight loop; report stalls.")
+    ap.add_argument("--path", required=True, help="the RAM backend file (/proc/PID/fd/N)")
+    ap.add_argument("--offset", required=True, type=lambda s: int(s, 0),
+                    help="byte offset of the u64 counter in the file")
+    ap.add_argument("--max-seconds", required=True, type=float,
+                    help="stop by itself after this long")
+    ap.add_argument("--threshold-us", type=float, default=DEFAULT_THRESHOLD_US,
+                    help="record stalls and sampler gaps at least this long")
+    args = ap.parse_args(argv)
+    try:
+        _mm, word = _map_word(args.path, args.offset)   # unmapped at exit
+    except OSError as e:
+        sys.stderr.write(f"sampler: cannot map {args.path} at {args.offset:#x}: {e}\n")
+        return 2
+    thr_ns = int(args.threshold_us * 1000)
+    gc.disable()   # a collection in the hot loop would look like a sampler gap
+    raw = _sample(word, int(args.max_seconds * 1e9), thr_ns, sys.stdin.fileno())
+    if raw["stopped_by"] == "eof":
+        sys.stderr.write("sampler: stdin closed (parent gone); exiting without a result\n")
+        return 3
+    _emit({"event": "result", "result": _summarize(raw, thr_ns)})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

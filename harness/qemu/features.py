@@ -1,0 +1,74 @@
+"""Behavioural feature probes: what the QMP schema cannot tell.
+
+Some differences between QEMU builds have no trace in the schema. For those, start the
+binary briefly in a way that makes it answer, and read the answer. Each probe is
+bounded, memoized per binary, and returns ``(supported, reason)``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from functools import lru_cache
+from typing import Callable, Dict, Tuple
+
+from harness.core.cleanup import popen_guarded, released
+from harness.qemu.probe import probe
+
+PROBE_TIMEOUT = 15.0
+#: The fd name handed to the target in probes: QEMU names it when it looks it up.
+FD_NAME = "cprh_no_such_fd"
+
+
+def _run(binary: str, args: list) -> Tuple[int, str]:
+    with tempfile.TemporaryFile() as out:
+        proc = popen_guarded([binary, "-machine", "none", "-nodefaults", "-display", "none",
+                              *args], stdin=subprocess.DEVNULL, stdout=out,
+                             stderr=subprocess.STDOUT, cwd="/")
+        try:
+            code = proc.wait(PROBE_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            code = -9
+        finally:
+            released(proc)
+        out.seek(0)
+        return code, out.read().decode(errors="replace").strip()
+
+
+@lru_cache(maxsize=None)
+def cpr_incoming_fd(binary: str) -> Tuple[bool, str]:
+    """Does the target accept its cpr channel as an fd (``addr.type=fd``)?
+
+    QEMU 10.0.x accepts only a unix path there ("bad cpr channel socket type; must be
+    unix"); later releases also take an fd, which lets the harness pre-create the
+    listening socket as QEMU's qtest does. Probe: hand it a bad fd number and see
+    whether it complains about the type or about the fd.
+    """
+    caps = probe(binary)
+    if not caps.has_cpr_transfer:
+        return False, (f"{binary} ({caps.version_str}) has no cpr-transfer mode, so no cpr "
+                       f"channel at all")
+    chan = json.dumps({"channel-type": "cpr", "addr": {
+        "transport": "socket", "type": "fd", "str": FD_NAME}})
+    code, out = _run(binary, ["-incoming", chan])
+    last = out.splitlines()[-1] if out else f"nothing (exit code {code})"
+    if "must be unix" in out:
+        return False, (f"{binary} accepts only a unix cpr channel on the target "
+                       f"(it said: {last}); an fd cpr channel needs a newer QEMU")
+    if FD_NAME not in out:
+        # Only an answer about the fd itself shows the channel type was accepted.
+        return False, (f"{binary} gave no sign of taking an fd cpr channel on the target "
+                       f"(it said: {last})")
+    return True, ""
+
+
+FEATURES: Dict[str, Callable[[str], Tuple[bool, str]]] = {
+    "cpr-incoming-fd": cpr_incoming_fd,
+}
+
+
+def check(name: str, binary: str) -> Tuple[bool, str]:
+    return FEATURES[name](os.fspath(binary))

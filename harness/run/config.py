@@ -1,0 +1,206 @@
+"""The run's configuration, resolved once: options, else ``CPRH_*`` environment, else
+defaults.
+
+Every adapter (the command line, pytest's conftest, avocado's test, the bench) declares
+its options from :data:`OPTIONS` and builds the one frozen :class:`RunConfig` with
+:func:`resolve`. Nothing else in the library reads the environment for run settings.
+A bad value is a :class:`~harness.core.errors.UsageError` naming the option, the
+variable and the accepted form.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
+
+from harness.core.cleanup import check_tmp_base
+from harness.core.errors import UsageError
+from harness.cpr import dialect as dialects
+
+ROOT = Path(__file__).resolve().parents[2]
+ACCELS = ("auto", "kvm", "tcg")
+DEFAULT_EXPECTATIONS = ROOT / "expectations" / "known-deviations.toml"
+DEFAULT_REPORTS = ROOT / "reports"
+#: The per-case deadline: below pytest-timeout's 300 s (pyproject.toml) and avocado's.
+DEFAULT_CASE_TIMEOUT = 240.0
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Every harness wait is bounded by one of these (seconds), and by the case deadline."""
+    start: float = 30.0      # QEMU launched and its QMP monitor up
+    guest: float = 30.0      # guest booted, counter moving
+    listen: float = 15.0     # target listening on its cpr channel
+    transfer: float = 60.0   # migrate issued -> completed/failed
+    settle: float = 15.0     # target running / source state after the transfer
+    exit: float = 15.0       # a refusing target exits
+
+    def scaled(self, factor: float) -> "Timeouts":
+        return Timeouts(**{k: v * factor for k, v in asdict(self).items()})
+
+
+def _choice(name: str, choices: Sequence[str]) -> Callable[[str], str]:
+    def parse(v: str) -> str:
+        if v not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return v
+    parse.__name__ = name
+    return parse
+
+
+def _flag(v: str) -> bool:
+    return str(v).strip().lower() not in ("", "0", "no", "false", "off")
+
+
+def _positive_int(v: str) -> int:
+    n = int(v)
+    if n < 1:
+        raise ValueError("expected a whole number >= 1")
+    return n
+
+
+def _positive_float(v: str) -> float:
+    x = float(v)
+    if not x > 0:
+        raise ValueError("expected a number of seconds > 0")
+    return x
+
+
+@dataclass(frozen=True)
+class Option:
+    """One run setting: its option, its environment variable, its default, its parser."""
+    name: str
+    flag: str
+    env: str
+    default: Any
+    metavar: str
+    help: str
+    parse: Callable[[str], Any] = str
+    #: A true/false switch on the command line (``--slow``), a value in the environment.
+    switch: bool = False
+
+    def value(self, given: Any, environ: Mapping[str, str]) -> Any:
+        """The given value, else the environment's, else the default, parsed."""
+        raw, where = given, self.flag
+        if raw in (None, ""):
+            raw, where = environ.get(self.env), self.env
+        if raw in (None, ""):
+            return self.default
+        if isinstance(raw, (bool, int, float)) and not isinstance(raw, str):
+            return raw
+        try:
+            return self.parse(str(raw))
+        except ValueError as exc:
+            raise UsageError(f"{where}: {raw!r} is not valid: {exc}") from None
+
+
+OPTIONS: Tuple[Option, ...] = (
+    Option("qemu_src", "--qemu-src", "CPRH_QEMU_SRC", "qemu-system-x86_64", "PATH",
+           "source QEMU (a wrapper script that execs QEMU is fine)"),
+    Option("qemu_dst", "--qemu-dst", "CPRH_QEMU_DST", "qemu-system-x86_64", "PATH",
+           "target QEMU"),
+    Option("qemu_aarch64_src", "--qemu-aarch64-src", "CPRH_QEMU_AARCH64_SRC",
+           "qemu-system-aarch64", "PATH", "source QEMU for the aarch64 guest's cases"),
+    Option("qemu_aarch64_dst", "--qemu-aarch64-dst", "CPRH_QEMU_AARCH64_DST",
+           "qemu-system-aarch64", "PATH", "target QEMU for the aarch64 guest's cases"),
+    Option("accel", "--accel", "CPRH_ACCEL", "auto", "auto|kvm|tcg",
+           "accelerator: kvm when /dev/kvm opens, else tcg (auto), or forced; a case "
+           "that names TCG always runs TCG", _choice("accel", ACCELS)),
+    Option("dialect", "--dialect", "CPRH_DIALECT", "auto", "auto|" + "|".join(dialects.DIALECTS),
+           "cpr-transfer interface: from the probed QMP schema (auto), or forced",
+           _choice("dialect", ("auto",) + dialects.DIALECTS)),
+    Option("reports", "--reports", "CPRH_REPORTS", str(DEFAULT_REPORTS), "DIR",
+           "where results go"),
+    Option("expectations", "--expectations", "CPRH_EXPECTATIONS", str(DEFAULT_EXPECTATIONS),
+           "FILE", "known deviations (TOML): matching cases run as strict expected failures"),
+    Option("slow", "--slow", "CPRH_SLOW", False, "", "also run the slow cases", _flag,
+           switch=True),
+    Option("soak_hops", "--soak-hops", "CPRH_SOAK_HOPS", 5, "N",
+           "hops of the soak chain", _positive_int),
+    Option("case_timeout", "--case-timeout", "CPRH_CASE_TIMEOUT", DEFAULT_CASE_TIMEOUT,
+           "SECONDS", "every harness wait of one case ends by this deadline (keep it below "
+           "the runner's own per-test limit, 300 s)", _positive_float),
+)
+BY_NAME = {o.name: o for o in OPTIONS}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One run's settings. Build it with :func:`resolve` (or directly, in tests)."""
+    qemu_src: str = "qemu-system-x86_64"
+    qemu_dst: str = "qemu-system-x86_64"
+    #: Binaries for guests of other architectures, by arch (default: qemu-system-ARCH).
+    other_arch: Mapping[str, Tuple[str, str]] = field(default_factory=dict)
+    accel: str = "auto"
+    #: "auto" (from the probed QMP schema), or a dialect name to force.
+    dialect: str = "auto"
+    reports: str = str(DEFAULT_REPORTS)
+    expectations: str = str(DEFAULT_EXPECTATIONS)
+    slow: bool = False
+    soak_hops: int = 5
+    case_timeout: float = DEFAULT_CASE_TIMEOUT
+    timeouts: Timeouts = field(default_factory=Timeouts)
+
+    def __post_init__(self) -> None:
+        if self.accel not in ACCELS:
+            raise UsageError(f"unknown accel {self.accel!r}; use one of: {', '.join(ACCELS)}")
+        if self.dialect != "auto":
+            dialects.get(self.dialect)  # UsageError for an unknown name
+        check_tmp_base()
+
+    def binaries(self, arch: str) -> Tuple[str, str]:
+        """(src, dst) QEMU for a guest of ``arch``."""
+        if arch == "x86_64":
+            return self.qemu_src, self.qemu_dst
+        default = f"qemu-system-{arch}"
+        return tuple(self.other_arch.get(arch, (default, default)))  # type: ignore[return-value]
+
+    def for_arch(self, arch: str) -> "RunConfig":
+        """This config with qemu_src/qemu_dst set for a guest of ``arch``."""
+        src, dst = self.binaries(arch)
+        return replace(self, qemu_src=src, qemu_dst=dst)
+
+    def with_(self, **changes: Any) -> "RunConfig":
+        return replace(self, **changes)
+
+
+def resolve(given: Optional[Mapping[str, Any]] = None,
+            environ: Optional[Mapping[str, str]] = None) -> RunConfig:
+    """The run's config: each option's given value, else its ``CPRH_*`` variable, else its
+    default. ``given`` maps option names (:data:`OPTIONS`) to values (None: not given).
+
+    :raise UsageError: a value does not parse, or names an unknown accel/dialect, or the
+        temp dir base is unusable.
+    """
+    given = dict(given or {})
+    env = os.environ if environ is None else environ
+    unknown = set(given) - set(BY_NAME)
+    if unknown:
+        raise UsageError(f"unknown run option(s): {', '.join(sorted(unknown))}")
+    v = {o.name: o.value(given.get(o.name), env) for o in OPTIONS}
+    return RunConfig(qemu_src=v["qemu_src"], qemu_dst=v["qemu_dst"],
+                     other_arch={"aarch64": (v["qemu_aarch64_src"], v["qemu_aarch64_dst"])},
+                     accel=v["accel"], dialect=v["dialect"], reports=v["reports"],
+                     expectations=v["expectations"], slow=v["slow"],
+                     soak_hops=v["soak_hops"], case_timeout=v["case_timeout"])
+
+
+def argparse_options(parser: Any, names: Optional[Sequence[str]] = None) -> None:
+    """Declare the options on an argparse parser (values default to None: not given)."""
+    for o in OPTIONS:
+        if names is not None and o.name not in names:
+            continue
+        env_default = f"[env {o.env}; default: {o.default}]"
+        if o.switch:
+            parser.add_argument(o.flag, dest=o.name, action="store_const", const=True,
+                                default=None, help=f"{o.help} {env_default}")
+        else:
+            parser.add_argument(o.flag, dest=o.name, metavar=o.metavar, default=None,
+                                help=f"{o.help} {env_default}")
+
+
+def from_namespace(ns: Any, names: Optional[Sequence[str]] = None) -> RunConfig:
+    """:func:`resolve` from an argparse namespace made with :func:`argparse_options`."""
+    return resolve({o.name: getattr(ns, o.name, None) for o in OPTIONS
+                    if names is None or o.name in names})

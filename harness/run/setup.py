@@ -1,0 +1,177 @@
+"""Resolve what one scenario runs on, once: the binaries for its guest's architecture,
+their probes, the dialect, the accelerator, the timeouts, the guest image.
+
+Every consumer asks here: the pair driver, the known-deviation lookup (at collection,
+for every adapter), the report's run facts and the adapters' labels.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from harness.core.errors import HarnessError, Unsupported, UsageError
+from harness.cpr import backends
+from harness.cpr import dialect as dialects
+from harness.cpr.dialect import Dialect
+from harness.guest.images import GuestImage, arch_of, image
+from harness.qemu import features
+from harness.qemu.probe import Capabilities, probe
+from harness.run.config import RunConfig, Timeouts
+from harness.scenario import expectations
+from harness.scenario.model import Scenario
+
+
+@dataclass(frozen=True)
+class Binaries:
+    """The two QEMUs a scenario runs on and what they speak (no guest built)."""
+    scenario: Scenario
+    arch: str
+    cfg: RunConfig            # with qemu_src/qemu_dst for the guest's architecture
+    src: Capabilities
+    dst: Capabilities
+    dialect: Dialect
+    accel: str
+
+    @property
+    def versions(self) -> str:
+        s, d = self.src.version_str, self.dst.version_str
+        return s if s == d else f"src {s} / dst {d}"
+
+    def run_info(self) -> expectations.RunInfo:
+        return expectations.RunInfo(
+            qemu_src=".".join(map(str, self.src.version)),
+            qemu_dst=".".join(map(str, self.dst.version)),
+            accel=self.accel, machine=self.scenario.machine, arch=self.arch)
+
+
+@dataclass(frozen=True)
+class CaseSetup:
+    """Everything decided before any QEMU of the case starts."""
+    bins: Binaries
+    guest: GuestImage
+    timeouts: Timeouts
+
+    @property
+    def scenario(self) -> Scenario:
+        return self.bins.scenario
+
+    @property
+    def cfg(self) -> RunConfig:
+        return self.bins.cfg
+
+
+def resolve_accel(run_accel: str, sc: Scenario, src: Capabilities, dst: Capabilities) -> str:
+    """The accelerator the case runs: the scenario's own, else the run's; auto -> KVM when
+    both sides can use it. :raise Unsupported: the one asked for is missing."""
+    want = sc.accel if sc.accel != "auto" else run_accel
+    if want == "auto":
+        return "kvm" if (src.kvm_usable and dst.kvm_usable) else "tcg"
+    if want == "kvm":
+        for caps in (src, dst):
+            if not caps.kvm_usable:
+                raise Unsupported(f"KVM not usable with {caps.path}: {caps.kvm_reason}")
+    elif want == "tcg":
+        for caps in (src, dst):
+            if "tcg" not in caps.accels:
+                raise Unsupported(f"{caps.path} has no TCG")
+    else:
+        raise UsageError(f"unknown accel {want!r}")
+    return want
+
+
+def choose_dialect(cfg: RunConfig, src: Capabilities, dst: Capabilities) -> Dialect:
+    if cfg.dialect == "auto" and src.dialect != dst.dialect:
+        raise Unsupported(f"src speaks the {src.dialect} cpr-transfer dialect, dst speaks "
+                          f"{dst.dialect}; pass --dialect to force one")
+    return dialects.choose(src.dialect, cfg.dialect)
+
+
+def _mode_problems(caps: Capabilities, sc: Scenario, dialect: Dialect) -> Sequence[str]:
+    if sc.mode != "cpr-transfer":
+        mode = "normal" if sc.mode == "precopy" else sc.mode
+        return [] if mode in caps.mig_modes else [f"MigMode has no {mode!r}"]
+    problems = caps.cpr_transfer_problems()
+    if dialect.name == dialects.RFC_V1:
+        problems = [] if caps.has_cpr_transfer else problems
+    return problems
+
+
+def check_supported(caps: Capabilities, sc: Scenario, dialect: Dialect) -> None:
+    """:raise Unsupported: this binary (or the host) cannot run ``sc``, and why."""
+    problems = _mode_problems(caps, sc, dialect)
+    if problems:
+        raise Unsupported(f"{caps.path} ({caps.version_str}) cannot run {sc.mode}: "
+                          + "; ".join(problems))
+    kind = backends.BACKENDS.get(sc.backend)
+    qom = kind.qom_type if kind is not None else None
+    if sc.backend == "epc":
+        # SGX enclave memory needs both: say which of the two is missing.
+        missing = []
+        if not caps.has_object_type("memory-backend-epc"):
+            missing.append(f"{caps.path} has no object type memory-backend-epc")
+        if not os.path.exists("/dev/sgx_enclave"):
+            missing.append("the host has no SGX (/dev/sgx_enclave absent)")
+        if missing:
+            raise Unsupported("memory-backend-epc case not runnable: " + "; ".join(missing))
+    elif qom and not caps.has_object_type(qom):
+        raise Unsupported(f"{caps.path} has no object type {qom}")
+    for feature in sc.requires:
+        ok, reason = features.check(feature, caps.path)
+        if not ok:
+            raise Unsupported(reason)
+
+
+def resolve_binaries(sc: Scenario, cfg: RunConfig) -> Binaries:
+    """Probe both binaries for ``sc``'s architecture; pick dialect and accel.
+
+    :raise Unsupported: a capability the case needs is missing.
+    :raise HarnessError: a probe failed (missing or foreign binary).
+    """
+    arch = arch_of(sc.guest)
+    acfg = cfg.for_arch(arch)
+    src, dst = probe(acfg.qemu_src), probe(acfg.qemu_dst)
+    dialect = choose_dialect(acfg, src, dst)
+    check_supported(src, sc, dialect)
+    check_supported(dst, sc, dialect)
+    accel = resolve_accel(acfg.accel, sc, src, dst)
+    return Binaries(sc, arch, acfg, src, dst, dialect, accel)
+
+
+def prepare(sc: Scenario, cfg: RunConfig) -> CaseSetup:
+    """:func:`resolve_binaries`, then build the guest (cached) and scale the timeouts."""
+    bins = resolve_binaries(sc, cfg)
+    guest = image(sc.guest)
+    timeouts = cfg.timeouts if bins.accel == "kvm" else cfg.timeouts.scaled(2.0)
+    return CaseSetup(bins, guest, timeouts)
+
+
+def known_deviation(deviations: Sequence[expectations.Deviation], sc: Scenario,
+                    cfg: RunConfig) -> Optional[expectations.Deviation]:
+    """The entry that makes ``sc`` a strict expected failure in this run, if any: decided
+    on the probed versions of the binaries the case really runs, its accel, machine and
+    architecture. A case that cannot resolve has no entry: it skips or errors with its
+    own reason."""
+    if not deviations:
+        return None
+    try:
+        bins = resolve_binaries(sc, cfg)
+    except HarnessError:
+        return None
+    return expectations.find(deviations, sc.id, bins.run_info())
+
+
+def check_binaries(cfg: RunConfig) -> None:
+    """A missing, foreign or too old QEMU is a usage error up front, not a run of
+    cancelled or broken cases. :raise UsageError: naming the option to fix."""
+    for side, binary in (("src", cfg.qemu_src), ("dst", cfg.qemu_dst)):
+        try:
+            caps = probe(binary)
+        except HarnessError as exc:
+            raise UsageError(f"--qemu-{side}: {exc}") from None
+        problems = caps.cpr_transfer_problems()
+        if problems and not (cfg.dialect == dialects.RFC_V1 and caps.has_cpr_transfer):
+            raise UsageError(
+                f"--qemu-{side}: {caps.path} ({caps.version_str}) does not support "
+                f"cpr-transfer: {'; '.join(problems)}. Install QEMU >= 10.0 "
+                f"(scripts/setup-host.sh) or point --qemu-{side} at one.")

@@ -1,0 +1,176 @@
+"""Judge what a pair did against what the scenario requires.
+
+:func:`judge` returns every check it made, each with what was expected, what was seen
+and whether that conforms; the failed ones (:func:`failed`) are the case's verdict
+(none: it conforms). It never runs anything; it reads a
+:class:`~harness.run.result.PairResult`.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List
+
+from harness.core.errors import Check
+from harness.cpr import dialect as dialects
+from harness.run.result import PairResult
+from harness.scenario.model import Expect, Observed
+
+CheckFn = Callable[..., None]
+
+
+def failed(checks: List[Check]) -> List[Check]:
+    return [c for c in checks if not c.ok]
+
+
+def judge(r: PairResult) -> List[Check]:
+    sc = r.scenario
+    exp = sc.expect
+    out: List[Check] = []
+
+    def check(name: str, ok: bool, expected: object, actual: object, detail: str = "") -> None:
+        out.append(Check(name, expected, actual, "" if ok else detail, bool(ok)))
+
+    observed = r.observed.value if r.observed is not None else None
+    check("outcome", exp.kind.accepts(r.observed), exp.kind.value, observed,
+          r.observed_message[-400:])
+    if not exp.kind.accepts(r.observed):
+        # Later checks would only restate the same failure.
+        return out
+    if exp.kind is Expect.COMPLETES:
+        _check_completed(r, check)
+    elif exp.kind is not Expect.SRC_LOST:  # src-lost: the outcome itself says it
+        _check_refusal(r, check)
+    return out
+
+
+def _check_completed(r: PairResult, check: CheckFn) -> None:
+    sc = r.scenario
+    qm = r.query_migrate
+    check("query-migrate status", qm.get("status") == "completed", "completed",
+          qm.get("status"))
+    check("source run state", r.src_status_after == "postmigrate", "postmigrate",
+          r.src_status_after)
+    want = "paused" if sc.paused else "running"
+    check("target run state", r.dst_status_after == want, want, r.dst_status_after,
+          "the guest must resume on the target" if want == "running" else
+          "a guest paused before the transfer must stay paused")
+    check("guest reset", r.boots_after == r.boots_before, r.boots_before, r.boots_after,
+          "the guest's boot count changed: it was restarted, not transferred")
+    if r.counter_before is not None and r.counter_after is not None:
+        if sc.paused:
+            check("guest counter (paused)", r.counter_after == r.counter_before
+                  and r.counter_moved_on_dst is False, r.counter_before,
+                  r.counter_after, "a paused guest ran")
+        else:
+            check("guest progress", r.counter_after > r.counter_before
+                  and r.counter_moved_on_dst is True,
+                  f"> {r.counter_before} and moving on the target", r.counter_after,
+                  "the guest's counter must keep increasing on the target, past its "
+                  "pre-transfer value")
+    else:
+        check("guest progress", False, "counter read before and after", None)
+    _check_ram_evidence(r, check, retry=False)
+
+
+def _check_refusal(r: PairResult, check: CheckFn) -> None:
+    sc = r.scenario
+    exp = sc.expect
+    if exp.message and dialects.get(r.dialect or dialects.RELEASED).messages_known:
+        check("error message", exp.message in r.observed_message, exp.message,
+              r.observed_message[-400:])
+    want = "paused" if sc.paused else "running"
+    check("source survives refusal", r.src_status_after == want, want,
+          r.src_status_after, "after a refused transfer the source must carry on")
+    if not sc.paused:
+        check("source guest progress after refusal",
+              r.src_counter_after_refusal is not None, f"> {r.counter_before}",
+              r.src_counter_after_refusal)
+    ev = r.evidence
+    if ev.get("applicable") and "pattern_src_after_refusal" in ev:
+        p = ev["pattern_src_after_refusal"]
+        check("source RAM intact after refusal", p.get("ok") is True, "pattern intact",
+              p.get("description"))
+    if sc.retry:
+        _check_retry(r, check)
+
+
+def _check_retry(r: PairResult, check: CheckFn) -> None:
+    sc = r.scenario
+    rt = r.retry or {}
+    done = rt.get("observed") == Observed.COMPLETED.value
+    check("retry of a valid transfer", done, Expect.COMPLETES.value,
+          rt.get("observed") or "not attempted",
+          (rt.get("message") or "")[-300:] or
+          "after a refusal, a valid transfer from the same source must complete")
+    if not done:
+        return
+    want = "paused" if sc.paused else "running"
+    check("retry: target run state", rt.get("dst_status_after") == want, want,
+          rt.get("dst_status_after"))
+    check("retry: source run state", rt.get("src_status_after") == "postmigrate",
+          "postmigrate", rt.get("src_status_after"))
+    check("retry: guest reset", rt.get("boots_after") == r.boots_before,
+          r.boots_before, rt.get("boots_after"))
+    if not sc.paused:
+        check("retry: guest progress",
+              (rt.get("counter_after") or 0) > (r.src_counter_after_refusal or 0)
+              and rt.get("counter_moved_on_dst") is True,
+              f"> {r.src_counter_after_refusal} and moving on the target",
+              rt.get("counter_after"))
+    _check_ram_evidence(r, check, retry=True)
+
+
+def _check_ram_evidence(r: PairResult, check: CheckFn, retry: bool) -> None:
+    """The in-place RAM evidence of a completed transfer (docs/ram-evidence.md)."""
+    ev = r.evidence
+    if not ev.get("applicable"):
+        return
+    pre = "retry: " if retry else ""
+    same = ev.get("same_memory")
+    check(pre + "same memory mapped by the target", bool(same and same.get("same")),
+          "the source's RAM file (same inode)",
+          None if not same else f"src inode {same.get('src_inode')} dst inode "
+                                f"{same.get('dst_inode')}")
+    stream = ev.get("stream") or {}
+    check(pre + "no RAM pages in the main stream",
+          stream.get("normal") == 0 and stream.get("normal-bytes") == 0,
+          "ram.normal == 0", {k: stream.get(k) for k in ("normal", "normal-bytes")})
+    if ev.get("pattern_applicable"):
+        pat = ev.get("pattern") or {}
+        check(pre + "RAM pattern intact", pat.get("ok") is True, "every page unchanged",
+              pat.get("description", "not verified"))
+    g = ev.get("guest_retry" if retry else "guest")
+    if g:
+        _check_console_guest(g, pre, check)
+    if not retry and not r.scenario.paused and ev.get("pattern_applicable"):
+        pause = ev.get("pause") or {}
+        check("pause measured", pause.get("guest_pause_ms") is not None,
+              "a stall measured by the host-side sampler", pause.get("error", pause))
+        check("guest counter never went back", pause.get("counter_went_back") is False,
+              False, pause.get("counter_went_back"),
+              "the sampler saw the guest's counter go backwards: a reset")
+
+
+def _check_console_guest(g: Dict[str, Any], pre: str, check: CheckFn) -> None:
+    """A guest checked on its console (the Linux guest)."""
+    check(pre + "guest answers on the target's console", "console_error" not in g,
+          "pong and sum answers", g.get("console_error"))
+    if "pong_uptime" in g and g.get("uptime_before") is not None:
+        check(pre + "guest uptime continues", g["pong_uptime"] > g["uptime_before"],
+              f"> {g['uptime_before']}", g["pong_uptime"],
+              "the guest's clock must move forward, without a reboot")
+    if "sum_check" in g:
+        check(pre + "guest buffer checksum", g["sum_check"] == g.get("sum_boot"),
+              g.get("sum_boot"), g["sum_check"])
+    check(pre + "no new kernel errors", g.get("err_after") == 0, 0, g.get("err_after"))
+    check(pre + "no reboot on the target", g.get("dst_boot_markers") == 0, 0,
+          g.get("dst_boot_markers"))
+
+
+def record(r: PairResult, checks: List[Check]) -> Dict[str, Any]:
+    """The case's result record (result.json), the same for every adapter: every check
+    (``checks``, passes included) and the failed ones (``mismatches``)."""
+    rec = r.to_dict()
+    rec["id"] = r.scenario.id
+    rec["checks"] = [c.to_dict() for c in checks]
+    rec["mismatches"] = [c.to_dict() for c in failed(checks)]
+    return rec

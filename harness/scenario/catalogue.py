@@ -1,0 +1,217 @@
+"""Every scenario the suite knows, by id.
+
+Ids read like a path: the part before the slash is the area a report groups by
+(``transfer``, ``channel``, ``memory``, ``capability``), the rest names the case.
+The positive matrix is a base case varied along one axis at a time (main channel x
+incoming mode x cpr channel are crossed in full, since they interact in the
+handshake); the error paths each break one documented rule.
+"""
+from __future__ import annotations
+
+from typing import Dict, Iterable, List
+
+from harness.core.errors import UsageError
+from harness.cpr.faults import FAULTS
+from harness.scenario.model import Expect, Outcome, Scenario
+
+SRC_REFUSES, DST_REFUSES = Expect.SRC_REFUSES, Expect.DST_REFUSES
+
+# QEMU 10.0's own words for each rule (migration/cpr-transfer.c, migration.c, cpr.c).
+MSG_STREAMABLE = "Migration requires streamable transport"
+MSG_MISSING_CPR = "missing 'cpr' migration channel"
+MSG_SRC_CPR_UNIX = "bad cpr channel address; must be unix"
+MSG_DST_CPR_UNIX = "bad cpr channel socket type; must be unix"
+MSG_NOT_CPR_COMPATIBLE = "is not compatible with CPR"
+MSG_SHARE_REQUIRED = "share=on is required for memory-backend objects"
+
+
+def _transfer(main: str = "unix", cpr: str = "unix", backend: str = "memfd",
+              incoming: str = "immediate", machine: str = "q35", tag: str = "",
+              **kw: object) -> Scenario:
+    sid = f"transfer/{main}-{cpr}-{backend}-{incoming}-{machine}" + (f"-{tag}" if tag else "")
+    title = (f"main {main}, cpr {cpr}, {backend}, incoming {incoming}, {machine}"
+             + (f", {tag}" if tag else ""))
+    return Scenario(id=sid, title=title, main=main, cpr=cpr, backend=backend,
+                    incoming=incoming, machine=machine, area="transfer",
+                    requires=("cpr-incoming-fd",) if cpr == "fd" else (),
+                    **kw)  # type: ignore[arg-type]
+
+
+def _refusal(area: str, name: str, title: str, kind: Expect, message: str,
+             retry: bool = True, **kw: object) -> Scenario:
+    return Scenario(id=f"{area}/{name}", title=title, area=area,
+                    expect=Outcome(kind, message), retry=retry, **kw)  # type: ignore[arg-type]
+
+
+def _positive() -> List[Scenario]:
+    out: List[Scenario] = []
+    # Channels and incoming modes, crossed.
+    for main in ("unix", "tcp", "fd", "exec"):
+        for incoming in ("immediate", "defer"):
+            for cpr in ("unix", "fd"):
+                out.append(_transfer(main, cpr, incoming=incoming))
+    # Memory back-ends, with and without prealloc.
+    for backend in ("file-shm", "ram-share", "memfd-hugetlb"):
+        out.append(_transfer(backend=backend))
+    for backend in ("memfd", "file-shm", "ram-share"):
+        out.append(_transfer(backend=backend, tag="prealloc", prealloc=True))
+    # Machines, accelerators, vCPUs, run state.
+    out += [
+        _transfer(machine="pc"),
+        _transfer(incoming="defer", machine="pc"),
+        _transfer(tag="tcg", accel="tcg"),
+        _transfer(machine="pc", tag="tcg", accel="tcg"),
+        _transfer(tag="smp4", smp=4),
+        _transfer(tag="tcg-smp4", accel="tcg", smp=4),
+        _transfer(tag="paused", paused=True),
+        _transfer(incoming="defer", tag="paused", paused=True),
+    ]
+
+    return out
+
+
+def _refusals() -> List[Scenario]:
+    # Error paths: the documented refusal, at the right side, with QEMU's message.
+    return [
+        _refusal("channel", "main-file-src",
+                 "main channel 'file' on the source: migrate is refused",
+                 SRC_REFUSES, MSG_STREAMABLE, src_main="file"),
+        _refusal("channel", "main-file-dst",
+                 "-incoming file: on the target: it exits after reading CPR state",
+                 DST_REFUSES, MSG_STREAMABLE, dst_main="file"),
+        _refusal("channel", "cpr-missing",
+                 "no cpr channel in migrate (the released form of a missing cpr-uri)",
+                 SRC_REFUSES, MSG_MISSING_CPR, src_cpr="none"),
+        _refusal("channel", "cpr-inet-src", "cpr channel inet on the source",
+                 SRC_REFUSES, MSG_SRC_CPR_UNIX, src_cpr="tcp"),
+        _refusal("channel", "cpr-file-src", "cpr channel file on the source",
+                 SRC_REFUSES, MSG_SRC_CPR_UNIX, src_cpr="file"),
+        _refusal("channel", "cpr-inet-dst", "cpr channel inet on the target",
+                 DST_REFUSES, MSG_DST_CPR_UNIX, dst_cpr="tcp"),
+        _refusal("channel", "cpr-file-dst", "cpr channel file on the target",
+                 DST_REFUSES, MSG_DST_CPR_UNIX, dst_cpr="file"),
+        # The CPR doc: "if the port type is tcp, then the port cannot be 0". QEMU has
+        # no message for it to check, so only the refusal itself is required.
+        _refusal("channel", "main-inet-port0-dst",
+                 "target main channel tcp port 0 (documented as not allowed)",
+                 DST_REFUSES, "", main="tcp", dst_main="tcp0"),
+        _refusal("memory", "ram-noshare", "memory-backend-ram,share=off",
+                 SRC_REFUSES, MSG_SHARE_REQUIRED, backend="ram-noshare", retry=False),
+        _refusal("memory", "file-noshare", "memory-backend-file,share=off",
+                 SRC_REFUSES, MSG_SHARE_REQUIRED, backend="file-noshare", retry=False),
+        _refusal("memory", "no-aux-ram-share", "-machine without aux-ram-share=on",
+                 SRC_REFUSES, MSG_NOT_CPR_COMPATIBLE, aux_ram_share=False, retry=False),
+        _refusal("memory", "no-memory-backend", "-m with no memory backend",
+                 SRC_REFUSES, "pc.ram", backend="none", retry=False),
+        _refusal("memory", "epc", "memory-backend-epc (SGX enclave memory)",
+                 SRC_REFUSES, MSG_NOT_CPR_COMPATIBLE, backend="epc", retry=False),
+        _refusal("capability", "postcopy-ram", "cpr-transfer with postcopy-ram",
+                 SRC_REFUSES, "", capabilities=("postcopy-ram",)),
+        _refusal("capability", "background-snapshot",
+                 "cpr-transfer with background-snapshot",
+                 SRC_REFUSES, "", capabilities=("background-snapshot",)),
+    ]
+
+
+def _aarch64() -> List[Scenario]:
+    # aarch64 (TCG, -machine virt, our own bare-metal guest): the core cases.
+    out: List[Scenario] = []
+    arm = dict(machine="virt", guest="aarch64-virt", accel="tcg")
+    for incoming in ("immediate", "defer"):
+        out.append(_transfer(incoming=incoming, tag="aarch64", **arm))
+    out.append(_transfer(backend="file-shm", tag="aarch64", **arm))
+    out.append(_transfer(backend="ram-share", tag="aarch64", **arm))
+    out.append(_transfer(tag="aarch64-smp2", smp=2, **arm))
+    out += [
+        _refusal("channel", "cpr-missing-aarch64", "no cpr channel in migrate (aarch64)",
+                 SRC_REFUSES, MSG_MISSING_CPR, src_cpr="none", **arm),
+        _refusal("channel", "main-file-dst-aarch64", "-incoming file: on the target (aarch64)",
+                 DST_REFUSES, MSG_STREAMABLE, dst_main="file", **arm),
+        _refusal("memory", "ram-noshare-aarch64", "memory-backend-ram,share=off (aarch64)",
+                 SRC_REFUSES, MSG_SHARE_REQUIRED, backend="ram-noshare", retry=False, **arm),
+        _refusal("memory", "no-aux-ram-share-aarch64", "no aux-ram-share=on (aarch64)",
+                 SRC_REFUSES, MSG_NOT_CPR_COMPATIBLE, aux_ram_share=False, retry=False, **arm),
+    ]
+    return out
+
+
+def _linux() -> List[Scenario]:
+    # A real Linux guest (Debian kernel, busybox workload, virtio-net and virtio-blk),
+    # under TCG: this host's KVM (kvm-pvm) emulates every instruction and cannot boot
+    # it in reasonable time (docs/guest.md).
+    lnx = dict(guest="linux-x86", accel="tcg", ram_mb=512)
+    return [
+        _transfer(tag="linux", **lnx),
+        _transfer(incoming="defer", tag="linux", slow=True, **lnx),
+        _transfer(tag="linux-smp2", smp=2, slow=True, **lnx),
+        _transfer(backend="file-shm", tag="linux", slow=True, **lnx),
+    ]
+
+
+
+def _faults() -> List[Scenario]:
+    # Faults at each stage of the handshake: no hang, the source (where it lives) carries
+    # on with its RAM intact, and a fresh target then completes the transfer.
+    out: List[Scenario] = []
+    for name, fault in FAULTS.items():
+        out.append(Scenario(
+            id=f"fault/{name}", title=fault.title, area="fault", fault=fault,
+            incoming="defer" if name == "dst-killed-after-cpr" else "immediate",
+            expect=Outcome(Expect.SRC_LOST if fault.src_dies else Expect.FAILS),
+            retry=not fault.src_dies))
+    # With the return-path capability the target acknowledges the end of the stream, so
+    # the source can tell that a target died after the last byte was written.
+    out.append(Scenario(
+        id="fault/dst-killed-during-main-return-path",
+        title=FAULTS["dst-killed-during-main"].title + ", with the return-path capability",
+        area="fault", fault=FAULTS["dst-killed-during-main"], capabilities=("return-path",),
+        expect=Outcome(Expect.FAILS)))
+    return out
+
+
+def _build() -> List[Scenario]:
+    return _positive() + _refusals() + _aarch64() + _linux() + _faults()
+
+
+SCENARIOS: Dict[str, Scenario] = {}
+for _sc in _build():
+    if _sc.id in SCENARIOS:
+        raise RuntimeError(f"duplicate scenario id {_sc.id}")
+    SCENARIOS[_sc.id] = _sc
+
+
+#: The scenario sets the adapters run: pytest's suites/conformance/test_*.py and the
+#: avocado recipe select from these, so the two never disagree on what a suite is.
+SUITES = {
+    "transfer": lambda: select(positive=True),
+    "refusals": lambda: [s for s in select(positive=False) if s.area != "fault"],
+    "faults": lambda: select(area="fault"),
+}
+
+SLOW_REASON = "a slow case: set CPRH_SLOW=1 or pass --slow (tox -e nightly) to run it"
+
+
+def suite(name: str) -> List[Scenario]:
+    try:
+        return SUITES[name]()
+    except KeyError:
+        raise UsageError(f"unknown suite {name!r}; use one of: {', '.join(SUITES)}") from None
+
+
+def get(sid: str) -> Scenario:
+    try:
+        return SCENARIOS[sid]
+    except KeyError:
+        close = [k for k in SCENARIOS if sid in k][:5]
+        hint = f"; did you mean: {', '.join(close)}" if close else \
+            "; list them with: python -m harness list"
+        raise UsageError(f"unknown scenario id {sid!r}{hint}") from None
+
+
+def select(area: str = "", positive: object = None) -> List[Scenario]:
+    out: Iterable[Scenario] = SCENARIOS.values()
+    if area:
+        out = (s for s in out if s.area == area)
+    if positive is not None:
+        out = (s for s in out if s.positive == positive)
+    return list(out)

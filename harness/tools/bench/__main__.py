@@ -1,0 +1,5 @@
+import sys
+
+from harness.tools.bench import main
+
+sys.exit(main())

@@ -1,0 +1,174 @@
+"""What Allure gets beyond the test results: environment, categories, the executor
+(history numbering), and building the HTML with ``scripts/allure-report.sh``."""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Tuple
+
+from harness.tools.report.records import ROOT, default_paths, host_facts, _one_line
+
+ALLURE_SCRIPT = ROOT / "scripts" / "allure-report.sh"
+
+# --------------------------------------------------------------------------- Allure
+
+
+def environment_properties(meta: Mapping[str, Any]) -> str:
+    """Allure's environment.properties: the run's facts, one ``key = value`` a line."""
+    keys = (("QEMU.src", "qemu_src"), ("QEMU.dst", "qemu_dst"), ("accel", "accel"),
+            ("host.kernel", "kernel"), ("host", "host"), ("arch", "arch"),
+            ("python", "python"), ("QEMU.src.path", "qemu_src_path"),
+            ("QEMU.dst.path", "qemu_dst_path"))
+    lines = []
+    for label, key in keys:
+        value = meta.get(key)
+        if value is None:
+            continue
+        # .properties: escape backslashes, keep one line.
+        lines.append(f"{label} = " + " ".join(str(value).split()).replace("\\", "\\\\"))
+    return "\n".join(lines) + "\n"
+
+
+# Allure puts a failed result into the *first* category whose status and regexes
+# match, so the order says which cause wins when a case fails several checks (a
+# target left paused also shows no guest progress: the run state is named). A regex
+# must match the *whole* message (Java Pattern.matches): each one is ``(?s).*...*``. The message of a failed case is
+# pytest's ``exconly()``: "<module>.<Class>: <str(exc)>". The texts matched here are
+# built by harness.core.errors (ConformanceFailure lists "  - <check>: expected ..., got ...";
+# WaitTimeout says "timed out after ... waiting for ...") and by harness.run.driver (the
+# observed outcome "src-crashed"/"dst-crashed"). A check name is what comes between
+# "  - " and ": expected " on one line.
+_CHECK = r"(?:(?!: expected )[^\n])*"
+CATEGORIES: List[Dict[str, Any]] = [
+    {"name": "QEMU crashed",
+     "description": "a QEMU process died during the transfer (signal or unexpected exit)",
+     "matchedStatuses": ["failed", "broken"],
+     "messageRegex": r"(?s).*\n  - outcome: expected '[^']*', got '(src|dst)-crashed'.*"},
+    {"name": "QEMU refused a transfer it should accept",
+     "description": "outcome mismatch: the scenario must complete, QEMU refused or failed it",
+     "matchedStatuses": ["failed", "broken"],
+     "messageRegex": r"(?s).*\n  - outcome: expected 'completes', got "
+                     r"'(src-refused|dst-refused|failed)'.*"},
+    {"name": "QEMU did not refuse as documented",
+     "description": "outcome mismatch on an error path: QEMU accepted, or refused on the "
+                    "other side",
+     "matchedStatuses": ["failed", "broken"],
+     "messageRegex": r"(?s).*\n  - outcome: expected '(src|dst)-refuses', got "
+                     r"'(completed|failed|src-refused|dst-refused)'.*"},
+    {"name": "QEMU refused with another message",
+     "matchedStatuses": ["failed", "broken"],
+     "messageRegex": r"(?s).*\n  - error message: expected .*"},
+    {"name": "RAM not kept in place",
+     "description": "the target did not map the source's RAM, or RAM pages went through "
+                    "the migration stream",
+     "matchedStatuses": ["failed", "broken"],
+     "messageRegex": rf"(?s).*\n  - {_CHECK}(same memory|RAM pages in the main stream)"
+                     rf"{_CHECK}: expected .*"},
+    {"name": "RAM changed",
+     "description": "guest RAM content check failed (the seeded pattern, a changed page)",
+     "matchedStatuses": ["failed", "broken"],
+     "messageRegex": rf"(?s).*\n  - {_CHECK}(RAM|[Pp]attern){_CHECK}: expected .*"},
+    {"name": "Guest reset",
+     "matchedStatuses": ["failed", "broken"],
+     "messageRegex": rf"(?s).*\n  - {_CHECK}(guest reset|counter never went back)"
+                     rf"{_CHECK}: expected .*"},
+    {"name": "Wrong run state after the transfer",
+     "matchedStatuses": ["failed", "broken"],
+     "messageRegex": rf"(?s).*\n  - {_CHECK}(run state|survives refusal|query-migrate status)"
+                     rf"{_CHECK}: expected .*"},
+    {"name": "Guest stalled",
+     "description": "the guest's progress counter did not move on",
+     "matchedStatuses": ["failed", "broken"],
+     "messageRegex": rf"(?s).*\n  - {_CHECK}guest progress{_CHECK}: expected .*"},
+    {"name": "Guest pause not measured",
+     "matchedStatuses": ["failed", "broken"],
+     "messageRegex": rf"(?s).*\n  - {_CHECK}pause measured{_CHECK}: expected .*"},
+    {"name": "Retry after a refusal failed",
+     "matchedStatuses": ["failed", "broken"],
+     "messageRegex": r"(?s).*\n  - retry of a valid transfer: expected .*"},
+    {"name": "Harness timeout",
+     "description": "a bounded harness wait ran out (WaitTimeout): see what it waited for",
+     "matchedStatuses": ["failed", "broken"],
+     "messageRegex": r"(?s).*WaitTimeout: .*timed out after .* waiting for .*"},
+    {"name": "QEMU did not start",
+     "matchedStatuses": ["broken"],
+     "messageRegex": r"(?s).*VMLaunchFailure: .*"},
+    {"name": "Known deviations (expected failures)",
+     "matchedStatuses": ["skipped"],
+     "messageRegex": r"(?s)XFAIL known deviation: .*"},
+    {"name": "Not supported here (skips)",
+     "matchedStatuses": ["skipped"],
+     "messageRegex": r"(?s)(?!XFAIL).*"},
+    {"name": "Other harness errors",
+     "description": "broken for a reason none of the categories above names",
+     "matchedStatuses": ["broken"],
+     "messageRegex": r"(?s)(?!.*\n  - [^\n]*: expected )(?!.*WaitTimeout: )"
+                     r"(?!.*VMLaunchFailure: ).*"},
+]
+
+
+def write_allure_extras(alluredir: Path, meta: Mapping[str, Any]) -> None:
+    """environment.properties and categories.json for an allure-results directory."""
+    alluredir = Path(alluredir)
+    alluredir.mkdir(parents=True, exist_ok=True)
+    (alluredir / "environment.properties").write_text(
+        environment_properties({**host_facts(), **dict(meta)}))
+    (alluredir / "categories.json").write_text(json.dumps(CATEGORIES, indent=2) + "\n")
+
+
+REPORT_NAME = "cpr-transfer conformance"
+
+
+def write_executor(results: Path, history: Path, build_name: str = "") -> int:
+    """executor.json: names the report and numbers the run for Allure's trend graphs.
+
+    The build number continues from the previous report's history (``history``, its
+    ``history-trend.json``); returns the number given to this run."""
+    order = 0
+    try:
+        trend = json.loads((Path(history) / "history-trend.json").read_text())
+        order = max([int(t.get("buildOrder") or 0) for t in trend] + [len(trend)])
+    except (OSError, ValueError, TypeError, AttributeError):
+        pass
+    order += 1
+    name = build_name or f"run #{order} on {socket.gethostname()}"
+    executor = {"name": socket.gethostname(), "type": "cpr-harness", "buildOrder": order,
+                "buildName": name, "reportName": REPORT_NAME}
+    Path(results).mkdir(parents=True, exist_ok=True)
+    (Path(results) / "executor.json").write_text(json.dumps(executor, indent=2) + "\n")
+    return order
+
+
+#: generate_allure's status values.
+ALLURE_OK, ALLURE_SKIPPED, ALLURE_FAILED = "ok", "skipped", "failed"
+
+
+def generate_allure(reports: Path, script: Path = ALLURE_SCRIPT,
+                    timeout: float = 300.0) -> Tuple[str, str]:
+    """Build the Allure HTML report from ``reports/allure-results``.
+
+    Returns ``(status, one line)``: ``ok``; ``skipped`` when java, npm or the results
+    are missing (the script's exit code 3); ``failed`` otherwise.
+    """
+    paths = default_paths(reports)
+    if paths["allure-results"].is_dir() and any(paths["allure-results"].iterdir()):
+        write_executor(paths["allure-results"], paths["allure-report"] / "history")
+    try:
+        p = subprocess.run(["bash", str(script), str(reports)], capture_output=True,
+                           text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return ALLURE_FAILED, f"allure-report: failed: still running after {timeout:.0f}s"
+    except OSError as exc:
+        return ALLURE_FAILED, f"allure-report: failed: cannot run {script}: {exc}"
+    last = (p.stdout.strip().splitlines() or [""])[-1]
+    if p.returncode == 0:
+        return ALLURE_OK, last
+    if p.returncode == 3:
+        return ALLURE_SKIPPED, last
+    err = " ".join(p.stderr.strip().splitlines()[-3:])
+    return ALLURE_FAILED, (last or f"allure-report: failed (exit {p.returncode})") + \
+        (f": {_one_line(err, 300)}" if err else "")
+
+

@@ -1,0 +1,223 @@
+"""Conformance matrix records: one plain record per case, the matrix document around
+them, and reading one back. Pure functions over plain data (no test framework here:
+an adapter turns its own outcomes into a verdict and a reason first)."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import socket
+from pathlib import Path
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence
+
+from harness.core.errors import UsageError
+
+SCHEMA = 1
+ROOT = Path(__file__).resolve().parents[3]
+
+
+#: Every verdict a case can get, in the order a reader should look at them.
+VERDICTS = ("fail", "error", "xpass", "xfail", "skip", "pass")
+#: What each verdict means, for legends.
+VERDICT_MEANING = {
+    "pass": "QEMU did what the scenario requires",
+    "fail": "QEMU did not: a conformance check failed",
+    "error": "the harness could not reach a verdict (timeout, launch failure, bug)",
+    "xfail": "a known deviation of this QEMU, reproduced as recorded",
+    "xpass": "a known deviation no longer reproduces: QEMU changed (or the entry is stale)",
+    "skip": "not run: a capability this QEMU or host lacks",
+}
+_BAD = ("fail", "error")
+
+# Where pytest's phases put a verdict (see case_record).
+PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
+
+def flatten_numbers(obj: Any, prefix: str = "", limit: int = 500,
+                    max_list: int = 32) -> Dict[str, float]:
+    """Every int/float in nested dicts/lists, keyed by a dotted path (``a.b.0.c``).
+
+    Booleans are left out (not figures); lists longer than ``max_list`` are raw series,
+    not figures, and are skipped; at most ``limit`` fields are kept.
+    """
+    out: Dict[str, float] = {}
+
+    def walk(x: Any, path: str) -> None:
+        if len(out) >= limit:
+            return
+        if isinstance(x, bool):
+            return
+        if isinstance(x, (int, float)):
+            out[path] = x
+        elif isinstance(x, Mapping):
+            for k, v in x.items():
+                walk(v, f"{path}.{k}" if path else str(k))
+        elif isinstance(x, (list, tuple)) and len(x) <= max_list:
+            for i, v in enumerate(x):
+                walk(v, f"{path}.{i}" if path else str(i))
+
+    walk(obj, prefix)
+    return out
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def describe_checks(mismatches: Sequence[Mapping[str, Any]]) -> str:
+    """Failed checks as one line each: ``name: expected X, got Y (detail)``."""
+    lines = []
+    for m in mismatches:
+        line = f"{m.get('check')}: expected {m.get('expected')!r}, got {m.get('actual')!r}"
+        if m.get("detail"):
+            line += f" ({_one_line(m['detail'], 200)})"
+        lines.append(line)
+    return "; ".join(lines)
+
+
+
+def scenario_summary(params: Mapping[str, Any]) -> Dict[str, Any]:
+    """The parameters a reader compares cases by (per-side channels spelled out)."""
+    if not params:
+        return {}
+
+    def side(kind: str) -> str:
+        both = params.get(kind)
+        src = params.get(f"src_{kind}") or both
+        dst = params.get(f"dst_{kind}") or both
+        return str(src) if src == dst else f"src {src} / dst {dst}"
+
+    return {"main": side("main"), "cpr": side("cpr"), "backend": params.get("backend"),
+            "incoming": params.get("incoming"), "machine": params.get("machine"),
+            "accel": params.get("accel"), "smp": params.get("smp"),
+            "guest": params.get("guest"), "arch": params.get("arch")}
+
+
+def case_record(nodeid: str, verdict: str, reason: str,
+                scenario: Optional[Mapping[str, Any]], result: Optional[Mapping[str, Any]],
+                durations: Optional[Mapping[str, float]] = None) -> Dict[str, Any]:
+    """One matrix record.
+
+    ``verdict`` (one of :data:`VERDICTS`) and ``reason`` are the adapter's reading of
+    its runner's outcome; ``scenario`` is :meth:`harness.scenario.model.Scenario.params`
+    (known for every case, also a skipped one); ``result`` is the case's result record
+    (present only when the pair ran and was judged); ``durations`` the runner's own
+    phase times.
+    """
+    if verdict not in VERDICTS:
+        raise ValueError(f"unknown verdict {verdict!r}")
+    sc = dict(scenario or (result or {}).get("scenario") or {})
+    res = dict(result or {})
+    mismatches = res.get("mismatches") or []
+    actual = None
+    if res.get("observed"):
+        actual = {"outcome": res.get("observed"), "message": res.get("observed_message", "")}
+    sid = sc.get("id") or res.get("id") or nodeid
+    return {
+        "id": sid,
+        "nodeid": nodeid,
+        "area": sc.get("area") or (sid.split("/", 1)[0] if "/" in sid else "other"),
+        "title": sc.get("title", ""),
+        "parameters": sc,
+        "summary": scenario_summary(sc),
+        "expected": sc.get("expect", ""),
+        "actual": actual,
+        "verdict": verdict,
+        "reason": reason,
+        "checks": mismatches,
+        "accel": res.get("accel") or None,
+        "qemu_src": res.get("qemu_src_version") or None,
+        "qemu_dst": res.get("qemu_dst_version") or None,
+        "query_migrate": res.get("query_migrate") or {},
+        "evidence": flatten_numbers(res.get("evidence") or {}),
+        "timings": dict(res.get("timings") or {}),
+        "durations": dict(durations or {}),
+        "observed": {k: res.get(k) for k in (
+            "src_status_before", "src_status_after", "dst_status_after", "dst_exitcode",
+            "counter_before", "counter_after", "boots_before", "boots_after",
+            "src_counter_after_refusal", "retry") if k in res},
+        "artifacts": res.get("artifacts") or {},
+    }
+
+
+def counts(records: Iterable[Mapping[str, Any]]) -> Dict[str, int]:
+    c = {v: 0 for v in VERDICTS}
+    for r in records:
+        c[r["verdict"]] = c.get(r["verdict"], 0) + 1
+    return c
+
+
+def summary_line(records: Sequence[Mapping[str, Any]]) -> str:
+    c = counts(records)
+    return f"{len(records)} case(s): " + ", ".join(f"{c[v]} {v}" for v in
+                                                    ("pass", "fail", "error", "xfail",
+                                                     "xpass", "skip"))
+
+
+def host_facts() -> Dict[str, str]:
+    return {"host": socket.gethostname(), "kernel": platform.release(),
+            "arch": platform.machine(), "python": platform.python_version()}
+
+
+def matrix(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any],
+           wall_seconds: Optional[float] = None) -> Dict[str, Any]:
+    """The conformance matrix document (what ``conformance.json`` holds)."""
+    recs = sorted((dict(r) for r in records),
+                  key=lambda r: (r["area"], r["id"], r.get("nodeid", "")))
+    seen: Dict[str, int] = {}
+    for r in recs:  # ids must be unique: a compare matches cases by id
+        seen[r["id"]] = seen.get(r["id"], 0) + 1
+        if seen[r["id"]] > 1:
+            r["id"] = f"{r['id']}@{r.get('nodeid', seen[r['id']])}"
+    doc_meta = {**host_facts(), **dict(meta)}
+    doc_meta.setdefault("generated", _dt.datetime.now(_dt.timezone.utc)
+                        .strftime("%Y-%m-%dT%H:%M:%SZ"))
+    return {"schema": SCHEMA, "meta": doc_meta, "counts": counts(recs),
+            "wall_seconds": round(wall_seconds, 2) if wall_seconds is not None else None,
+            "cases": recs}
+
+
+def load_matrix(path: Path) -> Dict[str, Any]:
+    """Read a conformance.json; any problem is a :class:`UsageError` with one line."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path}: is a directory, not a conformance.json") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("cases"), list):
+        raise UsageError(f"{path}: not a conformance matrix (no 'cases' list)")
+    for i, c in enumerate(doc["cases"]):
+        if not isinstance(c, dict) or not isinstance(c.get("id"), str):
+            raise UsageError(f"{path}: case #{i + 1} has no 'id'")
+        if c.get("verdict") not in VERDICTS:
+            raise UsageError(f"{path}: case {c['id']!r} has no valid verdict "
+                             f"(got {c.get('verdict')!r}; a file from an older harness? "
+                             f"re-run the suite to regenerate it)")
+    doc.setdefault("meta", {})
+    return doc
+
+
+
+def default_paths(reports: Path) -> Dict[str, Path]:
+    reports = Path(reports)
+    return {"json": reports / "conformance.json", "html": reports / "conformance.html",
+            "md": reports / "conformance.md", "regressions": reports / "regressions.md",
+            "allure-results": reports / "allure-results",
+            "allure-report": reports / "allure-report",
+            "allure-single": reports / "allure-report.html"}
+
+
+def relpath(path: Path, start: Optional[Path] = None) -> str:
+    """``path`` relative to ``start`` (the cwd) when it lies below it, else absolute."""
+    try:
+        rel = os.path.relpath(path, start or Path.cwd())
+    except ValueError:
+        return str(path)
+    return str(Path(path).resolve()) if rel.startswith("..") else rel
