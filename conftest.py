@@ -156,6 +156,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item
 
     _select_scenarios(config, items)
     _mark_known_deviations(config, items)
+    _long_cases_first(items)
     cfg = config.stash[CONFIG_KEY]
     for item in items:
         if item.get_closest_marker("slow") is not None and not cfg.slow:
@@ -170,6 +171,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item
                 # cpr_case labels its cases itself; others (the soak chain) get theirs here.
                 item.add_marker(allure.feature(params["area"]))
                 item.add_marker(allure.story(params["id"]))
+
+
+def _long_cases_first(items: List[pytest.Item]) -> None:
+    """The longest conformance cases first (the Linux guest, the soak chain, TCG), so
+    that under xdist no worker is left with one of them while the other idles."""
+    def cost(item: pytest.Item) -> int:
+        sc = _scenario_of(item)
+        if sc is None or "suites/conformance/" not in item.nodeid:
+            return 3
+        if sc.guest == "linux-x86":
+            return 0
+        if "soak_hops" in getattr(item, "fixturenames", ()):
+            return 1
+        return 2 if sc.accel == "tcg" else 3
+
+    items.sort(key=cost)
 
 
 def _case_params(item: pytest.Item, sc: Any) -> Dict[str, Any]:

@@ -62,16 +62,12 @@ def pytest_args(cfg: config.RunConfig, scenarios: Sequence[str], jobs: int) -> L
     args = [sys.executable, "-m", "pytest", str(ROOT / "suites" / "conformance"),
             "-p", "no:cacheprovider", "--rootdir", str(ROOT), "-c", str(ROOT / "pyproject.toml"),
             "--junitxml", os.path.join(cfg.reports, "junit.xml")]
-    aarch = cfg.binaries("aarch64")
-    values = {"qemu_src": cfg.qemu_src, "qemu_dst": cfg.qemu_dst, "qemu_aarch64_src": aarch[0],
-              "qemu_aarch64_dst": aarch[1], "accel": cfg.accel, "dialect": cfg.dialect,
-              "reports": cfg.reports, "expectations": cfg.expectations,
-              "soak_hops": cfg.soak_hops, "case_timeout": cfg.case_timeout}
+    values = config.option_values(cfg)
     for o in config.OPTIONS:
         if o.switch:
-            if getattr(cfg, o.name):
+            if values[o.name]:
                 args.append(o.flag)
-        else:
+        elif values[o.name] is not None:
             args += [o.flag, str(values[o.name])]
     if jobs != 1:
         args += ["-n", str(jobs)]

@@ -34,10 +34,12 @@ from harness.evidence.pattern import fill_pattern, verify_pattern
 from harness.evidence.sampler import Sampler, SamplerResult
 from harness.guest.images import GuestImage
 
-#: How long the sampler watches the idle pair before the transfer (noise floor).
+#: How long the bench's sampler watches the idle pair before the transfer (its noise
+#: floor; conformance runs take theirs from the observation window instead).
 NOISE_WINDOW_S = 0.5
 #: Mark labels in the sampler's timeline.
 M_NOISE, M_IDLE_END, M_TRANSFER, M_RESUMED = "noise", "idle-end", "transfer", "resumed"
+M_WINDOW_END = "window-end"
 #: The sampler of the memory file the source runs on (for cpr-transfer: both sides).
 SRC = "src"
 
@@ -46,19 +48,23 @@ SRC = "src"
 class EvidencePlan:
     """What a run gathers. ``checks``: same memory, stream, pattern verify (the
     conformance evidence); ``fill``: write the seeded pattern (every page resident);
-    ``sampler``: the pause sampler; ``noise_s``: its idle window before the transfer."""
+    ``sampler``: the pause sampler; ``noise_s``: an idle window before the transfer for
+    the noise floor (0: the noise floor comes from the observation window);
+    ``observe``: watch the target for the run's observation window after each
+    switch-over."""
     checks: bool = True
     fill: bool = True
     sampler: bool = True
-    noise_s: float = NOISE_WINDOW_S
+    noise_s: float = 0.0
+    observe: bool = True
 
 
 #: Conformance runs: everything.
 FULL = EvidencePlan()
 #: The bench: RAM touched and the pause measured, no conformance checks.
-MEASURE = EvidencePlan(checks=False)
+MEASURE = EvidencePlan(checks=False, noise_s=NOISE_WINDOW_S, observe=False)
 #: The bare pair (the bench's baseline): nothing but launch and transfer.
-OFF = EvidencePlan(checks=False, fill=False, sampler=False, noise_s=0.0)
+OFF = EvidencePlan(checks=False, fill=False, sampler=False, observe=False)
 
 
 def work_area(guest: GuestImage) -> WorkArea:
@@ -102,7 +108,8 @@ class RamEvidence:
     # -- before the transfer --------------------------------------------------------
 
     def prepare(self, src_pid: int) -> None:
-        """Find the RAM file; fill guest RAM (outside the work area) with the pattern."""
+        """Find the RAM file; start the sampler (its child starts while the pattern is
+        written); fill guest RAM (outside the work area) with the pattern."""
         if not self.applicable:
             self.data["note"] = "guest RAM is not a shareable file: no RAM evidence"
             return
@@ -119,17 +126,23 @@ class RamEvidence:
         self.data["src_ram_fd"] = {"fd": self.src_fd.fd, "link": self.src_fd.link,
                                    "inode": self.src_fd.inode}
 
+    def spawn_sampler(self, label: str = SRC) -> None:
+        """Start a sampler's child early, before the file it will read exists (its
+        interpreter starts while the source boots); :meth:`start_sampler` aims it."""
+        if self.sample_pause and label not in self.samplers:
+            name = "sampler.log" if label == SRC else f"sampler-{label}.log"
+            self.samplers[label] = Sampler("", 0, self.max_seconds,
+                                           log_path=os.path.join(self.artifacts, name)).spawn()
+
     def start_sampler(self, label: str = SRC, path: Optional[str] = None) -> None:
-        """Start a pause sampler on ``path`` (default: the source's RAM file)."""
+        """Start (or aim a spawned) pause sampler on ``path`` (default: the source's RAM
+        file) and wait for its first read."""
         if not self.sample_pause or (path is None and self.src_fd is None):
             return
         where = path or (self.src_fd.path if self.src_fd else "")
         offset = offset_of_gpa(self.work.counter_gpa, self.machine, self.size)
-        name = "sampler.log" if label == SRC else f"sampler-{label}.log"
-        s = Sampler(where, offset, self.max_seconds,
-                    log_path=os.path.join(self.artifacts, name))
-        self.samplers[label] = s
-        s.start()
+        self.spawn_sampler(label)
+        self.samplers[label].aim(where, offset)
 
     def noise_window(self) -> None:
         """The idle window: its longest stall is the run's noise floor."""
@@ -149,8 +162,16 @@ class RamEvidence:
 
     # -- after the transfer ---------------------------------------------------------
 
-    def stop_samplers(self, query_migrate: Dict[str, Any]) -> None:
-        """Stop every sampler; the source's gives the pause figures."""
+    def samplers_ready(self) -> None:
+        for s in self.samplers.values():
+            s.wait_ready()
+
+    def stop_samplers(self, query_migrate: Dict[str, Any],
+                      budget_ms: Optional[float] = None) -> None:
+        """Stop every sampler; the source's gives the pause figures: the switch-over's
+        stall, the longest stall in the observation window (also the noise floor of a run
+        without an idle window: the guest ran normally there), and the budget both are
+        judged against."""
         for label, s in list(self.samplers.items()):
             try:
                 self.results[label] = s.stop()
@@ -163,16 +184,28 @@ class RamEvidence:
         if res is None or "pause" in self.data:
             return
         try:
-            noise = res.longest_between(M_NOISE, M_IDLE_END) \
-                if self.plan.noise_s > 0 else None
             pause = res.longest_between(M_TRANSFER, M_RESUMED)
+            window = res.longest_between(M_RESUMED, M_WINDOW_END) if self.plan.observe \
+                else None
+            noise = res.longest_between(M_NOISE, M_IDLE_END) if self.plan.noise_s > 0 \
+                else window
         except HarnessError as exc:
             self.data["pause"] = {"error": str(exc)}
             return
+
+        def ms(stall: Any) -> float:
+            # No stall of at least the sampler's threshold (50 us): count it as 0.
+            return round(stall.duration_ms, 3) if stall is not None else 0.0
+
         self.data["pause"] = {
             "guest_pause_ms": round(pause.duration_ms, 3) if pause else None,
             "guest_pause_max_ms": round(pause.max_ms, 3) if pause else None,
-            "noise_floor_ms": round(noise.duration_ms, 3) if noise else None,
+            "window_stall_ms": ms(window) if self.plan.observe else None,
+            "window_stall": window.describe() if window is not None else None,
+            "noise_floor_ms": ms(noise) if (noise is not None or self.plan.observe) else None,
+            "noise_from": "idle window before the transfer" if self.plan.noise_s > 0 else
+                          "the observation window (the guest running on the target)",
+            "budget_ms": budget_ms,
             "qemu_downtime_ms": query_migrate.get("downtime"),
             "qemu_total_time_ms": query_migrate.get("total-time"),
             "sample_rate_hz": round(res.rate_hz),
@@ -190,17 +223,20 @@ class RamEvidence:
         self.data["stream"] = {k: r.get(k) for k in
                                ("normal", "normal-bytes", "transferred", "total", "duplicate")}
 
-    def verify_after(self, src_pid: int, dst_pid: Optional[int],
-                     hook: Optional[Callable[[RamFd], None]] = None) -> None:
-        """Same memory and intact content, read through the side now running the guest."""
+    def check_same_memory(self, src_pid: int, dst_pid: int) -> None:
+        """The target maps the very RAM file the source used."""
         if not self.applicable or not self.plan.checks:
             return
-        if dst_pid is not None:
-            same = compare_mappings(src_pid, dst_pid, self.size, self.hint)
-            self.data["same_memory"] = same.to_dict()
-            fd = find_ram_fd(dst_pid, self.size, self.hint)
-        else:
-            fd = find_ram_fd(src_pid, self.size, self.hint)
+        self.data["same_memory"] = compare_mappings(src_pid, dst_pid, self.size,
+                                                    self.hint).to_dict()
+
+    def verify_after(self, src_pid: int, dst_pid: Optional[int],
+                     hook: Optional[Callable[[RamFd], None]] = None) -> None:
+        """Intact content, read through the side now running the guest (the target, or
+        after a refusal the source)."""
+        if not self.applicable or not self.plan.checks:
+            return
+        fd = find_ram_fd(dst_pid if dst_pid is not None else src_pid, self.size, self.hint)
         if hook is not None:
             hook(fd)
         if not self.pattern:

@@ -1,7 +1,7 @@
 """The pause the guest lived through, measured from the host (evidence 5).
 
-The guest increments a u64 progress counter continuously. A separate process (this
-module run as ``python -m harness.evidence.sampler``) maps that word of guest RAM read-only,
+The guest increments a u64 progress counter continuously. A separate process
+(:mod:`harness.evidence.sampler_child`) maps that word of guest RAM read-only,
 through the RAM backend file, and reads it in a tight loop with a CLOCK_MONOTONIC
 timestamp per read (~10 M reads/s on CPython 3.11). A *stall* is a run of reads that
 all saw the same value: the guest did not run for at least that long.
@@ -32,10 +32,7 @@ after an idle period gives a noise window and a transfer window from one run.
 """
 from __future__ import annotations
 
-import argparse
-import gc
 import json
-import mmap
 import os
 import select
 import subprocess
@@ -43,7 +40,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from typing import IO, Any, Dict, List, Optional, Sequence, Tuple
+from typing import IO, Any, Dict, List, Optional, Tuple
 
 from harness.core.errors import HarnessError, UsageError, WaitTimeout
 from harness.core.wait import budget
@@ -51,9 +48,6 @@ from harness.core.wait import budget
 START = "<start>"
 END = "<end>"
 DEFAULT_THRESHOLD_US = 50.0     # stalls shorter than this are not recorded
-_CHECK_EVERY = 4096             # reads between looks at stdin and the clock (~0.5 ms)
-_MAX_RECORDED = 200_000         # stalls, sampler gaps, interval probes: bounded memory
-_TOP = 5
 
 
 class SamplerError(HarnessError):
@@ -252,20 +246,54 @@ class Sampler:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def start(self, timeout: float = 10.0) -> "Sampler":
-        """Launch the child and wait until it has read the counter once."""
+    def spawn(self) -> "Sampler":
+        """Start the child before its target is known (its interpreter starts while the
+        caller does other work); :meth:`aim` then names the file and waits for the first
+        read. Idempotent."""
+        if self._proc is None:
+            self._launch(["--path", "-"])
+        return self
+
+    def aim(self, path: str, offset: int, timeout: float = 10.0) -> "Sampler":
+        """Point a spawned child at ``path``/``offset`` and wait for its first read."""
+        if offset < 0 or offset % 8:
+            raise UsageError(f"sampler: counter offset {offset:#x} must be 8-byte aligned "
+                             f"(an unaligned read could tear)")
+        self.spawn()
+        self.path, self.offset = path, offset
+        self._send({"cmd": "map", "path": path, "offset": offset}, when="before its first read")
+        return self.wait_ready(timeout)
+
+    def start(self, timeout: float = 10.0, wait: bool = True) -> "Sampler":
+        """Launch the child on the file given at construction and (``wait``) wait until it
+        has read the counter once; without ``wait``, call :meth:`wait_ready` before the
+        first mark."""
         if self._proc is not None:
             raise SamplerError("sampler already started")
+        self._launch(["--path", self.path, "--offset", str(self.offset)])
+        return self.wait_ready(timeout) if wait else self
+
+    def _launch(self, target: List[str]) -> None:
         self._stderr = (open(self.log_path, "wb") if self.log_path
                         else tempfile.TemporaryFile(prefix="sampler-"))
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (_package_root(), env.get("PYTHONPATH")) if p)
-        cmd = [sys.executable, "-m", "harness.evidence.sampler", "--path", self.path,
-               "--offset", str(self.offset), "--max-seconds", repr(self.max_seconds),
+        cmd = [sys.executable, "-m", "harness.evidence.sampler_child", *target,
+               "--max-seconds", repr(self.max_seconds),
                "--threshold-us", repr(self.threshold_us)]
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=self._stderr, close_fds=True, env=env)
+
+    def wait_ready(self, timeout: float = 10.0) -> "Sampler":
+        """Wait until the child has read the counter once (idempotent).
+
+        :raise SamplerDied: it exited first; :raise WaitTimeout: it did not read in time.
+        """
+        if self.ready is not None:
+            return self
+        if self._proc is None:
+            raise SamplerError("sampler not started")
         try:
             msg = self._read_message(timeout, "the sampler's first read of the counter",
                                      when="before its first read")
@@ -279,15 +307,13 @@ class Sampler:
 
     def mark(self, label: str) -> int:
         """Record ``label`` at this instant (parent's clock); returns its time in ns."""
-        if not label or "\n" in label or label in (START, END):
-            raise UsageError(f"sampler: bad mark label {label!r}")
         t_ns = time.monotonic_ns()
-        self._send({"cmd": "mark", "label": label, "t_ns": t_ns}, when=f"at mark {label!r}")
+        self.mark_at(label, t_ns)
         return t_ns
 
     def mark_at(self, label: str, t_ns: int) -> None:
-        """Record ``label`` at a past instant ``t_ns`` (CLOCK_MONOTONIC ns): a mark
-        placed once a later event tells where it belongs."""
+        """Record ``label`` at the instant ``t_ns`` (CLOCK_MONOTONIC ns), which may be past:
+        a mark placed once a later event tells where it belongs."""
         if not label or "\n" in label or label in (START, END):
             raise UsageError(f"sampler: bad mark label {label!r}")
         self._send({"cmd": "mark", "label": label, "t_ns": int(t_ns)},
@@ -397,196 +423,3 @@ class Sampler:
             return json.loads(line)
         except ValueError:
             raise SamplerError(f"sampler: unreadable output line {line[:200]!r}") from None
-
-
-# --------------------------------------------------------------------------- the child
-
-def _emit(obj: Dict[str, Any]) -> None:
-    data = (json.dumps(obj) + "\n").encode()
-    while data:
-        n = os.write(1, data)
-        data = data[n:]
-
-
-def _parse_command(line: bytes) -> Tuple[str, Optional[str], Optional[int]]:
-    text = line.decode(errors="replace").strip()
-    if text.startswith("{"):
-        try:
-            obj = json.loads(text)
-            return str(obj.get("cmd", "")), obj.get("label"), obj.get("t_ns")
-        except (ValueError, AttributeError):
-            return "?", None, None     # reported as unknown, the sampling goes on
-    cmd, _, rest = text.partition(" ")
-    return cmd, (rest.strip() or None), None
-
-
-def _map_word(path: str, offset: int) -> Tuple[mmap.mmap, memoryview]:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        st = os.fstat(fd)
-        if offset + 8 > st.st_size:
-            raise OSError(f"offset {offset:#x} + 8 is beyond the file's {st.st_size} bytes")
-        # One page around the word; on hugetlbfs that page is a huge page (st_blksize).
-        page = max(mmap.PAGESIZE, st.st_blksize)
-        base = offset - offset % page
-        mm = mmap.mmap(fd, min(page, st.st_size - base), mmap.MAP_SHARED, mmap.PROT_READ,
-                       offset=base)
-    finally:
-        os.close(fd)
-    rel = offset - base
-    # A native-format memoryview item is read with one 8-byte load: no torn values.
-    return mm, memoryview(mm)[rel:rel + 8].cast("Q")
-
-
-def _sample(word: memoryview, max_ns: int, thr_ns: int, stdin_fd: int) -> Dict[str, Any]:
-    """The hot loop. Returns the raw record; everything per read stays in locals."""
-    mono = time.monotonic_ns
-    poll = select.select
-    v = word[0]
-    t = mono()
-    t0 = prev_t = run_t = run_before_t = t
-    first_value = last_v = v
-    _emit({"event": "ready", "pid": os.getpid(), "t_ns": t0, "value": v})
-    deadline = t0 + max_ns
-    stalls: List[Tuple[int, int, Optional[int], int, int]] = []
-    gaps: List[Tuple[int, int]] = []
-    probes: List[int] = []
-    steps: List[Tuple[int, int, int, str]] = []
-    pending: Optional[Tuple[int, int, int]] = None   # a backward step not yet classified
-    marks: List[Tuple[str, int]] = []
-    dropped = changes = 0
-    n = 1
-    mask = _CHECK_EVERY - 1
-    inbuf = b""
-    stopped_by = ""
-    while True:
-        v = word[0]
-        t = mono()
-        if t - prev_t > thr_ns and len(gaps) < _MAX_RECORDED:
-            gaps.append((prev_t, t))
-        if v != last_v:
-            if pending is not None:
-                steps.append((pending[0], pending[1], pending[2],
-                              "glitch" if v >= pending[1] else "reset"))
-                pending = None
-            if v < last_v:
-                pending = (t, last_v, v)
-            if prev_t - run_t >= thr_ns:
-                if len(stalls) < _MAX_RECORDED:
-                    stalls.append((run_t, prev_t, t, run_before_t, last_v))
-                else:
-                    dropped += 1
-            run_before_t = prev_t
-            run_t = t
-            last_v = v
-            changes += 1
-        n += 1
-        if not n & mask:
-            if len(probes) < _MAX_RECORDED:
-                probes.append(t - prev_t)
-            if t >= deadline:
-                stopped_by = "max_seconds"
-            elif poll([stdin_fd], [], [], 0)[0]:
-                data = os.read(stdin_fd, 1 << 16)
-                if not data:
-                    stopped_by = "eof"
-                inbuf += data
-                while b"\n" in inbuf and not stopped_by:
-                    line, inbuf = inbuf.split(b"\n", 1)
-                    cmd, label, t_ns = _parse_command(line)
-                    if cmd == "mark" and label:
-                        marks.append((label, int(t_ns) if t_ns else mono()))
-                    elif cmd == "stop":
-                        stopped_by = "stop"
-                    elif cmd:
-                        sys.stderr.write(f"sampler: ignoring unknown command {line!r}\n")
-            if stopped_by:
-                break
-        prev_t = t
-    if pending is not None:
-        steps.append((pending[0], pending[1], pending[2], "reset"))
-    if prev_t - run_t >= thr_ns:   # still stalled when told to stop
-        stalls.append((run_t, prev_t, None, run_before_t, last_v))
-    return {"stopped_by": stopped_by, "samples": n, "t0_ns": t0, "t_end_ns": t,
-            "first_value": first_value, "last_value": last_v, "changes": changes,
-            "stalls": stalls, "gaps": gaps, "probes": probes, "steps": steps,
-            "marks": marks, "dropped": dropped}
-
-
-def _summarize(raw: Dict[str, Any], thr_ns: int) -> Dict[str, Any]:
-    """Turn the raw record into a :class:`SamplerResult` dict."""
-    t0, t_end = raw["t0_ns"], raw["t_end_ns"]
-    marks = sorted(raw["marks"], key=lambda m: m[1])
-    bounds = [(START, t0)] + [(lbl, min(max(tn, t0), t_end)) for lbl, tn in marks] \
-        + [(END, t_end)]
-
-    def stall_dict(s: Tuple[int, int, Optional[int], int, int]) -> Dict[str, Any]:
-        start, last_same, end, before, value = s
-        mark, mark_t = START, t0
-        for lbl, tn in bounds[:-1]:
-            if tn <= start:
-                mark, mark_t = lbl, tn
-        return {"start_ns": start, "end_ns": end, "duration_ns": last_same - start,
-                "max_ns": (last_same if end is None else end) - before, "value": value,
-                "mark": mark, "since_mark_ns": start - mark_t}
-
-    stalls = raw["stalls"]
-    by_length = sorted(stalls, key=lambda s: s[1] - s[0], reverse=True)
-    windows = []
-    for (a, ta), (b, tb) in zip(bounds, bounds[1:]):
-        inside = [s for s in stalls if s[0] <= tb and (s[1] if s[2] is None else s[2]) >= ta]
-        gaps = [g1 - g0 for g0, g1 in raw["gaps"] if g0 <= tb and g1 >= ta]
-        longest = max(inside, key=lambda s: s[1] - s[0], default=None)
-        windows.append({"start": a, "end": b, "start_ns": ta, "end_ns": tb,
-                        "longest": stall_dict(longest) if longest else None,
-                        "stalls": len(inside), "max_sampler_gap_ns": max(gaps, default=0)})
-    probes = sorted(raw["probes"])
-    gap_max = max((g1 - g0 for g0, g1 in raw["gaps"]), default=0)
-    duration = max(t_end - t0, 1)
-    return {
-        "stopped_by": raw["stopped_by"], "samples": raw["samples"], "t0_ns": t0,
-        "t_end_ns": t_end, "rate_hz": raw["samples"] * 1e9 / duration,
-        "median_interval_ns": probes[len(probes) // 2] if probes else 0,
-        "max_interval_ns": max(gap_max, probes[-1] if probes else 0),
-        "threshold_ns": thr_ns, "first_value": raw["first_value"],
-        "last_value": raw["last_value"], "changes": raw["changes"],
-        "reset": any(kind == "reset" for *_, kind in raw["steps"]),
-        "backward_steps": [{"t_ns": tn, "from_value": f, "to_value": to, "kind": kind}
-                           for tn, f, to, kind in raw["steps"][:20]],
-        "longest": stall_dict(by_length[0]) if by_length else None,
-        "top": [stall_dict(s) for s in by_length[:_TOP]],
-        "marks": [{"label": lbl, "t_ns": tn} for lbl, tn in marks],
-        "windows": windows, "stalls_recorded": len(stalls),
-        "stalls_dropped": raw["dropped"],
-    }
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m harness.evidence.sampler",
-        description="Read a u64 counter in a shared file in a tight loop; report stalls.")
-    ap.add_argument("--path", required=True, help="the RAM backend file (/proc/PID/fd/N)")
-    ap.add_argument("--offset", required=True, type=lambda s: int(s, 0),
-                    help="byte offset of the u64 counter in the file")
-    ap.add_argument("--max-seconds", required=True, type=float,
-                    help="stop by itself after this long")
-    ap.add_argument("--threshold-us", type=float, default=DEFAULT_THRESHOLD_US,
-                    help="record stalls and sampler gaps at least this long")
-    args = ap.parse_args(argv)
-    try:
-        _mm, word = _map_word(args.path, args.offset)   # unmapped at exit
-    except OSError as e:
-        sys.stderr.write(f"sampler: cannot map {args.path} at {args.offset:#x}: {e}\n")
-        return 2
-    thr_ns = int(args.threshold_us * 1000)
-    gc.disable()   # a collection in the hot loop would look like a sampler gap
-    raw = _sample(word, int(args.max_seconds * 1e9), thr_ns, sys.stdin.fileno())
-    if raw["stopped_by"] == "eof":
-        sys.stderr.write("sampler: stdin closed (parent gone); exiting without a result\n")
-        return 3
-    _emit({"event": "result", "result": _summarize(raw, thr_ns)})
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,6 +14,7 @@ from harness.run.driver import PairDriver, source_mode_readback
 from harness.run.plan import VALID_KINDS
 from harness.run.result import Attempt, ChainResult
 from harness.run.setup import prepare
+from harness.run.verdict import failed, window_checks
 from harness.scenario.model import Observed, Scenario
 
 
@@ -59,6 +60,9 @@ def _hop_problem(d: PairDriver, a: Attempt, last: Any, boots0: int) -> str:
         return f"guest counter did not move on: {last.counter} -> {a.counter_after}"
     if a.boots_after != boots0:
         return f"guest was reset: boot count {boots0} -> {a.boots_after}"
+    bad = failed(window_checks(a.window, boots0))
+    if bad:
+        return "; ".join(f"{c.check}: expected {c.expected}, got {c.actual}" for c in bad)
     return ""
 
 
@@ -76,7 +80,8 @@ def _hops(d: PairDriver, c: ChainResult) -> None:
         hop: Dict[str, Any] = {"hop": i, "observed": a.observed.value if a.observed else None,
                                "downtime_ms": a.query_migrate.get("downtime"),
                                "counter_after": a.counter_after, "boots": a.boots_after,
-                               "counter_moved": a.counter_moved_on_dst}
+                               "counter_moved": a.counter_moved_on_dst,
+                               "window": a.window}
         problem = _hop_problem(d, a, last, boots0)
         if not problem and inode0 is not None:
             hop["ram_inode"] = inode = d.ev.ram_inode(d.target.pid)

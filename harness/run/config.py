@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 from harness.core.cleanup import check_tmp_base
 from harness.core.errors import UsageError
@@ -24,6 +24,12 @@ DEFAULT_EXPECTATIONS = ROOT / "expectations" / "known-deviations.toml"
 DEFAULT_REPORTS = ROOT / "reports"
 #: The per-case deadline: below pytest-timeout's 300 s (pyproject.toml) and avocado's.
 DEFAULT_CASE_TIMEOUT = 240.0
+#: The observation window after each switch-over (seconds), and its floor.
+DEFAULT_OBSERVE_S = 1.0
+MIN_OBSERVE_S = 0.5
+#: The pause budget (ms) when neither the run nor the scenario sets one: chosen from the
+#: pauses of healthy cases on the 2-core reference host (docs/pause-budget.md).
+DEFAULT_MAX_PAUSE_MS = 1000.0
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,18 @@ def _positive_float(v: str) -> float:
     if not x > 0:
         raise ValueError("expected a number of seconds > 0")
     return x
+
+
+def _at_least(minimum: float, unit: str) -> Callable[[str], float]:
+    def parse(v: str) -> float:
+        try:
+            x = float(v)
+        except ValueError:
+            raise ValueError(f"expected a number of {unit} >= {minimum:g}") from None
+        if not x >= minimum:
+            raise ValueError(f"expected a number of {unit} >= {minimum:g}")
+        return x
+    return parse
 
 
 @dataclass(frozen=True)
@@ -118,6 +136,14 @@ OPTIONS: Tuple[Option, ...] = (
            switch=True),
     Option("soak_hops", "--soak-hops", "CPRH_SOAK_HOPS", 5, "N",
            "hops of the soak chain", _positive_int),
+    Option("observe_s", "--observe", "CPRH_OBSERVE_S", DEFAULT_OBSERVE_S, "SECONDS",
+           "how long the target is watched after each switch-over: alive, running, the "
+           "guest's counter moving, no reset/stop/shutdown/panic event, RAM intact at the "
+           "end", _at_least(MIN_OBSERVE_S, "seconds")),
+    Option("max_pause_ms", "--max-pause-ms", "CPRH_MAX_PAUSE_MS", None, "MS",
+           "the longest guest stall a case accepts (the switch-over and the observation "
+           "window); default: the scenario's own budget, else "
+           f"{DEFAULT_MAX_PAUSE_MS:g} ms (docs/pause-budget.md)", _at_least(1.0, "ms")),
     Option("case_timeout", "--case-timeout", "CPRH_CASE_TIMEOUT", DEFAULT_CASE_TIMEOUT,
            "SECONDS", "every harness wait of one case ends by this deadline (keep it below "
            "the runner's own per-test limit, 300 s)", _positive_float),
@@ -139,6 +165,9 @@ class RunConfig:
     expectations: str = str(DEFAULT_EXPECTATIONS)
     slow: bool = False
     soak_hops: int = 5
+    observe_s: float = DEFAULT_OBSERVE_S
+    #: The run's pause budget (ms); None: each scenario's own, else the default.
+    max_pause_ms: Optional[float] = None
     case_timeout: float = DEFAULT_CASE_TIMEOUT
     timeouts: Timeouts = field(default_factory=Timeouts)
 
@@ -164,6 +193,12 @@ class RunConfig:
     def with_(self, **changes: Any) -> "RunConfig":
         return replace(self, **changes)
 
+    def pause_budget_ms(self, scenario_budget: Optional[float]) -> float:
+        """The pause budget of a case: the run's, else the scenario's, else the default."""
+        if self.max_pause_ms is not None:
+            return self.max_pause_ms
+        return scenario_budget if scenario_budget is not None else DEFAULT_MAX_PAUSE_MS
+
 
 def resolve(given: Optional[Mapping[str, Any]] = None,
             environ: Optional[Mapping[str, str]] = None) -> RunConfig:
@@ -183,7 +218,17 @@ def resolve(given: Optional[Mapping[str, Any]] = None,
                      other_arch={"aarch64": (v["qemu_aarch64_src"], v["qemu_aarch64_dst"])},
                      accel=v["accel"], dialect=v["dialect"], reports=v["reports"],
                      expectations=v["expectations"], slow=v["slow"],
-                     soak_hops=v["soak_hops"], case_timeout=v["case_timeout"])
+                     soak_hops=v["soak_hops"], observe_s=v["observe_s"],
+                     max_pause_ms=v["max_pause_ms"], case_timeout=v["case_timeout"])
+
+
+def option_values(cfg: RunConfig) -> Dict[str, Any]:
+    """Each option's value in ``cfg`` (None: not set), by option name: what a child run
+    (pytest, an avocado recipe) must be given to resolve the same config."""
+    aarch = cfg.binaries("aarch64")
+    values = {o.name: getattr(cfg, o.name, None) for o in OPTIONS}
+    values["qemu_aarch64_src"], values["qemu_aarch64_dst"] = aarch
+    return values
 
 
 def argparse_options(parser: Any, names: Optional[Sequence[str]] = None) -> None:

@@ -29,19 +29,24 @@ from harness.cpr import backends
 from harness.cpr.channels import Channel
 from harness.cpr.faults import Fault
 from harness.cpr.relay import Relay
-from harness.evidence.collector import FULL, M_RESUMED, EvidencePlan, RamEvidence
+from harness.evidence.collector import FULL, M_RESUMED, M_WINDOW_END, EvidencePlan, RamEvidence
 from harness.evidence.memory import RamFd
 from harness.guest import driver as guest_driver
 from harness.guest.driver import WorkArea
 from harness.qemu.process import QemuProcess, describe_exit
 from harness.run.config import RunConfig
 from harness.run.plan import VALID_KINDS, render_vm_args, side_kinds
-from harness.run.result import Attempt, PairResult
+from harness.run.observe import Window
+from harness.run.result import Attempt, Death, PairResult
 from harness.run.setup import CaseSetup, prepare
 from harness.scenario.model import Observed, Scenario
 
 #: Migration states that end a wait for the outcome.
 MIGRATION_ENDS = ("completed", "failed", "cancelled")
+#: Run states a QEMU passes through on its way to its final one.
+TRANSIENT_STATES = ("inmigrate", "finish-migrate")
+#: A wrong run state held this long is where the QEMU stays.
+STATE_SETTLED_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,10 @@ class PairDriver:
         self.chans: List[Channel] = []
         self.relays: List[Relay] = []
         self._phase_stack: List[List[float]] = []
+        #: When the first target was seen in its final run state (monotonic seconds).
+        self.resumed_at: Optional[float] = None
+        #: QEMUs whose death an observation window already reported.
+        self.window_deaths: set = set()
         #: When the target was first seen in its final run state, per attempt (ns).
         self.seen_running_ns: dict = {}
         self.handover = for_mode(sc.mode, self)
@@ -162,6 +171,7 @@ class PairDriver:
         self.r.timings[name] = round(time.monotonic() - self.epoch, 4)
 
     def start_src(self) -> None:
+        self.ev.spawn_sampler()  # its interpreter starts while the source boots
         self.src = self.launch("src", self.vm_args("src"))
         qmp = self.src.connect_qmp(self.t.start)
         self.mark("src_start")
@@ -173,9 +183,10 @@ class PairDriver:
         self.r.src_status_before = qmp.cmd("query-status")["status"]
         with self.phase("fill", "fill guest RAM with the seeded pattern"):
             self.ev.prepare(self.src.pid)
-        if self.ev.sample_pause:
-            with self.phase("noise", "start the pause sampler; noise floor on the idle pair"):
-                self.ev.start_sampler()
+        with self.phase("sampler", "start the pause sampler on the guest's counter"):
+            self.ev.start_sampler()
+        if self.ev.samplers and self.plan.noise_s > 0:
+            with self.phase("noise", "noise floor on the idle pair"):
                 self.ev.noise_window()
 
     def transfer(self) -> None:
@@ -322,13 +333,23 @@ class PairDriver:
             raise
 
     def wait_status(self, vm: QemuProcess, want: str, timeout: float) -> str:
-        """``query-status`` once it says ``want``, or what it says after ``timeout``
-        (a wrong state is a verdict, not an error)."""
+        """``query-status`` once it says ``want``, or what it says once another state has
+        held for :data:`STATE_SETTLED_S` (a QEMU out of migration does not leave it by
+        itself), or after ``timeout``: a wrong state is a verdict, not an error."""
         assert vm.qmp is not None
+        held = {"state": None, "since": 0.0}
+
+        def settled_elsewhere(state: str) -> bool:
+            now = time.monotonic()
+            if state != held["state"]:
+                held["state"], held["since"] = state, now
+            return state not in TRANSIENT_STATES and now - held["since"] >= STATE_SETTLED_S
+
         try:
             return wait_until(lambda: vm.qmp.cmd("query-status")["status"],  # type: ignore
                               what=f"the {vm.side} run state {want!r}", timeout=timeout,
-                              goal=lambda s: s == want, side=vm.side, interval=0.01).value
+                              goal=lambda s: s == want, terminal=settled_elsewhere,
+                              side=vm.side, interval=0.01).value
         except WaitTimeout:
             return vm.qmp.cmd("query-status")["status"]
 
@@ -368,16 +389,41 @@ class PairDriver:
     # -- after the transfer -----------------------------------------------------------
 
     def after_completion(self, a: Attempt) -> None:
-        """States, the guest moving on the target, and the in-place RAM evidence."""
+        """States, the guest moving on the target, then the observation window with the
+        in-place RAM evidence gathered inside it, and the RAM verified at its end."""
         self.settle_states(a)
         self.ev.mark(M_RESUMED)
-        time.sleep(0.05)  # a short tail so the sampler sees the counter move on
+        window = Window(self, self.target, self.cfg.observe_s, self.sc.paused) \
+            if self.plan.observe else None
+        title = f"observe the target for {self.cfg.observe_s:g} s" if window else "evidence"
+        with self.phase("observe", title):
+            self.evidence_in_window(a)
+            if window is not None:
+                window.watch()
+            else:
+                time.sleep(0.05)  # a short tail so the sampler sees the counter move on
+        self.ev.mark(M_WINDOW_END)
         if self.hooks.before_stop_samplers is not None:
             self.hooks.before_stop_samplers(self)
-        self.ev.stop_samplers(a.query_migrate)
-        with self.obs.step("verify RAM in place and intact (through the target)"):
-            self.ev.check_stream(a.query_migrate)
-            self.ev.verify_after(self.source.pid, self.target.pid, self.hooks.before_verify)
+        self.ev.stop_samplers(a.query_migrate, self.cfg.pause_budget_ms(self.sc.max_pause_ms))
+        if window is not None and window.record["death"] is not None:
+            self.window_deaths.add(id(self.target))
+        # Through the target's RAM fd; if the target died, through the source's: both
+        # map the one RAM file.
+        through = self.target if self.target.is_running() else self.source
+        if through.is_running():
+            with self.obs.step(f"verify RAM intact at the window's end (through the "
+                               f"{'target' if through is self.target else 'source'})"):
+                self.ev.verify_after(self.source.pid, through.pid, self.hooks.before_verify)
+        if window is not None:
+            window.progress(a.counter_after)
+            a.window = window.record
+
+    def evidence_in_window(self, a: Attempt) -> None:
+        """What a completed transfer shows at once: no RAM in the stream, the target on
+        the source's RAM file, the guest answering on its console."""
+        self.ev.check_stream(a.query_migrate)
+        self.ev.check_same_memory(self.source.pid, self.target.pid)
         extra = self.g.after_transfer(self.target, self.t.settle)
         if extra:
             with self.obs.step("check the guest on the target's console"):
@@ -389,12 +435,14 @@ class PairDriver:
         want = "paused" if self.sc.paused else "running"
         a.dst_status_after = self.wait_status(dst, want, self.t.settle)
         self.seen_running_ns[a.tag] = time.monotonic_ns()
+        self.resumed_at = self.resumed_at or time.monotonic()
         self.mark(f"{a.tag}_dst_{want}")
         # cpr-reboot's source has quit before its target started.
         a.src_status_after = src.qmp.cmd("query-status")["status"] if src.qmp.connected \
             else "quit"
         self.r.evidence.setdefault("dst_query_migrate", dst.qmp.cmd("query-migrate"))
-        if self.sc.paused:
+        if self.sc.paused or a.dst_status_after != want:
+            # Not running (as asked, or wrongly): its counter is read, not waited for.
             wa = self.work_area(dst)
             time.sleep(0.2)
             again = self.work_area(dst)
@@ -433,6 +481,7 @@ class PairDriver:
             relay.close()
         vms = [("dst", self.dst)] + [(f"dst-{i}", v) for i, v in enumerate(self.old_dsts)] \
             + [("src", self.src)]
+        self.record_deaths([vm for _, vm in vms if vm is not None])
         try:
             for _name, vm in vms:
                 if vm is not None:
@@ -441,6 +490,18 @@ class PairDriver:
             for c in self.chans:
                 c.close()
             self.write_transcripts([vm for _, vm in vms if vm is not None])
+
+    def record_deaths(self, vms: List[QemuProcess]) -> None:
+        """A QEMU that died before teardown, neither ended by the harness nor expected to
+        end, is a failure of the case: record side, how, when, and its log."""
+        for vm in vms:
+            if not vm.died_unexpectedly() or id(vm) in self.window_deaths:
+                continue
+            since = None
+            if self.resumed_at is not None and vm.exited_at is not None:
+                since = round(vm.exited_at - self.resumed_at, 3)
+            self.r.deaths.append(Death(vm.side, vm.exitcode, describe_exit(vm.exitcode), since,
+                                       tail(vm.log_path, 5), vm.log_path).__dict__)
 
     def shutdown_quietly(self, vm: QemuProcess) -> None:
         """Shut ``vm`` down; a QEMU that had to be killed is recorded, not raised."""

@@ -26,6 +26,8 @@ class Attempt:
     #: The fault that fired in this attempt ("" none): its outcome is the survivor's view,
     #: and a "completed" one is not verified (the target is dead).
     fault: str = ""
+    #: What the observation window saw on the target (harness.run.observe.Window.record).
+    window: Optional[Dict[str, Any]] = None
 
     @property
     def settled(self) -> bool:
@@ -43,7 +45,8 @@ class Attempt:
 
 @dataclass
 class Death:
-    """A QEMU that died before teardown without the harness ending it or expecting it."""
+    """A QEMU that died before teardown without the harness ending it or expecting it
+    (``since_resume_s``: from the switch-over to when the harness noticed)."""
     side: str
     exitcode: Optional[int]
     how: str
@@ -84,6 +87,10 @@ class PairResult:
     artifacts: Dict[str, str] = field(default_factory=dict)
     cmdlines: Dict[str, List[str]] = field(default_factory=dict)
     transcripts: Dict[str, str] = field(default_factory=dict)
+    #: What the first target's observation window saw (see Attempt.window).
+    window: Optional[Dict[str, Any]] = None
+    #: QEMUs that died before teardown, not on purpose (Death records as dicts).
+    deaths: List[Dict[str, Any]] = field(default_factory=list)
     #: QEMUs that did not quit on request at teardown (``AbnormalShutdown``).
     abnormal_shutdowns: List[str] = field(default_factory=list)
     #: What a tool measuring the pair added (the bench's figures).
@@ -97,6 +104,7 @@ class PairResult:
         self.dst_status_after, self.src_status_after = a.dst_status_after, a.src_status_after
         self.counter_after, self.boots_after = a.counter_after, a.boots_after
         self.counter_moved_on_dst = a.counter_moved_on_dst
+        self.window = a.window
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)

@@ -7,7 +7,7 @@ and whether that conforms; the failed ones (:func:`failed`) are the case's verdi
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 from harness.core.errors import Check
 from harness.cpr import dialect as dialects
@@ -39,7 +39,94 @@ def judge(r: PairResult) -> List[Check]:
         _check_completed(r, check)
     elif exp.kind is not Expect.SRC_LOST:  # src-lost: the outcome itself says it
         _check_refusal(r, check)
+    check("no QEMU died before teardown", not r.deaths, "every QEMU alive until the harness "
+          "ended it", "; ".join(describe_death(d) for d in r.deaths) or None,
+          "a QEMU died on its own after the hand-over, not ended by the harness")
     return out
+
+
+def describe_death(d: Dict[str, Any], noticed: str = "noticed at teardown") -> str:
+    when = f", {d['since_resume_s']:.2f} s after the switch-over" \
+        if d.get("since_resume_s") is not None else ""
+    tail = " | ".join(ln for ln in str(d.get("log_tail") or "").splitlines()[-3:]
+                      if ln.strip())
+    return (f"{d['side']} QEMU {d['how']}{when} ({noticed}); log {d.get('log')  or d.get('log_path')}"
+            + (f": {tail}" if tail else ""))
+
+
+def window_checks(w: Optional[Dict[str, Any]], boots_before: Optional[int]) -> List[Check]:
+    """The checks of one observation window (the soak judges each hop's with these)."""
+    out: List[Check] = []
+
+    def check(name: str, ok: bool, expected: object, actual: object, detail: str = "") -> None:
+        out.append(Check(name, expected, actual, "" if ok else detail, bool(ok)))
+
+    _check_window(w, "", boots_before, check)
+    return out
+
+
+def _check_window(w: Optional[Dict[str, Any]], pre: str, boots_before: Optional[int],
+                  check: CheckFn) -> None:
+    """What the observation window saw on a target (harness.run.observe)."""
+    if not w:
+        return
+    want = w["want"]
+    span = f"{w['seconds']:g} s after the switch-over"
+    death = w.get("death")
+    check(pre + "target alive through the observation window", death is None,
+          f"alive for {span}", None if death is None else
+          describe_death(death, "seen in the observation window"),
+          "the target died after it took the guest over")
+    if death is not None:
+        return
+    wrong = w.get("wrong_status")
+    check(pre + "target run state through the observation window", wrong is None,
+          f"{want} for {span}", None if wrong is None else
+          f"{wrong['status']} {wrong['at_s']:.2f} s into the window", "the target stopped "
+          "running the guest" if want == "running" else "a paused guest must stay paused")
+    events = w.get("events") or []
+    check(pre + "no reset, stop, shutdown or panic event on the target", not events,
+          "none after RESUME", [f"{e['event']}" + (f" +{e['after_resume_s']:.2f} s"
+                                                   if e.get("after_resume_s") is not None
+                                                   else "") for e in events] or None,
+          "QMP events on the target's monitor after it resumed the guest")
+    start, end = w.get("counter_start"), w.get("counter_end")
+    if start is not None and end is not None:
+        moved = end == start if want == "paused" else end > start
+        check(pre + "guest progress through the observation window", moved,
+              f"{'==' if want == 'paused' else '>'} {start}", end,
+              "the guest's counter must go on increasing on the target" if want == "running"
+              else "a paused guest ran")
+    if w.get("boots_end") is not None:
+        check(pre + "guest not reset during the observation window",
+              w["boots_end"] == boots_before, boots_before, w["boots_end"],
+              "the guest's boot count changed after the switch-over: it was restarted")
+
+
+def _check_pause_budget(pause: Dict[str, Any], check: CheckFn) -> None:
+    """The longest stall the guest lived through, at the switch-over or in the
+    observation window, against the case's budget (one check: where a stall falls
+    depends on when the harness saw the target running)."""
+    budget = pause.get("budget_ms")
+    if budget is None:
+        return
+    p, ws = pause.get("guest_pause_ms"), pause.get("window_stall_ms")
+    stalls = [(v, where) for v, where in ((p, "at the switch-over"),
+                                          (ws, "in the observation window after it"))
+              if v is not None]
+    if not stalls:
+        return
+    worst, where = max(stalls)
+    down = pause.get("qemu_downtime_ms")
+    noise = pause.get("noise_floor_ms")
+    # The noise floor comes from the observation window; one as long as the budget says
+    # the window itself stalled, and is no floor to compare with.
+    parts = [f"QEMU's downtime said {down} ms" if down is not None else "",
+             f"the switch-over's pause {p:g} ms" if p is not None and worst != p else "",
+             f"noise floor {noise:g} ms" if noise is not None and noise <= budget else ""]
+    check("guest stall within budget", worst <= budget, f"<= {budget:g} ms", f"{worst:g} ms",
+          f"the guest stalled {worst:.0f} ms {where}, budget {budget:g} ms; "
+          + "; ".join(x for x in parts if x))
 
 
 def _check_completed(r: PairResult, check: CheckFn) -> None:
@@ -68,6 +155,7 @@ def _check_completed(r: PairResult, check: CheckFn) -> None:
                   "pre-transfer value")
     else:
         check("guest progress", False, "counter read before and after", None)
+    _check_window(r.window, "", r.boots_before, check)
     _check_ram_evidence(r, check, retry=False)
 
 
@@ -110,6 +198,7 @@ def _check_retry(r: PairResult, check: CheckFn) -> None:
           "postmigrate", rt.get("src_status_after"))
     check("retry: guest reset", rt.get("boots_after") == r.boots_before,
           r.boots_before, rt.get("boots_after"))
+    _check_window(rt.get("window"), "retry: ", r.boots_before, check)
     if not sc.paused:
         check("retry: guest progress",
               (rt.get("counter_after") or 0) > (r.src_counter_after_refusal or 0)
@@ -148,6 +237,7 @@ def _check_ram_evidence(r: PairResult, check: CheckFn, retry: bool) -> None:
         check("guest counter never went back", pause.get("counter_went_back") is False,
               False, pause.get("counter_went_back"),
               "the sampler saw the guest's counter go backwards: a reset")
+        _check_pause_budget(pause, check)
 
 
 def _check_console_guest(g: Dict[str, Any], pre: str, check: CheckFn) -> None:

@@ -111,6 +111,9 @@ class Scenario:
     fault: Optional[Fault] = None
     #: A long case, run only when CPRH_SLOW=1 (tox -e nightly).
     slow: bool = False
+    #: This scenario's pause budget (ms) where its method costs more (TCG, prealloc...);
+    #: None: the run's default (harness.run.config.DEFAULT_MAX_PAUSE_MS).
+    max_pause_ms: Optional[float] = None
     area: str = "transfer"        # report grouping: transfer, channel, memory, ...
     expect: Outcome = field(default_factory=Outcome)
 

@@ -16,7 +16,7 @@ MAX_MODULE_LINES = 600
 MAX_FUNCTION_LINES = 60
 #: Longer on purpose: the sampler's hot loop keeps everything in locals (a call per read
 #: would cost it most of its rate).
-LONG_ON_PURPOSE = {"harness.evidence.sampler._sample"}
+LONG_ON_PURPOSE = {"harness.evidence.sampler_child._sample"}
 
 
 def layer_of(module: str) -> str:

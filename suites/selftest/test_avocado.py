@@ -45,7 +45,6 @@ KNOWN_DEVIATION = "channel/main-inet-port0-dst"     # xfail on QEMU 10.0.x
 STALE_DEVIATION = "memory/file-noshare"             # an entry this test adds: xpass
 UNSUPPORTED = "transfer/unix-fd-memfd-immediate-q35"  # skip: 10.0.x has no fd cpr channel
 SLOW = "transfer/unix-unix-memfd-defer-q35-linux"    # skip unless CPRH_SLOW
-BROKEN = "transfer/unix-unix-memfd-defer-q35"        # with a target that resets the guest
 RUN_TIMEOUT = 240
 
 
@@ -137,18 +136,46 @@ def test_same_verdicts_under_avocado_and_pytest(tmp_path, short_base):
     assert len(list(cases)) == len(scenarios)
 
 
+#: One broken target per case (tamper.py by-case): each class of defect, one pytest run
+#: and one avocado job for all of them.
+BROKEN_BY_CASE = {
+    "unix-unix-memfd-immediate-q35": "late-kill",
+    "unix-unix-memfd-defer-q35": "late-reset",
+    "tcp-unix-memfd-immediate-q35": "late-stop",
+    "tcp-unix-memfd-defer-q35": "late-page",
+    "unix-unix-memfd-immediate-pc": "freeze",
+    "unix-unix-memfd-defer-pc": "reset",
+    "exec-unix-memfd-immediate-q35": "page",
+    "exec-unix-memfd-defer-q35": "paused",
+}
+
+
 @needs_qemu
-def test_a_broken_target_fails_under_both(tmp_path, short_base):
-    wrapper = tmp_path / "qemu-reset"
-    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{TAMPER}" reset "$@"\n')
+def test_every_broken_target_fails_and_names_its_defect_under_both(tmp_path, short_base,
+                                                                   monkeypatch):
+    spec = importlib.util.spec_from_file_location("cprh_tamper", TAMPER)
+    tamper = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tamper)
+    DEFECTS = tamper.DEFECTS
+
+    wrapper = tmp_path / "qemu-by-case"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{TAMPER}" by-case "$@"\n')
     wrapper.chmod(0o755)
-    _, av = run_avocado(tmp_path, short_base, [BROKEN], "--qemu-dst", str(wrapper))
-    _, py = run_pytest(tmp_path, short_base, [BROKEN], "--qemu-dst", str(wrapper))
-    row = verdicts(av, py)[BROKEN]
-    assert row["avocado"] == row["pytest"] == "fail", row
-    test = av["tests"][0]
-    assert test["status"] == "FAIL" and "guest reset" in test["fail_reason"], test
-    assert test["fail_reason"].startswith(f"{BROKEN}: ")  # the ConformanceFailure text
+    monkeypatch.setenv("TAMPER_MODES", json.dumps(BROKEN_BY_CASE))
+    scenarios = [f"transfer/{tail}" for tail in BROKEN_BY_CASE]
+    _, av = run_avocado(tmp_path, short_base, scenarios, "--qemu-dst", str(wrapper))
+    _, py = run_pytest(tmp_path, short_base, scenarios, "--qemu-dst", str(wrapper))
+    rows = verdicts(av, py)
+    by_av = {adapter.scenario_of_test(t): t for t in av["tests"]}
+    by_py = {c["id"]: c for c in py["cases"]}
+    for tail, mode in BROKEN_BY_CASE.items():
+        sid = f"transfer/{tail}"
+        assert rows[sid]["avocado"] == rows[sid]["pytest"] == "fail", (mode, rows[sid])
+        check, words = DEFECTS[mode]
+        av_reason, py_reason = by_av[sid]["fail_reason"], by_py[sid]["reason"]
+        assert av_reason.startswith(f"{sid}: ")  # the ConformanceFailure text
+        for reason in (av_reason, py_reason):
+            assert check in reason and all(w in reason for w in words), (mode, reason)
 
 
 def test_missing_scenario_param_is_an_error_that_says_how(tmp_path):

@@ -385,3 +385,27 @@ def test_qemu72_probes_and_lacks_cpr_transfer(qemu72):
     last = c.summary().splitlines()[-1]
     assert last.startswith("cpr-transfer: NOT supported: ")
     json.dumps(c.to_dict())
+
+
+def test_qemu72_is_not_said_to_take_an_fd_cpr_channel(qemu72):
+    """A behavioural feature probe must not claim a feature for a QEMU without the mode."""
+    from harness.qemu import features
+
+    ok, reason = features.cpr_incoming_fd(qemu72)
+    assert not ok and "has no cpr-transfer mode" in reason, reason
+    p = subprocess.run([sys.executable, "-m", "harness", "probe", "--qemu", qemu72],
+                       cwd=str(REPO), capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1, p.stderr
+    assert "feature cpr-incoming-fd: no (" in p.stdout, p.stdout
+
+
+def test_the_installed_qemu_is_judged_by_what_it_says_about_the_fd(caps10):
+    """10.0.x refuses an fd cpr channel ("must be unix"); a later QEMU names the fd it
+    could not find, which is the only answer taken as support."""
+    from harness.qemu import features
+
+    ok, reason = features.cpr_incoming_fd(caps10.path)
+    if caps10.version[:2] == (10, 0):
+        assert not ok and "must be unix" in reason, reason
+    else:
+        assert ok, reason

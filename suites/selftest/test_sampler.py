@@ -175,7 +175,7 @@ def test_stops_by_itself_after_max_seconds(counter):
 
 def _child(path, *extra):
     return subprocess.Popen(
-        [sys.executable, "-m", "harness.evidence.sampler", "--path", path, "--offset", str(OFFSET),
+        [sys.executable, "-m", "harness.evidence.sampler_child", "--path", path, "--offset", str(OFFSET),
          "--max-seconds", "30", *extra],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 

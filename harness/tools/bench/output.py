@@ -88,6 +88,9 @@ def footer(doc: Dict[str, Any]) -> List[str]:
                    f"case {_triple(ov['full_case_s'], 2)} s vs bare launch+transfer "
                    f"{_triple(ov['bare_pair_s'], 2)} s: +{ov['overhead_s']:.2f} s a case "
                    f"({ov['overhead_ratio']}x)")
+        if ov.get("observe_s") is not None:
+            out.append(f"  beyond the bare pair and the {ov['observe_s']:g} s observation window: "
+                       f"+{ov['overhead_s'] - ov['observe_s']:.2f} s a case")
         if ov.get("breakdown"):
             out.append("where a full case's time goes (median s): " + ", ".join(
                 f"{k} {v:.2f}" for k, v in ov["breakdown"].items()))

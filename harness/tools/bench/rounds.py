@@ -291,6 +291,7 @@ def measure_overhead(ctx: Context, rounds: int, progress: Callable[[str], None]
                  f"({full[-1]['verdict']}), bare pair {bare[-1]['wall_s']} s")
     fs, bs = stats(r["wall_s"] for r in full), stats(r["wall_s"] for r in bare)
     out: Dict[str, Any] = {"case": OVERHEAD_CASE, "ram_mb": sc.ram_mb,
+                           "observe_s": ctx.cfg.observe_s,
                            "full_case_s": fs, "bare_pair_s": bs,
                            "full_rounds": full, "bare_rounds": bare,
                            "breakdown": _breakdown(full), "breakdown_bare": _breakdown(bare)}

@@ -6,20 +6,60 @@ self-tests can show that the harness notices. Usage, as a --qemu-dst wrapper:
 
     tamper.py MODE [QEMU ARGS...]
 
-MODE: "paused" adds -S (the target never resumes the guest); "reset" resets the guest
-right after the target resumes it; "page" flips one byte of guest RAM (guest-physical
-TAMPER_GPA) right after the target resumes. Anything that is not a cpr-transfer target
-(no -incoming) just runs QEMU unchanged, so probing the wrapper works.
+Modes (each acts on the target, timed from the RESUME event of its own second monitor):
+
+    none        run QEMU unchanged (the control)
+    paused      add -S: the target never resumes the guest
+    reset       system_reset right at RESUME
+    page        flip one byte of guest RAM (guest-physical TAMPER_GPA) right at RESUME
+    freeze      SIGSTOP the QEMU process right at RESUME, SIGCONT after FREEZE_S
+    late-kill   SIGKILL QEMU LATE_S after RESUME
+    late-reset  system_reset LATE_S after RESUME
+    late-stop   stop (pause the guest) LATE_S after RESUME
+    late-page   flip one byte of guest RAM LATE_S after RESUME
+
+Determinism: before exec'ing QEMU the wrapper creates ``<the harness's QMP socket>.hold``
+and removes it once the damage is done. The harness's observation window stays open
+while that file exists (harness/run/observe.py), so the damage always lands inside the
+window, however loaded the host is: nothing here races the harness.
+
+One wrapper for many cases: mode ``by-case`` reads the JSON object in $TAMPER_MODES
+(scenario-id tail -> mode) and picks the mode whose key names the case's artifacts
+directory (in the serial console's path; pytest and avocado both name it after the
+scenario), so one pytest run and one avocado job can each hold every broken target.
+
+Anything that is not a cpr-transfer target (no -incoming) just runs QEMU unchanged, so
+probing the wrapper works.
 """
 import json
 import os
+import re
 import shutil
+import signal
 import socket
 import sys
 import time
 
 TAMPER_GPA = 0x200000
+LATE_S = 0.3
+FREEZE_S = 1.5
 QEMU = os.environ.get("TAMPER_QEMU") or shutil.which("qemu-system-x86_64")
+MODES = ("none", "paused", "reset", "page", "freeze", "late-kill", "late-reset",
+         "late-stop", "late-page")
+#: What each mode breaks, as the harness must name it: a check that must fail, and words
+#: its message must hold (the self-tests assert exactly this, under pytest and avocado).
+DEFECTS = {
+    "paused": ("target run state", ["paused"]),
+    "reset": ("guest not reset during the observation window", ["2"]),
+    "page": ("RAM pattern intact", ["0x200000"]),
+    "freeze": ("guest stall within budget", ["the guest stalled", "budget 1000 ms",
+                                             "QEMU's downtime said"]),
+    "late-kill": ("target alive through the observation window",
+                  ["killed by signal 9 (SIGKILL)", "after the switch-over"]),
+    "late-reset": ("no reset, stop, shutdown or panic event on the target", ["RESET"]),
+    "late-stop": ("target run state through the observation window", ["paused"]),
+    "late-page": ("RAM pattern intact", ["0x200000"]),
+}
 
 
 def qmp_path(args):
@@ -29,63 +69,118 @@ def qmp_path(args):
     return None
 
 
-def tamperer(sock_path, mode, qemu_pid):
-    """Connect to our own monitor, wait for RESUME, then do the damage."""
-    deadline = time.monotonic() + 120
-    s = None
+def connect(sock_path, qemu_pid, deadline):
+    """Our own monitor on QEMU (created once the target has read CPR state)."""
     while time.monotonic() < deadline:
         try:
             os.kill(qemu_pid, 0)
         except OSError:
-            return
+            return None
+        s = socket.socket(socket.AF_UNIX)
         try:
-            s = socket.socket(socket.AF_UNIX)
             s.connect(sock_path)
-            break
+            return s
         except OSError:
             s.close()
-            s = None
             time.sleep(0.01)
-    if s is None:
-        return
-    f = s.makefile("rw")
+    return None
+
+
+def wait_resume(f):
     f.readline()  # greeting
     f.write(json.dumps({"execute": "qmp_capabilities"}) + "\n")
     f.flush()
     while True:
         line = f.readline()
         if not line:
+            return False
+        if json.loads(line).get("event") == "RESUME":
+            return True
+
+
+def command(f, name):
+    f.write(json.dumps({"execute": name}) + "\n")
+    f.flush()
+    while True:  # skip events until the reply
+        msg = json.loads(f.readline() or "{}")
+        if "return" in msg or "error" in msg or not msg:
+            return msg
+
+
+def flip_byte(qemu_pid):
+    for fd in os.listdir(f"/proc/{qemu_pid}/fd"):
+        link = os.readlink(f"/proc/{qemu_pid}/fd/{fd}")
+        if link.startswith("/memfd:memory-backend-memfd"):
+            with open(f"/proc/{qemu_pid}/fd/{fd}", "r+b") as ram:
+                ram.seek(TAMPER_GPA)  # below 2 GiB on q35: offset == GPA
+                b = ram.read(1)
+                ram.seek(TAMPER_GPA)
+                ram.write(bytes([b[0] ^ 0xFF]))
             return
-        msg = json.loads(line)
-        if msg.get("event") == "RESUME":
-            break
-    if mode == "reset":
-        f.write(json.dumps({"execute": "system_reset"}) + "\n")
-        f.flush()
-        f.readline()
-    elif mode == "page":
-        for fd in os.listdir(f"/proc/{qemu_pid}/fd"):
-            link = os.readlink(f"/proc/{qemu_pid}/fd/{fd}")
-            if link.startswith("/memfd:memory-backend-memfd"):
-                with open(f"/proc/{qemu_pid}/fd/{fd}", "r+b") as ram:
-                    ram.seek(TAMPER_GPA)  # below 2 GiB on q35: offset == GPA
-                    b = ram.read(1)
-                    ram.seek(TAMPER_GPA)
-                    ram.write(bytes([b[0] ^ 0xFF]))
-                break
+
+
+def damage(mode, f, qemu_pid):
+    if mode.startswith("late-"):
+        time.sleep(LATE_S)
+    kind = mode.replace("late-", "")
+    if kind == "reset":
+        command(f, "system_reset")
+    elif kind == "stop":
+        command(f, "stop")
+    elif kind == "page":
+        flip_byte(qemu_pid)
+    elif kind == "kill":
+        os.kill(qemu_pid, signal.SIGKILL)
+    elif kind == "freeze":
+        os.kill(qemu_pid, signal.SIGSTOP)
+        time.sleep(FREEZE_S)
+        os.kill(qemu_pid, signal.SIGCONT)
+
+
+def tamperer(sock_path, mode, qemu_pid, hold):
+    """Wait for RESUME on our own monitor, do the damage, release the hold."""
+    try:
+        s = connect(sock_path, qemu_pid, time.monotonic() + 120)
+        if s is None:
+            return
+        f = s.makefile("rw")
+        if wait_resume(f):
+            damage(mode, f, qemu_pid)
+    finally:
+        try:
+            os.unlink(hold)
+        except OSError:
+            pass
+
+
+def mode_by_case(args):
+    """The mode whose key (a scenario id's tail) names this case's artifacts directory."""
+    modes = json.loads(os.environ.get("TAMPER_MODES") or "{}")
+    serial = next((a for a in args if "path=" in a and "serial" in a), "")
+    for key, mode in modes.items():
+        if re.search(re.escape(key) + r"(?![-a-z0-9])", serial):
+            return mode
+    return "none"
 
 
 def main():
     mode, args = sys.argv[1], sys.argv[2:]
+    if mode == "by-case":
+        mode = mode_by_case(args)
+    if mode not in MODES:
+        sys.exit(f"tamper.py: unknown mode {mode!r}; known: {', '.join(MODES)}")
     if "-incoming" not in args or mode == "none":
         os.execv(QEMU, [QEMU, *args])
     if mode == "paused":
         os.execv(QEMU, [QEMU, *args, "-S"])
-    side = qmp_path(args) + ".tamper"
+    harness_qmp = qmp_path(args)
+    side = harness_qmp + ".tamper"
+    hold = harness_qmp + ".hold"
+    open(hold, "w").close()
     pid = os.getpid()
     if os.fork() == 0:
         try:
-            tamperer(side, mode, pid)
+            tamperer(side, mode, pid, hold)
         finally:
             os._exit(0)
     os.execv(QEMU, [QEMU, *args, "-qmp", f"unix:{side},server=on,wait=off"])
