@@ -88,6 +88,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--scenario", dest="cprh_scenarios", metavar="ID", action="append",
                     default=[], help="run only this scenario id (repeatable); see "
                                      "'python -m harness list'")
+    group.addoption("--suite", dest="cprh_suites", metavar="NAME", action="append",
+                    default=[], help="run only the scenarios of this suite (repeatable): "
+                                     "transfer, refusals, faults, core")
 
 
 def _reports_dir(value: str) -> str:
@@ -161,6 +164,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item
     for item in items:
         if item.get_closest_marker("slow") is not None and not cfg.slow:
             item.add_marker(pytest.mark.skip(reason=SLOW_REASON))
+        if "soak_hops" in getattr(item, "fixturenames", ()):
+            # A chain's own deadline grows with its hops (harness.run.chain); the
+            # runner's limit stays above it.
+            item.add_marker(pytest.mark.timeout(
+                int(cfg.case_timeout + cfg.soak_hops * (cfg.observe_s + 5.0) + 60)))
         sc = _scenario_of(item)
         if sc is not None:
             # Set before the case runs, so a report of any phase (a skip too) carries
@@ -227,16 +235,22 @@ def _mark_known_deviations(config: pytest.Config, items: List[pytest.Item]) -> N
 
 
 def _select_scenarios(config: pytest.Config, items: List[pytest.Item]) -> None:
-    wanted = config.getoption("cprh_scenarios")
-    if not wanted:
-        return
     from harness.scenario import catalogue
 
+    wanted = set(config.getoption("cprh_scenarios"))
+    suites = config.getoption("cprh_suites")
+    if not wanted and not suites:
+        return
     for sid in wanted:
         try:
             catalogue.get(sid)
         except UsageError as exc:
             raise pytest.UsageError(f"--scenario: {exc}")
+    for name in suites:
+        try:
+            wanted |= {sc.id for sc in catalogue.suite(name)}
+        except UsageError as exc:
+            raise pytest.UsageError(f"--suite: {exc}")
     keep, drop = [], []
     for item in items:
         sc = _scenario_of(item)
@@ -273,9 +287,6 @@ def _side_kind(sc: Any, kind: str) -> str:
 
 def _allure_describe(sc: Any, cfg: RunConfig) -> None:
     """Title, labels and parameters of a case, set before it runs (a skip keeps them)."""
-    from harness.qemu.probe import probe
-    from harness.run.setup import resolve_accel
-
     allure.dynamic.title(sc.id)
     allure.dynamic.description(f"{sc.title}\n\nexpected: {sc.expect}")
     allure.dynamic.feature(sc.area)
@@ -290,22 +301,16 @@ def _allure_describe(sc: Any, cfg: RunConfig) -> None:
                         ("smp", sc.smp)):
         allure.dynamic.parameter(name, value)
     allure.dynamic.parameter("guest", sc.guest)
-    try:
-        from harness.guest.images import arch_of
+    from harness.run.setup import resolve_binaries
 
-        acfg = cfg.for_arch(arch_of(sc.guest))  # what run_scenario will run
-        src, dst = probe(acfg.qemu_src), probe(acfg.qemu_dst)
+    try:
+        bins = resolve_binaries(sc, cfg)  # what run_scenario will run
     except HarnessError:
         return  # the case fails or skips with its own reason
-    try:
-        accel = resolve_accel(acfg.accel, sc, src, dst)
-    except HarnessError:
-        accel = f"{sc.accel if sc.accel != 'auto' else cfg.accel} (unavailable)"
-    allure.dynamic.parameter("accel", accel)
+    allure.dynamic.parameter("accel", bins.accel)
+    allure.dynamic.parameter("machine type", bins.machine + (" (pinned)" if bins.pinned else ""))
     # Excluded from Allure's history id: a case keeps its history across QEMU builds.
-    versions = src.version_str if src.version_str == dst.version_str else \
-        f"src {src.version_str} / dst {dst.version_str}"
-    allure.dynamic.parameter("qemu version", versions, excluded=True)
+    allure.dynamic.parameter("qemu version", bins.versions, excluded=True)
 
 
 _ATTACH_AS = {".jsonl": ("text/plain", "jsonl"), ".json": ("application/json", "json"),
@@ -385,6 +390,37 @@ def cpr_case(request: pytest.FixtureRequest, run_config: RunConfig, case_dir: st
             return result
         finally:
             _allure_attach(result, case_dir)
+
+    return run
+
+
+@pytest.fixture
+def cpr_chain(request: pytest.FixtureRequest, run_config: RunConfig, case_dir: str):
+    """Run a soak chain of live updates on real QEMU and judge it like a case."""
+    from harness.run.chain import run_chain
+    from harness.run.verdict import chain_record, failed, judge_chain
+
+    def run(scenario, hops):
+        result = None
+        try:
+            try:
+                result = run_chain(scenario, run_config, case_dir, hops, ALLURE_OBSERVER)
+            except Unsupported as exc:
+                pytest.skip(exc.reason)
+            with allure.step("judge the chain"):
+                checks = judge_chain(result)
+            rec = chain_record(result, checks)
+            for name in ("chain.json", "result.json"):
+                with open(os.path.join(case_dir, name), "w") as f:
+                    json.dump(result.to_dict() if name == "chain.json" else rec, f,
+                              indent=2, default=str)
+            request.node.user_properties.append((RESULT_PROP, json.dumps(rec, default=str)))
+            bad = failed(checks)
+            if bad:
+                raise ConformanceMismatch(f"{scenario.id} ({hops}-hop chain)", bad)
+            return result
+        finally:
+            _allure_attach(None, case_dir)
 
     return run
 
@@ -481,27 +517,9 @@ class CaseCollector:
 
 
 def _run_meta(config: pytest.Config) -> Dict[str, Any]:
-    from harness.qemu.probe import probe
+    from harness.run.setup import run_facts
 
-    cfg = config.stash[CONFIG_KEY]
-    meta: Dict[str, Any] = {"accel_requested": cfg.accel}
-    caps = {}
-    for side, binary in (("src", cfg.qemu_src), ("dst", cfg.qemu_dst)):
-        meta[f"qemu_{side}_path"] = binary
-        try:
-            caps[side] = probe(binary)
-            meta[f"qemu_{side}"] = caps[side].version_str
-            meta[f"qemu_{side}_path"] = caps[side].path
-        except HarnessError:
-            meta[f"qemu_{side}"] = "unknown (probe failed)"
-    if cfg.accel != "auto":
-        meta["accel"] = cfg.accel
-    elif len(caps) == 2:
-        kvm = caps["src"].kvm_usable and caps["dst"].kvm_usable
-        meta["accel"] = ("kvm" if kvm else "tcg") + " (auto)"
-    else:
-        meta["accel"] = "auto"
-    return meta
+    return run_facts(config.stash[CONFIG_KEY])
 
 
 def _records(config: pytest.Config) -> List[Dict[str, Any]]:

@@ -57,7 +57,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def pytest_args(cfg: config.RunConfig, scenarios: Sequence[str], jobs: int) -> List[str]:
+def pytest_args(cfg: config.RunConfig, scenarios: Sequence[str], jobs: int,
+                suites: Sequence[str] = ()) -> List[str]:
     """The pytest command line that runs the conformance suite with ``cfg``."""
     args = [sys.executable, "-m", "pytest", str(ROOT / "suites" / "conformance"),
             "-p", "no:cacheprovider", "--rootdir", str(ROOT), "-c", str(ROOT / "pyproject.toml"),
@@ -73,6 +74,8 @@ def pytest_args(cfg: config.RunConfig, scenarios: Sequence[str], jobs: int) -> L
         args += ["-n", str(jobs)]
     for sid in scenarios:
         args += ["--scenario", sid]
+    for name in suites:
+        args += ["--suite", name]
     return args
 
 
@@ -86,6 +89,8 @@ def cmd_run(args: argparse.Namespace, extra: List[str]) -> int:
 
     for sid in args.scenario or []:
         catalogue.get(sid)  # unknown id: UsageError before anything starts
+    for name in args.suite or []:
+        catalogue.suite(name)
     cfg = config.from_namespace(args, RUN_OPTIONS)
     check_binaries(cfg)
     if extra[:1] == ["--"]:  # `run [OPTIONS] -- [pytest args]`
@@ -99,8 +104,8 @@ def cmd_run(args: argparse.Namespace, extra: List[str]) -> int:
     if own_alluredir:
         shutil.rmtree(paths["allure-results"], ignore_errors=True)
         extra = ["--alluredir", str(paths["allure-results"])] + extra
-    code = subprocess.call(pytest_args(cfg, args.scenario or [], args.jobs) + extra,
-                           cwd=str(ROOT))
+    code = subprocess.call(pytest_args(cfg, args.scenario or [], args.jobs, args.suite or [])
+                           + extra, cwd=str(ROOT))
     if own_alluredir and not args.no_allure_html and paths["allure-results"].is_dir():
         _, line = report.generate_allure(Path(cfg.reports))
         print(line, flush=True)
@@ -201,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="parallel pytest-xdist workers (default 2; 1 = no xdist)")
     pr.add_argument("--scenario", action="append", metavar="ID",
                     help="run only this scenario id (repeatable); see 'list'")
+    pr.add_argument("--suite", action="append", metavar="NAME",
+                    help="run only this suite's scenarios (repeatable): transfer, refusals, "
+                         "faults, core (the x86 guest's cases)")
     pr.add_argument("--no-allure-html", action="store_true",
                     help="write allure-results but do not build the Allure HTML report")
 
@@ -217,7 +225,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("bench", help="benchmark cpr-transfer against precopy and cpr-reboot "
                                  "(options: python -m harness bench --help)", add_help=False)
+    sub.add_parser("versions", help="the core matrix on each QEMU build and on every ordered "
+                                    "pair (upgrades, downgrades), then the grid (options: "
+                                    "python -m harness versions --help)", add_help=False)
 
+    _report_parsers(sub)
+    return p
+
+
+def _report_parsers(sub: argparse._SubParsersAction) -> None:
     rp = sub.add_parser("report", help="rebuild the matrix pages and the Allure report, "
                                        "or compare with a baseline (exit 1 on regressions)")
     config.argparse_options(rp, ("reports",))
@@ -231,11 +247,25 @@ def build_parser() -> argparse.ArgumentParser:
                     help="where the comparison goes (default: REPORTS/regressions.md)")
     rp.add_argument("--no-allure-html", action="store_true",
                     help="do not build the Allure HTML report")
-    return p
+    pg = sub.add_parser("grid", help="scenarios by builds and pairs, from result directories "
+                                     "(grid.html, grid.md)")
+    pg.add_argument("runs", nargs="+", metavar="RUNDIR",
+                    help="result directories (each with a conformance.json)")
+    pg.add_argument("-o", "--output", metavar="OUTDIR", default=".",
+                    help="where grid.html and grid.md go (default: .)")
+
+
+
+def cmd_grid(args: argparse.Namespace) -> int:
+    from harness.tools.grid import write_grid
+
+    paths = write_grid(args.runs, args.output)
+    print(f"written: {paths['html']}, {paths['md']}")
+    return 0
 
 
 COMMANDS = {"probe": cmd_probe, "list": cmd_list, "report": cmd_report, "plan": cmd_plan,
-            "sizes": cmd_sizes}
+            "sizes": cmd_sizes, "grid": cmd_grid}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -244,6 +274,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if argv[:1] == ["bench"]:
         from harness.tools import bench
         return int(bench.main(argv[1:]) or 0)
+    if argv[:1] == ["versions"]:
+        from harness.tools import versions
+        try:
+            return versions.main(argv[1:])
+        except HarnessError as exc:
+            return _err(str(exc))
+        except KeyboardInterrupt:
+            return 130
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "run":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -64,6 +64,13 @@ class Janitor:
     def unwatch_path(self, path: str) -> None:
         self._send(f"unpath {path}")
 
+    def watch_hugepages(self, size_kb: int, pages: int) -> None:
+        """Give ``pages`` huge pages back if the runner dies (harness.core.hugepages)."""
+        self._send(f"huge {size_kb} {pages}")
+
+    def unwatch_hugepages(self, size_kb: int, pages: int) -> None:
+        self._send(f"unhuge {size_kb} {pages}")
+
     def close(self) -> None:
         """Normal exit: EOF makes the janitor sweep what is left and exit."""
         try:
@@ -200,6 +207,7 @@ def _kill_tree(pid: int, starttime: int) -> None:
 def _main(argv: list) -> int:
     pids: dict = {}
     paths: set = set()
+    huge: dict = {}  # size_kb -> pages reserved
     for raw in sys.stdin.buffer:
         parts = raw.decode(errors="replace").rstrip("\n").split(" ", 2)
         if parts[0] == "pid" and len(parts) == 3:
@@ -210,12 +218,24 @@ def _main(argv: list) -> int:
             paths.add(" ".join(parts[1:]))
         elif parts[0] == "unpath" and len(parts) >= 2:
             paths.discard(" ".join(parts[1:]))
+        elif parts[0] in ("huge", "unhuge") and len(parts) == 3:
+            sign = 1 if parts[0] == "huge" else -1
+            huge[int(parts[1])] = huge.get(int(parts[1]), 0) + sign * int(parts[2])
     # EOF: the runner is gone (or closed us on a normal exit).
     for pid, ctime in pids.items():
         _kill_tree(pid, ctime)
     for path in paths:
         if os.path.basename(path).startswith(TMP_PREFIX) or "/" + TMP_PREFIX in path:
             shutil.rmtree(path, ignore_errors=True)
+    if any(huge.values()):
+        from harness.core.hugepages import adjust  # the QEMUs holding them are gone now
+
+        for size_kb, pages in huge.items():
+            if pages > 0:
+                try:
+                    adjust(size_kb, -pages)
+                except OSError:
+                    pass
     return 0
 
 

@@ -6,6 +6,7 @@ line, then context) and inspect the fields.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -78,6 +79,17 @@ class WaitTimeout(HarnessError):
         super().__init__(msg)
 
 
+#: What QEMU says when it cannot find its firmware (a build tree run in place, or a
+#: private root without its -L): the launch failure then names the fix.
+_FIRMWARE = re.compile(r"could not load PC BIOS|could not find ROM|failed to find romfile|"
+                       r"Could not open option rom|could not load ROM|Failed to load firmware",
+                       re.IGNORECASE)
+FIRMWARE_HINT = ("this QEMU cannot find its firmware: run an installed one (make install, "
+                 "then PREFIX/bin/qemu-system-*), or a wrapper that passes -L <the "
+                 "directory with its firmware> (a build tree: -L <build>/pc-bios -L "
+                 "/usr/share/seabios); see docs/qemu-builds.md")
+
+
 class VMLaunchFailure(HarnessError):
     """A QEMU process exited when it should have been running."""
 
@@ -89,8 +101,11 @@ class VMLaunchFailure(HarnessError):
         self.log_path = log_path
         self.log_tail = log_tail
         self.when = when
+        #: The fix, when the log says what is wrong with the binary (its firmware).
+        self.hint = FIRMWARE_HINT if _FIRMWARE.search(log_tail or "") else ""
         super().__init__(
-            f"{side}: QEMU exited with code {exitcode} {when}; log: {log_path}\n"
+            f"{side}: QEMU exited with code {exitcode} {when}; log: {log_path}"
+            + (f"\n{self.hint}" if self.hint else "") + "\n"
             f"--- last lines of the log ---\n{log_tail}\n"
             f"--- command line ---\n{' '.join(self.cmdline)}")
 

@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass
 from typing import List, Optional
 
+from harness.core import hugepages
 from harness.core.errors import Unsupported, UsageError
 
 RAM_ID = "ram0"
@@ -32,6 +33,8 @@ BACKENDS = {b.name: b for b in (
                 doc="memory-backend-file,share=on on /dev/shm"),
     BackendKind("ram-share", "memory-backend-ram", True, "",
                 doc="memory-backend-ram,share=on"),
+    BackendKind("shm", "memory-backend-shm", True, "/dev/shm/qemu-",
+                doc="memory-backend-shm, POSIX shared memory (share=on is its only mode)"),
     BackendKind("memfd-hugetlb", "memory-backend-memfd", True, "memory-backend-memfd",
                 hugetlb=True, doc="memory-backend-memfd,hugetlb=on (2M pages)"),
     BackendKind("ram-noshare", "memory-backend-ram", False, "",
@@ -43,14 +46,6 @@ BACKENDS = {b.name: b for b in (
     BackendKind("epc", "memory-backend-epc", True, "",
                 doc="memory-backend-epc, SGX enclave memory (CPR must refuse)"),
 )}
-
-
-def hugepages_free(size_kb: int = 2048) -> int:
-    try:
-        with open(f"/sys/kernel/mm/hugepages/hugepages-{size_kb}kB/free_hugepages") as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return 0
 
 
 @dataclass(frozen=True)
@@ -80,7 +75,7 @@ def render(kind: str, size_mb: int, prealloc: bool, shm_dir: Optional[str],
         props.append(f"mem-path={mem_path}")
     if b.hugetlb:
         needed = size_mb // 2
-        free = hugepages_free()
+        free = hugepages.free()
         if check_host and free < needed:
             raise Unsupported(f"{b.name} needs {needed} free 2 MiB huge pages, the host has "
                               f"{free} (echo N > /proc/sys/vm/nr_hugepages)")

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import socket
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from harness.core.errors import UsageError
-from harness.core.wait import wait_until
+from harness.core.wait import budget, wait_until
 
 MAIN_KINDS = ("unix", "tcp", "fd", "exec", "file")
 CPR_KINDS = ("unix", "fd", "tcp", "file", "none")
 
+#: The longest an exec channel's FIFO is held open to let its writer go.
+RELEASE_S = 5.0
 #: Unix socket paths longer than this do not fit in sockaddr_un.sun_path.
 UNIX_PATH_MAX = 107
 
@@ -37,6 +40,7 @@ class Channel:
     src_getfd: Dict[str, int] = field(default_factory=dict)
     listen_path: Optional[str] = None   # a unix path the target listens on
     listen_port: Optional[int] = None   # a TCP port the target listens on
+    fifo: Optional[str] = None          # the FIFO joining an exec channel's two commands
     _owned_fds: List[int] = field(default_factory=list)
     _owned_socks: List[socket.socket] = field(default_factory=list)
 
@@ -47,6 +51,22 @@ class Channel:
 
     def dst_qapi(self) -> Dict[str, Any]:
         return {"channel-type": self.channel_type, "addr": self.dst_addr or self.src_addr}
+
+    def release(self, timeout: float = RELEASE_S) -> None:
+        """Let go a writer that waits for a reader that will never come (an exec
+        channel whose target died before it opened the FIFO): hold the read end open
+        until the writer has opened it and written (at most ``timeout``), then close
+        it, so the writer's next write fails instead of blocking forever."""
+        if self.kind != "exec" or self.fifo is None:
+            return
+        try:
+            fd = os.open(self.fifo, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError:
+            return
+        try:
+            select.select([fd], [], [], budget(timeout))
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         """Close the harness's copies of fds handed to QEMU. Idempotent."""
@@ -171,7 +191,8 @@ def main_channel(kind: str, workdir: str) -> Channel:
         dst_addr = {"transport": "exec", "args": ["/bin/dd", f"if={fifo}", "status=none"]}
         return Channel("main", kind,
                        {"transport": "exec", "args": ["/bin/dd", f"of={fifo}", "status=none"]},
-                       json.dumps({"channel-type": "main", "addr": dst_addr}), dst_addr=dst_addr)
+                       json.dumps({"channel-type": "main", "addr": dst_addr}), dst_addr=dst_addr,
+                       fifo=fifo)
     raise UsageError(f"unknown main channel kind {kind!r}; known: {', '.join(MAIN_KINDS)}")
 
 

@@ -29,7 +29,8 @@ from harness.core.errors import HarnessError
 from harness.core.wait import sleep
 from harness.cpr.backends import BACKENDS
 from harness.evidence.layout import WorkArea, offset_of_gpa
-from harness.evidence.memory import GuestRam, RamFd, compare_mappings, find_ram_fd, open_ram
+from harness.evidence.memory import (GuestRam, RamFd, compare_mappings, find_ram_fd,
+                                     mapped_regions, open_ram)
 from harness.evidence.pattern import fill_pattern, verify_pattern
 from harness.evidence.sampler import Sampler, SamplerResult
 from harness.guest.images import GuestImage
@@ -216,12 +217,32 @@ class RamEvidence:
         }
         self.data["sampler"] = res.to_dict()
 
-    def check_stream(self, query_migrate: Dict[str, Any]) -> None:
+    def check_stream(self, query_migrate: Dict[str, Any],
+                     state_file_bytes: Optional[int] = None) -> None:
+        """What went through the main channel: the source's RAM counters, or (cpr-exec,
+        whose source is gone) the size of the state file against the RAM's."""
         if not self.plan.checks:
             return
         r = query_migrate.get("ram", {})
         self.data["stream"] = {k: r.get(k) for k in
                                ("normal", "normal-bytes", "transferred", "total", "duplicate")}
+        if state_file_bytes is not None:
+            self.data["stream"].update(state_file_bytes=state_file_bytes, ram_bytes=self.size)
+
+    def check_same_memory_across_exec(self, pid: int) -> None:
+        """cpr-exec: the process maps, after its exec, the RAM file it held before."""
+        if not self.applicable or not self.plan.checks or self.src_fd is None:
+            return
+        after = find_ram_fd(pid, self.size, self.hint)
+        regions = mapped_regions(pid, after.inode, after.dev)
+        same_file = (after.inode, after.dev) == (self.src_fd.inode, self.src_fd.dev)
+        self.data["same_memory"] = {
+            "size": self.size, "src_pid": pid, "src_fd": self.src_fd.fd,
+            "src_link": self.src_fd.link, "src_inode": self.src_fd.inode,
+            "src_dev": self.src_fd.dev, "dst_pid": pid, "dst_fd": after.fd,
+            "dst_link": after.link, "dst_inode": after.inode, "dst_dev": after.dev,
+            "dst_regions": [list(r) for r in regions], "same_file": same_file,
+            "same": same_file and bool(regions), "across_exec": True}
 
     def check_same_memory(self, src_pid: int, dst_pid: int) -> None:
         """The target maps the very RAM file the source used."""

@@ -33,6 +33,8 @@ class Capabilities:
     kvm_usable: bool = False
     kvm_reason: str = ""
     machines: Tuple[str, ...] = ()
+    #: (alias, machine type) pairs from ``-machine help``: ``("q35", "pc-q35-10.0")``.
+    machine_aliases: Tuple[Tuple[str, str], ...] = ()
     object_types: FrozenSet[str] = frozenset()
     mig_modes: Tuple[str, ...] = ()
     migrate_has_channels: bool = False
@@ -67,6 +69,14 @@ class Capabilities:
 
     def has_object_type(self, name: str) -> bool:
         return name in self.object_types
+
+    def resolve_machine(self, name: str) -> str:
+        """The versioned machine type behind ``name`` (``q35`` -> ``pc-q35-10.0``); a
+        type that is no alias is itself."""
+        return dict(self.machine_aliases).get(name, name)
+
+    def has_machine(self, name: str) -> bool:
+        return name in self.machines
 
     def cpr_transfer_problems(self) -> List[str]:
         """Why this binary cannot run the released (QEMU >= 10.0) cpr-transfer
@@ -133,6 +143,8 @@ class Capabilities:
             v = d[f.name]
             if f.name in ("object_types", "machine_props"):
                 v = frozenset(v)
+            elif f.name == "machine_aliases":
+                v = tuple(tuple(pair) for pair in v)
             elif isinstance(v, list):
                 v = tuple(v)
             kw[f.name] = v

@@ -285,7 +285,8 @@ class _Prober:
         return Capabilities(
             binary=self.binary, path=self.path, version=version, version_str=version_str,
             accels=tuple(accels), kvm_usable=kvm_usable, kvm_reason=kvm_reason,
-            machines=tuple(machines), object_types=object_types,
+            machines=tuple(machines), machine_aliases=tuple(sorted(aliases.items())),
+            object_types=object_types,
             mig_modes=tuple(mig_modes), migrate_has_channels=migrate_has_channels,
             channel_types=tuple(channel_types), migparams_has_cpr_uri=has_cpr_uri,
             machine_props=machine_props, has_exit_with_parent=has_ewp,

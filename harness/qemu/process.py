@@ -28,8 +28,9 @@ from harness.core.logs import tail
 from harness.core.wait import wait_until
 from harness.qemu.qmp import QMPSession
 
-#: Recorded intents: why a process ended when the harness ended it or expected it to.
-QUIT, KILLED, REFUSED = "quit", "killed", "refused"
+#: Recorded intents: why a process ended when the harness ended it or expected it to
+#: (EXECED: it became another QEMU in place, cpr-exec; that QemuProcess lives on).
+QUIT, KILLED, REFUSED, EXECED = "quit", "killed", "refused", "execed"
 
 
 def describe_exit(code: Optional[int]) -> str:
@@ -77,6 +78,13 @@ class QemuProcess:
         self.launched_at: Optional[float] = None
         self.exited_at: Optional[float] = None
         self._starttime: Optional[int] = None
+
+    def adopt(self, old: "QemuProcess") -> None:
+        """Become the QEMU ``old`` exec'd into (cpr-exec): the same process, this
+        object's command line (given to the exec) and monitor, ``old``'s log."""
+        self.proc, self.launched_at, self._starttime = old.proc, old.launched_at, old._starttime
+        self.log_path = old.log_path
+        old.intent = EXECED
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -256,4 +264,5 @@ class QemuProcess:
         return f"<QemuProcess {self.side} {state}>"
 
 
-__all__ = ["QemuProcess", "describe_exit", "QUIT", "KILLED", "REFUSED", "WaitTimeout"]
+__all__ = ["QemuProcess", "describe_exit", "QUIT", "KILLED", "REFUSED", "EXECED",
+           "WaitTimeout"]

@@ -9,6 +9,7 @@ from typing import Any, Dict, Optional
 import psutil
 
 from harness.core.observe import NULL_OBSERVER, Observer
+from harness.core.wait import case_deadline
 from harness.run.config import RunConfig
 from harness.run.driver import PairDriver, source_mode_readback
 from harness.run.plan import VALID_KINDS
@@ -38,15 +39,21 @@ def run_chain(sc: Scenario, cfg: RunConfig, artifacts_dir: str, hops: int,
     QEMU's downtime; verifies the RAM pattern through the last QEMU at the end.
     """
     with observer.step("probe QEMU binaries"):
-        setup = prepare(sc.with_(id=sc.id + f"-chain{hops}"), cfg)
-    chain = ChainResult(hops_wanted=hops)
+        setup = prepare(sc, cfg)
+    b = setup.bins
+    chain = ChainResult(hops_wanted=hops, scenario=sc, accel=b.accel,
+                        qemu_src_version=b.src.version_str, qemu_dst_version=b.dst.version_str,
+                        machine_type=b.src.resolve_machine(b.machine))
     with PairDriver.session(setup, artifacts_dir, observer) as d:
         d.ev.sample_pause = False
         try:
-            d.start_src()
-            _hops(d, chain)
+            with case_deadline(cfg.case_timeout + hops * (cfg.observe_s + 5.0),
+                               f"the {hops}-hop chain"):
+                d.start_src()
+                _hops(d, chain)
         finally:
-            chain.artifacts = d.r.artifacts
+            chain.artifacts, chain.phases = d.r.artifacts, d.r.phases
+    chain.deaths = d.r.deaths
     return chain
 
 

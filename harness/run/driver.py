@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, List, Optional
 
+from harness.core import hugepages
 from harness.core.cleanup import private_tmpdir, remove_tmpdir
 from harness.core.errors import (AbnormalShutdown, HarnessError, QMPCommandFailed,
                                  QMPConnectionLost, WaitTimeout)
@@ -33,7 +34,7 @@ from harness.evidence.collector import FULL, M_RESUMED, M_WINDOW_END, EvidencePl
 from harness.evidence.memory import RamFd
 from harness.guest import driver as guest_driver
 from harness.guest.driver import WorkArea
-from harness.qemu.process import QemuProcess, describe_exit
+from harness.qemu.process import EXECED, QemuProcess, describe_exit
 from harness.run.config import RunConfig
 from harness.run.plan import VALID_KINDS, render_vm_args, side_kinds
 from harness.run.observe import Window
@@ -102,7 +103,9 @@ class PairDriver:
                               max_seconds=self.t.transfer + self.t.settle + 30, plan=plan)
         self.r = PairResult(scenario=sc, accel=self.bins.accel, dialect=self.dialect.name,
                             qemu_src_version=self.bins.src.version_str,
-                            qemu_dst_version=self.bins.dst.version_str)
+                            qemu_dst_version=self.bins.dst.version_str,
+                            machine_type=self.bins.src.resolve_machine(self.bins.machine),
+                            machine_pinned=self.bins.pinned)
         self.r.evidence = self.ev.data
         self.workdir, self.artifacts = workdir, artifacts
         self.epoch = time.monotonic()
@@ -126,16 +129,20 @@ class PairDriver:
                 hooks: Hooks = Hooks(), plan: EvidencePlan = FULL) -> Iterator["PairDriver"]:
         """A driver with its private 0700 dirs, torn down and removed whatever happens."""
         os.makedirs(artifacts, exist_ok=True)
+        sc = setup.scenario
+        kind = backends.BACKENDS[sc.backend]
+        huge = hugepages.reserved(sc.ram_mb // 2) if kind.hugetlb else nullcontext()
         workdir = private_tmpdir()
-        file_ram = backends.BACKENDS[setup.scenario.backend].qom_type == "memory-backend-file"
-        shm_dir = private_tmpdir("shm", base="/dev/shm") if file_ram else None
+        shm_dir = private_tmpdir("shm", base="/dev/shm") \
+            if kind.qom_type == "memory-backend-file" else None
         try:
-            d = cls(setup, artifacts, workdir, shm_dir, observer, hooks, plan)
-            try:
-                yield d
-            finally:
-                with d.phase("teardown", "tear down both sides"):
-                    d.teardown()
+            with huge:
+                d = cls(setup, artifacts, workdir, shm_dir, observer, hooks, plan)
+                try:
+                    yield d
+                finally:
+                    with d.phase("teardown", "tear down both sides"):
+                        d.teardown()
         finally:
             remove_tmpdir(workdir)
             if shm_dir:
@@ -203,7 +210,10 @@ class PairDriver:
             return
         with self.phase("survival", "check the source survived the refusal"):
             self.check_src_survived()
-        if self.sc.retry and self.r.src_status_after in ("running", "paused"):
+        # A refusal scenario proves the source can still hand over; a positive one that
+        # failed has its verdict already.
+        if self.sc.retry and not self.sc.positive and \
+                self.r.src_status_after in ("running", "paused"):
             with self.phase("retry", "retry a valid transfer from the same source"):
                 self.retry()
 
@@ -241,19 +251,25 @@ class PairDriver:
         assert self.dst is not None, "no target"
         return self.dst
 
-    def vm_args(self, side: str, sockdir: Optional[str] = None) -> List[str]:
+    def vm_args(self, side: str, sockdir: Optional[str] = None,
+                machine: Optional[str] = None) -> List[str]:
         serial = os.path.join(self.artifacts, f"{side}.serial")
         self.r.artifacts[f"{side}.serial"] = serial
         return render_vm_args(self.sc, self.dialect, self.mem, self.bins.accel,
-                              self.g.qemu_args(side, serial, sockdir or self.workdir), side)
+                              self.g.qemu_args(side, serial, sockdir or self.workdir), side,
+                              machine=machine or self.bins.machine)
 
     def launch(self, side: str, args: List[str], tag: str = "first",
                pass_fds: tuple = (), sockdir: Optional[str] = None) -> QemuProcess:
         """Start one side's QEMU; its command line and log are recorded under its name."""
         name = side if tag == "first" else f"{side}-{tag}"
         binary = self.cfg.qemu_src if side == "src" else self.cfg.qemu_dst
+        caps = self.bins.src if side == "src" else self.bins.dst
+        # Where the binary has it, QEMU exits with its parent by itself (PDEATHSIG and
+        # the janitor cover the rest).
         vm = QemuProcess(side, binary, args, sockdir or self.workdir, self.artifacts,
-                         pass_fds=pass_fds, log_name=f"{name}.log", epoch=self.epoch)
+                         pass_fds=pass_fds, log_name=f"{name}.log", epoch=self.epoch,
+                         exit_with_parent=caps.has_exit_with_parent)
         self.r.cmdlines[name] = vm.cmdline
         self.r.artifacts[f"{name}.log"] = vm.log_path
         if side == "src":
@@ -261,6 +277,17 @@ class PairDriver:
         else:
             self.dst = vm
         vm.launch()
+        return vm
+
+    def prepare_exec_target(self, a: Attempt, sockdir: str, incoming: List[str]) -> QemuProcess:
+        """The QEMU a cpr-exec source will exec into: its command line (the dst binary,
+        the shared arguments, its own monitor), not launched: the source becomes it."""
+        machine = self.bins.target_machine(retry=a.tag != "first")
+        name = "dst" if a.tag == "first" else f"dst-{a.tag}"
+        vm = QemuProcess("dst", self.cfg.qemu_dst, self.vm_args("dst", sockdir, machine)
+                         + incoming, sockdir, self.artifacts, log_name=f"{name}.log",
+                         epoch=self.epoch, exit_with_parent=self.bins.dst.has_exit_with_parent)
+        self.r.cmdlines[name] = vm.cmdline
         return vm
 
     def retire_dst(self) -> None:
@@ -366,13 +393,18 @@ class PairDriver:
         sq = self.src.qmp if self.src is not None else None
         if sq is None:
             return
+        # A source blocked writing to a channel whose reader died with the target (an
+        # exec pipe that was never opened) is let go: its write then fails.
+        self.handover.release_channels()
         try:
             wait_until(lambda: sq.cmd("query-migrate").get("status"),
                        what="the source's migration to end", timeout=self.t.settle,
                        goal=lambda s: s in (None, "none") + MIGRATION_ENDS, side="src")
+            a.query_migrate = sq.cmd("query-migrate")
         except WaitTimeout:
             pass  # judged by the survival checks
-        a.query_migrate = sq.cmd("query-migrate")
+        except QMPConnectionLost:
+            self.crashed(a, self.source)  # the source died too: that is the outcome
 
     def crashed(self, a: Attempt, vm: QemuProcess) -> None:
         """A QEMU died under us (not on purpose): say which, how, and show its log."""
@@ -422,8 +454,13 @@ class PairDriver:
     def evidence_in_window(self, a: Attempt) -> None:
         """What a completed transfer shows at once: no RAM in the stream, the target on
         the source's RAM file, the guest answering on its console."""
-        self.ev.check_stream(a.query_migrate)
-        self.ev.check_same_memory(self.source.pid, self.target.pid)
+        self.ev.check_stream(a.query_migrate, self.r.extra.get("state_file_bytes"))
+        if not self.target.is_running():
+            return  # dead already: the window says so
+        if self.target.pid == self.source.pid:  # cpr-exec: the same process, before/after
+            self.ev.check_same_memory_across_exec(self.target.pid)
+        else:
+            self.ev.check_same_memory(self.source.pid, self.target.pid)
         extra = self.g.after_transfer(self.target, self.t.settle)
         if extra:
             with self.obs.step("check the guest on the target's console"):
@@ -433,13 +470,20 @@ class PairDriver:
         dst, src = self.target, self.source
         assert dst.qmp is not None and src.qmp is not None
         want = "paused" if self.sc.paused else "running"
+        try:
+            self._settle_target(a, dst, want)
+        except QMPConnectionLost:
+            # It died right after the switch-over: the observation window reports it.
+            a.dst_status_after, a.counter_moved_on_dst = "dead", False
+        a.src_status_after = src.qmp.cmd("query-status")["status"] if src.qmp.connected \
+            else ("exec'd" if src.intent == EXECED else "quit")  # cpr-exec, cpr-reboot
+
+    def _settle_target(self, a: Attempt, dst: QemuProcess, want: str) -> None:
+        assert dst.qmp is not None
         a.dst_status_after = self.wait_status(dst, want, self.t.settle)
         self.seen_running_ns[a.tag] = time.monotonic_ns()
         self.resumed_at = self.resumed_at or time.monotonic()
         self.mark(f"{a.tag}_dst_{want}")
-        # cpr-reboot's source has quit before its target started.
-        a.src_status_after = src.qmp.cmd("query-status")["status"] if src.qmp.connected \
-            else "quit"
         self.r.evidence.setdefault("dst_query_migrate", dst.qmp.cmd("query-migrate"))
         if self.sc.paused or a.dst_status_after != want:
             # Not running (as asked, or wrongly): its counter is read, not waited for.

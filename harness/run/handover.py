@@ -8,6 +8,7 @@ it observed; the driver (:mod:`harness.run.driver`) verifies a completed one.
   connect to the target (its monitor exists only once it has read CPR state;
   ``migrate-incoming`` for ``-incoming defer``), await the outcome. Faults fire at
   their stage.
+* :class:`CprExec`: the source exec's the new QEMU in place and it loads the state file.
 * :class:`Precopy` and :class:`CprReboot`: what the bench compares cpr-transfer with.
 """
 from __future__ import annotations
@@ -54,6 +55,16 @@ class HandOver:
 
     def __init__(self, d: "PairDriver"):
         self.d = d
+
+    #: The channels of the attempt in flight.
+    current: Optional["Links"] = None
+
+    def release_channels(self) -> None:
+        """Let a source go that is blocked on a channel of the current attempt whose
+        other end died with the target."""
+        if self.current is not None:
+            for c in (self.current.src_main, self.current.dst_main):
+                c.release()
 
     def prepare_source(self, a: Attempt) -> None:
         """Source-side set-up before the first attempt (may settle it: a refusal): the
@@ -111,7 +122,8 @@ class CprTransfer(HandOver):
             sm = Channel("main", "unix", {"transport": "socket", "type": "unix",
                                           "path": relay_path}, None)
         d.chans += list({id(c): c for c in (dm, sm, dc, scpr)}.values())
-        return Links(sm, dm, scpr, dc, relay)
+        self.current = Links(sm, dm, scpr, dc, relay)
+        return self.current
 
     # -- phases -----------------------------------------------------------------------
 
@@ -123,8 +135,9 @@ class CprTransfer(HandOver):
             fault.action is Action.BAD_ARGUMENT else []
         incoming = d.dialect.target_incoming(ln.dst_main, ln.dst_cpr, self.defer(a))
         sockdir = os.path.join(d.workdir, a.tag)
+        machine = d.bins.target_machine(retry=a.tag != "first")
         with d.phase("launch-dst", f"start dst ({a.tag})"):
-            dst = d.launch("dst", d.vm_args("dst", sockdir) + extra + incoming, a.tag,
+            dst = d.launch("dst", d.vm_args("dst", sockdir, machine) + extra + incoming, a.tag,
                            ln.dst_main.dst_pass_fds + ln.dst_cpr.dst_pass_fds, sockdir)
             for c in (ln.dst_main, ln.dst_cpr):  # our copies of fds handed over now live there
                 if c.dst_pass_fds and not c.src_getfd:
@@ -228,13 +241,20 @@ class CprTransfer(HandOver):
         except QMPConnectionLost:
             d.crashed(a, d.source)
             return
+        if not d.target.is_running():
+            # Exited on its own: a refusal, even where the source (without a return
+            # path) already called the migration completed.
+            d.dst_exited(a)
+            return
         if status == "completed":
             a.settle(Observed.COMPLETED)
-        elif not d.target.is_running():
-            d.dst_exited(a)
-        else:
+            return
+        try:
             a.dst_status_after = d.target.qmp.cmd("query-status")["status"]
-            a.settle(Observed.FAILED, a.query_migrate.get("error-desc", status))
+        except QMPConnectionLost:  # it exited right after the failed load
+            d.dst_exited(a)
+            return
+        a.settle(Observed.FAILED, a.query_migrate.get("error-desc", status))
 
 
 class Precopy(HandOver):
@@ -300,6 +320,90 @@ class CprReboot(HandOver):
         a.settle(Observed.COMPLETED)
 
 
+class CprExec(HandOver):
+    """cpr-exec: the source stops the guest, writes its state to a file and exec's the
+    new QEMU in place (same PID), which maps the same memory and loads the state: from
+    ``-incoming file:STATE`` at once, or from ``migrate-incoming`` (``-incoming defer``).
+    Memory file descriptors are preserved across the exec; the evidence is the same RAM
+    file (inode) before and after, and a state file far smaller than the RAM."""
+    mode = "cpr-exec"
+
+    def prepare_source(self, a: Attempt) -> None:
+        from harness.run.driver import refused, source_mode_readback
+
+        sq = self.d.source.qmp
+        source_mode_readback(sq, "cpr-exec")
+        super().prepare_source(a)
+        if self.d.sc.capabilities:
+            try:
+                sq.cmd("migrate-set-capabilities", {"capabilities": [
+                    {"capability": c, "state": True} for c in self.d.sc.capabilities]})
+            except QMPCommandFailed as exc:
+                refused(a, sq, exc)
+
+    def attempt(self, a: Attempt, kinds: tuple) -> None:
+        d = self.d
+        wd = self._attempt_dir(a)
+        state = os.path.join(wd, "vm.state")
+        defer = a.tag == "first" and d.sc.incoming == "defer"
+        dst = d.prepare_exec_target(a, wd, ["-incoming", "defer" if defer else f"file:{state}"])
+        src = d.source
+        try:
+            src.qmp.cmd("migrate-set-parameters", {"cpr-exec-command": dst.cmdline})
+            d.ev.mark(M_TRANSFER)
+            src.qmp.cmd("migrate", {"channels": [{"channel-type": "main", "addr": {
+                "transport": "file", "filename": state, "offset": 0}}]})
+        except QMPCommandFailed as exc:
+            from harness.run.driver import refused
+            refused(a, src.qmp, exc)
+            return
+        d.mark(f"{a.tag}_migrate_issued")
+        if not self._exec_done(a, src):
+            return
+        dst.adopt(src)
+        d.dst = dst
+        with d.phase("launch-dst", "connect to the QEMU the source exec'd into"):
+            try:
+                dq = dst.connect_qmp(d.t.start)
+            except VMLaunchFailure:
+                d.dst_exited(a)
+                return
+        if defer:
+            dq.cmd("migrate-incoming", {"channels": [{"channel-type": "main", "addr": {
+                "transport": "file", "filename": state, "offset": 0}}]})
+        d.r.extra["state_file_bytes"] = os.path.getsize(state) if os.path.exists(state) else None
+        status = wait_until(lambda: dq.cmd("query-migrate").get("status", ""),
+                            what="the exec'd QEMU's incoming migration", timeout=d.t.transfer,
+                            goal=lambda st: st == "completed", side="dst",
+                            terminal=lambda st: st in ("failed", "cancelled")).value
+        a.query_migrate = dq.cmd("query-migrate")
+        a.settle(Observed.COMPLETED if status == "completed" else Observed.DST_REFUSED,
+                 "" if status == "completed" else a.query_migrate.get("error-desc", status))
+
+    def _exec_done(self, a: Attempt, src) -> bool:
+        """The source's monitor goes away when it exec's; a failed migration (or exec)
+        leaves it answering with the failure."""
+        d = self.d
+
+        def status() -> str:
+            try:
+                return src.qmp.cmd("query-migrate").get("status", "")
+            except QMPConnectionLost:
+                return "exec'd" if src.is_running() else "dead"
+
+        st = wait_until(status, what="the source to exec the new QEMU", timeout=d.t.transfer,
+                        goal=lambda x: x == "exec'd", side="src", interval=0.005,
+                        terminal=lambda x: x in ("dead", "failed", "cancelled")).value
+        if st == "dead":
+            d.crashed(a, src)
+        elif st != "exec'd":
+            a.query_migrate = src.qmp.cmd("query-migrate")
+            a.settle(Observed.SRC_REFUSED, a.query_migrate.get("error-desc", st))
+        else:
+            src.qmp.close()
+        return st == "exec'd"
+
+
 def _await_completed(d: "PairDriver", a: Attempt) -> None:
     status = d.wait_migration(d.source.qmp)
     a.query_migrate = d.source.qmp.cmd("query-migrate")
@@ -307,11 +411,11 @@ def _await_completed(d: "PairDriver", a: Attempt) -> None:
              "" if status == "completed" else a.query_migrate.get("error-desc", status))
 
 
-HANDOVERS: Dict[str, type] = {h.mode: h for h in (CprTransfer, Precopy, CprReboot)}
+HANDOVERS: Dict[str, type] = {h.mode: h for h in (CprTransfer, CprExec, Precopy, CprReboot)}
 
 
 def for_mode(mode: str, d: "PairDriver") -> HandOver:
     return HANDOVERS[mode](d)
 
 
-__all__: List[str] = ["HandOver", "CprTransfer", "Precopy", "CprReboot", "for_mode"]
+__all__: List[str] = ["HandOver", "CprTransfer", "CprExec", "Precopy", "CprReboot", "for_mode"]

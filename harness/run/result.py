@@ -62,6 +62,10 @@ class PairResult:
     dialect: str = ""
     qemu_src_version: str = ""
     qemu_dst_version: str = ""
+    #: The versioned machine type the source ran (``pc-q35-10.0``), and whether it was
+    #: pinned because the sides differ in version.
+    machine_type: str = ""
+    machine_pinned: bool = False
     observed: Optional[Observed] = None
     observed_message: str = ""
     src_status_before: str = ""
@@ -118,12 +122,21 @@ class PairResult:
 class ChainResult:
     """A chain of live updates of one guest: A -> B -> C -> ..."""
     hops_wanted: int
+    scenario: Optional[Scenario] = None
+    accel: str = ""
+    qemu_src_version: str = ""
+    qemu_dst_version: str = ""
+    machine_type: str = ""
     hops: List[Dict[str, Any]] = field(default_factory=list)
     failed_hop: Optional[int] = None
     failure: str = ""
     pattern: Dict[str, Any] = field(default_factory=dict)
     ram_inode: Optional[int] = None
     artifacts: Dict[str, str] = field(default_factory=dict)
+    phases: Dict[str, float] = field(default_factory=dict)
+    deaths: List[Dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["scenario"] = self.scenario.params() if self.scenario is not None else None
+        return d

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from harness.core.errors import HarnessError, Unsupported, UsageError
 from harness.cpr import backends
@@ -32,6 +32,15 @@ class Binaries:
     dst: Capabilities
     dialect: Dialect
     accel: str
+    #: The machine type both sides run: the scenario's, or across versions the older
+    #: side's versioned type behind it (``q35`` -> ``pc-q35-10.0``).
+    machine: str = ""
+    #: ``machine`` was pinned from the scenario's alias (the sides differ in version).
+    pinned: bool = False
+
+    @property
+    def cross_version(self) -> bool:
+        return self.src.version != self.dst.version
 
     @property
     def versions(self) -> str:
@@ -43,6 +52,13 @@ class Binaries:
             qemu_src=".".join(map(str, self.src.version)),
             qemu_dst=".".join(map(str, self.dst.version)),
             accel=self.accel, machine=self.scenario.machine, arch=self.arch)
+
+    def target_machine(self, retry: bool) -> str:
+        """What a target runs: the case's machine; a retry after an unpinned refusal
+        runs the source's resolved type (a valid transfer must match it)."""
+        if retry and not self.scenario.pin_machine:
+            return self.src.resolve_machine(self.machine)
+        return self.machine
 
 
 @dataclass(frozen=True)
@@ -122,8 +138,26 @@ def check_supported(caps: Capabilities, sc: Scenario, dialect: Dialect) -> None:
             raise Unsupported(reason)
 
 
+def resolve_machine(sc: Scenario, src: Capabilities, dst: Capabilities) -> Tuple[str, bool]:
+    """(machine type both sides run, pinned?). Same version: the scenario's own. Across
+    versions, the versioned type the older side's alias stands for, as libvirt pins it,
+    unless the scenario asks for it unpinned.
+
+    :raise Unsupported: the newer side has no such machine type.
+    """
+    if src.version == dst.version or not sc.pin_machine:
+        return sc.machine, False
+    older, newer = (src, dst) if src.version < dst.version else (dst, src)
+    pinned = older.resolve_machine(sc.machine)
+    if not newer.has_machine(pinned):
+        raise Unsupported(f"{newer.path} ({newer.version_str}) has no machine type {pinned} "
+                          f"(the {older.version_str} side's {sc.machine}): no common "
+                          f"versioned machine to pin")
+    return pinned, pinned != sc.machine
+
+
 def resolve_binaries(sc: Scenario, cfg: RunConfig) -> Binaries:
-    """Probe both binaries for ``sc``'s architecture; pick dialect and accel.
+    """Probe both binaries for ``sc``'s architecture; pick dialect, accel and machine.
 
     :raise Unsupported: a capability the case needs is missing.
     :raise HarnessError: a probe failed (missing or foreign binary).
@@ -131,11 +165,16 @@ def resolve_binaries(sc: Scenario, cfg: RunConfig) -> Binaries:
     arch = arch_of(sc.guest)
     acfg = cfg.for_arch(arch)
     src, dst = probe(acfg.qemu_src), probe(acfg.qemu_dst)
+    if sc.cross_version and src.version == dst.version:
+        raise Unsupported(f"needs two QEMU versions (this run has {src.version_str} on both "
+                          f"sides): pass --qemu-src and --qemu-dst of different versions, "
+                          f"or use 'python -m harness versions'")
     dialect = choose_dialect(acfg, src, dst)
     check_supported(src, sc, dialect)
     check_supported(dst, sc, dialect)
     accel = resolve_accel(acfg.accel, sc, src, dst)
-    return Binaries(sc, arch, acfg, src, dst, dialect, accel)
+    machine, pinned = resolve_machine(sc, src, dst)
+    return Binaries(sc, arch, acfg, src, dst, dialect, accel, machine, pinned)
 
 
 def prepare(sc: Scenario, cfg: RunConfig) -> CaseSetup:
@@ -175,3 +214,42 @@ def check_binaries(cfg: RunConfig) -> None:
                 f"--qemu-{side}: {caps.path} ({caps.version_str}) does not support "
                 f"cpr-transfer: {'; '.join(problems)}. Install QEMU >= 10.0 "
                 f"(scripts/setup-host.sh) or point --qemu-{side} at one.")
+
+
+def short_version(caps: Capabilities) -> str:
+    return ".".join(map(str, caps.version))
+
+
+def run_facts(cfg: RunConfig) -> Dict[str, Any]:
+    """The run's facts for its reports: each binary (x86 and aarch64, both sides), its
+    version, the accelerator and dialect an x86 case gets. A binary that does not probe
+    is named as such (the cases say why)."""
+    facts: Dict[str, Any] = {"accel_requested": cfg.accel, "dialect_requested": cfg.dialect}
+    caps: Dict[str, Capabilities] = {}
+    for arch, prefix in (("x86_64", "qemu"), ("aarch64", "qemu_aarch64")):
+        for side, binary in zip(("src", "dst"), cfg.binaries(arch)):
+            key = f"{prefix}_{side}"
+            facts[f"{key}_path"] = binary
+            try:
+                c = probe(binary)
+            except HarnessError:
+                facts[key] = "unknown (probe failed)"
+                continue
+            facts[key], facts[f"{key}_path"] = c.version_str, c.path
+            facts[f"{key}_version"] = short_version(c)
+            if arch == "x86_64":
+                caps[side] = c
+    if cfg.accel != "auto":
+        facts["accel"] = cfg.accel
+    elif len(caps) == 2:
+        kvm = caps["src"].kvm_usable and caps["dst"].kvm_usable
+        facts["accel"] = ("kvm" if kvm else "tcg") + " (auto)"
+    else:
+        facts["accel"] = "auto"
+    if len(caps) == 2:
+        try:
+            facts["dialect"] = choose_dialect(cfg, caps["src"], caps["dst"]).name
+        except HarnessError as exc:
+            facts["dialect"] = f"none: {exc}"
+        facts["cross_version"] = caps["src"].version != caps["dst"].version
+    return facts

@@ -15,6 +15,10 @@ from harness.run.result import PairResult
 from harness.scenario.model import Expect, Observed
 
 CheckFn = Callable[..., None]
+#: cpr-exec's state file may be this big and still hold no RAM (device state: ~80 KB).
+STATE_FILE_MAX = 4 << 20
+#: Outcomes after which the source must carry on (it was not killed or crashed).
+SURVIVABLE = (Observed.SRC_REFUSED, Observed.DST_REFUSED, Observed.FAILED, Observed.HUNG)
 
 
 def failed(checks: List[Check]) -> List[Check]:
@@ -33,7 +37,10 @@ def judge(r: PairResult) -> List[Check]:
     check("outcome", exp.kind.accepts(r.observed), exp.kind.value, observed,
           r.observed_message[-400:])
     if not exp.kind.accepts(r.observed):
-        # Later checks would only restate the same failure.
+        # Later checks of this kind would only restate the same failure; but whatever
+        # refused or failed, the source must still run its guest with its RAM intact.
+        if r.observed in SURVIVABLE:
+            _check_survival(r, check)
         return out
     if exp.kind is Expect.COMPLETES:
         _check_completed(r, check)
@@ -134,8 +141,10 @@ def _check_completed(r: PairResult, check: CheckFn) -> None:
     qm = r.query_migrate
     check("query-migrate status", qm.get("status") == "completed", "completed",
           qm.get("status"))
-    check("source run state", r.src_status_after == "postmigrate", "postmigrate",
-          r.src_status_after)
+    src_after = "exec'd" if sc.mode == "cpr-exec" else "postmigrate"
+    check("source run state", r.src_status_after == src_after, src_after, r.src_status_after,
+          "the source must end in postmigrate" if src_after == "postmigrate" else
+          "the source must have exec'd the new QEMU")
     want = "paused" if sc.paused else "running"
     check("target run state", r.dst_status_after == want, want, r.dst_status_after,
           "the guest must resume on the target" if want == "running" else
@@ -165,6 +174,14 @@ def _check_refusal(r: PairResult, check: CheckFn) -> None:
     if exp.message and dialects.get(r.dialect or dialects.RELEASED).messages_known:
         check("error message", exp.message in r.observed_message, exp.message,
               r.observed_message[-400:])
+    _check_survival(r, check)
+    if sc.retry:
+        _check_retry(r, check)
+
+
+def _check_survival(r: PairResult, check: CheckFn) -> None:
+    """After a refused or failed transfer: the source runs its guest, RAM intact."""
+    sc = r.scenario
     want = "paused" if sc.paused else "running"
     check("source survives refusal", r.src_status_after == want, want,
           r.src_status_after, "after a refused transfer the source must carry on")
@@ -177,8 +194,6 @@ def _check_refusal(r: PairResult, check: CheckFn) -> None:
         p = ev["pattern_src_after_refusal"]
         check("source RAM intact after refusal", p.get("ok") is True, "pattern intact",
               p.get("description"))
-    if sc.retry:
-        _check_retry(r, check)
 
 
 def _check_retry(r: PairResult, check: CheckFn) -> None:
@@ -220,9 +235,16 @@ def _check_ram_evidence(r: PairResult, check: CheckFn, retry: bool) -> None:
           None if not same else f"src inode {same.get('src_inode')} dst inode "
                                 f"{same.get('dst_inode')}")
     stream = ev.get("stream") or {}
-    check(pre + "no RAM pages in the main stream",
-          stream.get("normal") == 0 and stream.get("normal-bytes") == 0,
-          "ram.normal == 0", {k: stream.get(k) for k in ("normal", "normal-bytes")})
+    if stream.get("state_file_bytes") is not None:
+        # cpr-exec: the source's counters went with it; its state file is the stream.
+        size, ram = stream["state_file_bytes"], stream.get("ram_bytes") or 0
+        check(pre + "no RAM pages in the main stream", size < max(STATE_FILE_MAX, ram // 256),
+              f"a state file far smaller than the RAM (< {max(STATE_FILE_MAX, ram // 256)} "
+              f"bytes)", size, "guest RAM went into the state file")
+    else:
+        check(pre + "no RAM pages in the main stream",
+              stream.get("normal") == 0 and stream.get("normal-bytes") == 0,
+              "ram.normal == 0", {k: stream.get(k) for k in ("normal", "normal-bytes")})
     if ev.get("pattern_applicable"):
         pat = ev.get("pattern") or {}
         check(pre + "RAM pattern intact", pat.get("ok") is True, "every page unchanged",
@@ -263,4 +285,58 @@ def record(r: PairResult, checks: List[Check]) -> Dict[str, Any]:
     rec["id"] = r.scenario.id
     rec["checks"] = [c.to_dict() for c in checks]
     rec["mismatches"] = [c.to_dict() for c in failed(checks)]
+    return rec
+
+
+#: Anonymous RSS the live QEMU may gain over a whole chain before it counts as a leak.
+RSS_SLACK_KIB = 2048
+
+
+def judge_chain(c: Any) -> List[Check]:
+    """The checks of a soak chain (:class:`harness.run.result.ChainResult`): every hop a
+    good live update, the same RAM file all the way, the pattern intact at the end, the
+    counter increasing hop by hop, no growth of the live QEMU's fds or memory."""
+    out: List[Check] = []
+
+    def check(name: str, ok: bool, expected: object, actual: object, detail: str = "") -> None:
+        out.append(Check(name, expected, actual, "" if ok else detail, bool(ok)))
+
+    check("every hop a good live update", c.failed_hop is None, "none failed",
+          None if c.failed_hop is None else f"hop {c.failed_hop}: {c.failure}")
+    check("hops done", len(c.hops) == c.hops_wanted, c.hops_wanted, len(c.hops))
+    check("no QEMU died before teardown", not c.deaths, "every QEMU alive until the harness "
+          "ended it", "; ".join(describe_death(d) for d in c.deaths) or None)
+    if c.failed_hop is not None or not c.hops:
+        return out
+    check("RAM pattern intact at the end", c.pattern.get("ok") is True, "every page unchanged",
+          c.pattern.get("description", "not verified"))
+    inodes = sorted({h.get("ram_inode") for h in c.hops})
+    check("the same RAM file all the way", inodes == [c.ram_inode], c.ram_inode, inodes,
+          "the RAM file changed along the chain")
+    counters = [h["counter_after"] for h in c.hops]
+    check("guest counter increasing hop by hop",
+          counters == sorted(counters) and len(set(counters)) == len(counters),
+          "strictly increasing", counters)
+    fds = [h["open_fds"] for h in c.hops]
+    check("no open fd growth", fds[-1] <= fds[0], f"<= {fds[0]}", fds[-1],
+          f"open fds of the live QEMU hop by hop: {fds}")
+    rss = [h["rss_anon_kib"] for h in c.hops]
+    # Hop 1 is a warm-up (under TCG its QEMU is ~4 MiB smaller: the translation cache
+    # fills on its first run); from hop 2 on, a leak shows as growth.
+    base = rss[1] if len(rss) > 2 else rss[0]
+    slack = max(RSS_SLACK_KIB, base // 20)
+    check("no anonymous RSS growth", rss[-1] - base < slack, f"< {base + slack} KiB",
+          f"{rss[-1]} KiB", f"anonymous RSS of the live QEMU hop by hop (KiB): {rss}")
+    return out
+
+
+def chain_record(c: Any, checks: List[Check]) -> Dict[str, Any]:
+    """A soak chain's result record, in the shape of a case's (result.json)."""
+    rec = c.to_dict()
+    rec["id"] = c.scenario.id if c.scenario is not None else ""
+    rec["observed"] = "completed" if c.failed_hop is None else "failed"
+    rec["observed_message"] = c.failure
+    rec["evidence"] = {"hops": c.hops, "pattern": c.pattern, "ram_inode": c.ram_inode}
+    rec["checks"] = [x.to_dict() for x in checks]
+    rec["mismatches"] = [x.to_dict() for x in failed(checks)]
     return rec

@@ -8,24 +8,33 @@ exist is an error, not silently ignored.
 File format (TOML), one table per entry::
 
     [[deviation]]
-    case = "channel/main-inet-port0-dst"      # a scenario id
+    case = "channel/main-inet-port0-dst"      # a scenario id, a pattern ("transfer/*"),
+                                              # or a list of them
     reason = "QEMU 10.0.2 accepts port 0 on the target's main channel"
     link = "docs/deviations.md#port-0"
     [deviation.when]                          # all conditions must hold; all optional
-    qemu = ">=10.0,<10.1"                     # both sides' QEMU version (PEP 440 set)
+    dst_qemu = ["==10.0.2", "==11.1.3"]       # the target's QEMU (a PEP 440 set, or a
+                                              # list of them: any one matches)
+    src_qemu = ">=10.0,<10.1"                 # the source's QEMU
+    qemu = "==10.0.2"                         # both sides'
     accel = ["kvm", "tcg"]                    # one value or a list
     machine = "q35"
     arch = "x86_64"
     kernel = ">=6.0"                          # host kernel release (major.minor.patch)
+
+A source bug follows the source's version, a target behaviour the target's: key each
+entry on the side it belongs to, with the versions it was observed on. A ``case``
+pattern (``fnmatch``) must match at least one scenario; so must a plain id.
 """
 from __future__ import annotations
 
+import fnmatch
 import platform
 import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import Version
@@ -33,7 +42,7 @@ from packaging.version import Version
 from harness.core.errors import UsageError
 
 DEFAULT_FILE = Path(__file__).resolve().parents[2] / "expectations" / "known-deviations.toml"
-_VERSIONED = ("qemu", "kernel")
+_VERSIONED = ("qemu", "src_qemu", "dst_qemu", "kernel")
 _EXACT = ("accel", "machine", "arch")
 
 
@@ -53,24 +62,39 @@ def _kernel_version(release: str) -> str:
     return ".".join(x or "0" for x in m.groups()) if m else "0"
 
 
+def _specs(cond: Any) -> List[SpecifierSet]:
+    return [SpecifierSet(c) for c in ([cond] if isinstance(cond, str) else list(cond))]
+
+
+def _in(version: str, cond: Any) -> bool:
+    """``version`` is in the set, or in any set of a list of them."""
+    return any(Version(version) in spec for spec in _specs(cond))
+
+
 @dataclass(frozen=True)
 class Deviation:
-    case: str
+    #: Scenario ids or fnmatch patterns ("transfer/*"); any one matches.
+    case: Tuple[str, ...]
     reason: str
     link: str
     when: Dict[str, Any]
     source: str
 
     def matches(self, case: str, info: RunInfo) -> bool:
-        if case != self.case:
+        if not any(fnmatch.fnmatchcase(case, pattern) for pattern in self.case):
             return False
         for key, cond in self.when.items():
             if key == "qemu":
-                spec = SpecifierSet(cond)
-                if not (Version(info.qemu_src) in spec and Version(info.qemu_dst) in spec):
+                if not (_in(info.qemu_src, cond) and _in(info.qemu_dst, cond)):
+                    return False
+            elif key == "src_qemu":
+                if not _in(info.qemu_src, cond):
+                    return False
+            elif key == "dst_qemu":
+                if not _in(info.qemu_dst, cond):
                     return False
             elif key == "kernel":
-                if Version(info.kernel) not in SpecifierSet(cond):
+                if not _in(info.kernel, cond):
                     return False
             else:
                 allowed = [cond] if isinstance(cond, str) else list(cond)
@@ -98,9 +122,13 @@ def load(path: Path = DEFAULT_FILE, known_cases: Optional[Iterable[str]] = None)
     out: List[Deviation] = []
     for i, raw in enumerate(data.get("deviation", []), 1):
         where = f"{path}: deviation #{i}"
-        for key in ("case", "reason", "link"):
+        for key in ("reason", "link"):
             if not isinstance(raw.get(key), str) or not raw[key].strip():
                 raise UsageError(f"{where}: '{key}' is required (a non-empty string)")
+        cases = raw.get("case")
+        cases = (cases,) if isinstance(cases, str) else tuple(cases or ())
+        if not cases or not all(isinstance(c, str) and c.strip() for c in cases):
+            raise UsageError(f"{where}: 'case' is required (an id, a pattern, or a list)")
         extra = set(raw) - {"case", "reason", "link", "when"}
         if extra:
             raise UsageError(f"{where}: unknown keys {sorted(extra)}")
@@ -108,17 +136,19 @@ def load(path: Path = DEFAULT_FILE, known_cases: Optional[Iterable[str]] = None)
         for key, cond in when.items():
             if key in _VERSIONED:
                 try:
-                    SpecifierSet(cond)
+                    if not _specs(cond):
+                        raise TypeError("empty")
                 except (InvalidSpecifier, TypeError):
                     raise UsageError(f"{where}: when.{key} = {cond!r} is not a version "
-                                     f"range like '>=10.0,<10.1'") from None
+                                     f"range like '>=10.0,<10.1' (or a list of them)") from None
             elif key not in _EXACT:
                 raise UsageError(f"{where}: unknown condition when.{key}; known: "
                                  f"{', '.join(_VERSIONED + _EXACT)}")
-        if known is not None and raw["case"] not in known:
-            raise UsageError(f"{where}: case {raw['case']!r} matches no scenario "
-                             f"(see 'python -m harness list')")
-        out.append(Deviation(raw["case"], raw["reason"].strip(), raw["link"], dict(when),
+        for pattern in cases:
+            if known is not None and not fnmatch.filter(known, pattern):
+                raise UsageError(f"{where}: case {pattern!r} matches no scenario "
+                                 f"(see 'python -m harness list')")
+        out.append(Deviation(cases, raw["reason"].strip(), raw["link"], dict(when),
                              str(path)))
     return out
 

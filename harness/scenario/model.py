@@ -58,7 +58,7 @@ _ACCEPTS: Dict[Expect, FrozenSet[Observed]] = {
 }
 
 #: Migration modes a pair can run (the bench compares the last two with cpr-transfer).
-MODES = ("cpr-transfer", "precopy", "cpr-reboot")
+MODES = ("cpr-transfer", "cpr-exec", "precopy", "cpr-reboot")
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,11 @@ class Scenario:
     fault: Optional[Fault] = None
     #: A long case, run only when CPRH_SLOW=1 (tox -e nightly).
     slow: bool = False
+    #: Across QEMU versions, both sides run the versioned machine type the older side's
+    #: ``machine`` stands for (as libvirt pins it); False: both run ``machine`` as given.
+    pin_machine: bool = True
+    #: The case needs two different QEMU versions (a skip on a same-version run).
+    cross_version: bool = False
     #: This scenario's pause budget (ms) where its method costs more (TCG, prealloc...);
     #: None: the run's default (harness.run.config.DEFAULT_MAX_PAUSE_MS).
     max_pause_ms: Optional[float] = None

@@ -212,12 +212,9 @@ def _cmd_recipe(args: argparse.Namespace) -> int:
     cfg = config.from_namespace(args, PARAMS)
     # Every value resolved now (option, else CPRH_* env, else default), so the recipe
     # says exactly what its tests ran with; ``slow`` only when set.
-    aarch = cfg.binaries("aarch64")
-    params = {"qemu_src": cfg.qemu_src, "qemu_dst": cfg.qemu_dst,
-              "qemu_aarch64_src": aarch[0], "qemu_aarch64_dst": aarch[1],
-              "accel": cfg.accel, "dialect": cfg.dialect,
-              "expectations": os.path.abspath(cfg.expectations),
-              "soak_hops": str(cfg.soak_hops), "case_timeout": str(cfg.case_timeout)}
+    params = {k: str(v) for k, v in config.option_values(cfg).items()
+              if v not in (None, False) and k != "reports"}
+    params["expectations"] = os.path.abspath(cfg.expectations)
     if cfg.slow:
         params["slow"] = "1"
     load_deviations(cfg)

@@ -1,9 +1,13 @@
 """Fixtures shared by the harness's self-tests."""
+import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -26,3 +30,22 @@ def old_qemu_dir(request, tmp_path_factory):
     if cache is not None:
         return Path(cache.mkdir("old-qemu-7.2"))
     return tmp_path_factory.mktemp("old-qemu-7.2")
+
+
+@pytest.fixture(scope="session")
+def qemu_11_1_3():
+    """scripts/get-qemu.sh 11.1.3, once per session (a no-op when already cached: the
+    script serialises concurrent calls); a skip with the script's own one-line reason
+    when it cannot be fetched (no network, a different archive)."""
+    try:
+        p = subprocess.run(["bash", str(ROOT / "scripts" / "get-qemu.sh"), "11.1.3"],
+                           cwd=str(ROOT), capture_output=True, text=True, timeout=300,
+                           stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        pytest.skip("get-qemu.sh 11.1.3 took over 300 s")
+    if p.returncode != 0:
+        lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+        pytest.skip(lines[-1] if lines else f"get-qemu.sh exited {p.returncode}")
+    path = p.stdout.strip()
+    assert p.stdout.count("\n") == 1 and os.path.isabs(path), p.stdout
+    return path

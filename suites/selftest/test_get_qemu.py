@@ -97,20 +97,6 @@ def test_unknown_version_names_what_the_archive_has():
     assert "11.1.3" in reason(p), reason(p)
 
 
-@pytest.fixture(scope="session")
-def qemu_11_1_3():
-    """scripts/get-qemu.sh 11.1.3, once per session (a no-op when already cached)."""
-    try:
-        p = get_qemu("11.1.3", timeout=300)
-    except subprocess.TimeoutExpired:
-        pytest.skip("get-qemu.sh 11.1.3 took over 300 s")
-    if p.returncode != 0:
-        pytest.skip(reason(p))
-    path = p.stdout.strip()
-    assert p.stdout.count("\n") == 1 and os.path.isabs(path), p.stdout
-    return path
-
-
 def test_fetched_version_is_runnable(qemu_11_1_3):
     assert os.access(qemu_11_1_3, os.X_OK)
     assert not qemu_11_1_3.startswith(str(ROOT) + os.sep)

@@ -290,3 +290,56 @@ def test_kill9_of_a_runner_mid_probe_leaves_no_qemu(short_base):
         runner.kill()
         runner.wait(10)
     wait_until(lambda: gone(seen), 30, f"probe QEMU {sorted(seen)} to die with its runner")
+
+
+def test_a_qemu_that_cannot_find_its_firmware_is_told_the_fix(tmp_path):
+    """A build tree run in place (or a private root without its -L) cannot load its
+    BIOS: the launch failure names the fix, not just the exit code."""
+    fake = tmp_path / "qemu-build-tree"
+    fake.write_text("#!/bin/sh\necho \"qemu-system-x86_64: could not load PC BIOS "
+                    "'bios-256k.bin'\" >&2\nexit 1\n")
+    fake.chmod(0o755)
+    vm = QemuProcess("src", str(fake), [], str(tmp_path), str(tmp_path))
+    vm.launch()
+    with pytest.raises(VMLaunchFailure) as info:
+        vm.connect_qmp(10.0)
+    assert "cannot find its firmware" in str(info.value) and "-L" in str(info.value)
+    assert "docs/qemu-builds.md" in info.value.hint
+    vm.shutdown()
+
+
+def test_reserved_huge_pages_go_back_when_the_runner_is_killed(short_base):
+    """As root a case reserves the huge pages it needs; a kill -9 of its runner must not
+    leave them reserved (the janitor gives them back)."""
+    if os.geteuid() != 0:
+        pytest.skip("only root can reserve huge pages")
+    # 1 GiB pages: no case uses them, so no xdist neighbour changes the count meanwhile.
+    path = Path("/sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages")
+    if not path.exists():
+        pytest.skip("no 1 GiB huge pages in this kernel")
+    before = int(path.read_text())
+    code = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(ROOT)!r})
+        from harness.core.errors import Unsupported
+        from harness.core.hugepages import reserved
+        try:
+            with reserved({before} + 1, size_kb=1048576):
+                print("reserved", flush=True)
+                time.sleep(60)
+        except Unsupported as exc:
+            print("unsupported", exc, flush=True)
+    """)
+    runner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True,
+                              env=dict(os.environ, CPRH_TMPDIR=str(short_base)))
+    try:
+        line = runner.stdout.readline().strip()
+        if line.startswith("unsupported"):
+            pytest.skip(f"the kernel could not make a 1 GiB huge page: {line}")
+        assert line == "reserved"
+        assert int(path.read_text()) > before
+    finally:
+        runner.kill()
+        runner.wait(10)
+    wait_until(lambda: int(path.read_text()) == before, 15, "the huge pages to be given back")

@@ -129,6 +129,8 @@ def case_record(nodeid: str, verdict: str, reason: str,
         "accel": res.get("accel") or None,
         "qemu_src": res.get("qemu_src_version") or None,
         "qemu_dst": res.get("qemu_dst_version") or None,
+        "machine": (res["machine_type"] + (" (pinned)" if res.get("machine_pinned") else ""))
+        if res.get("machine_type") else None,
         "query_migrate": res.get("query_migrate") or {},
         "evidence": flatten_numbers(res.get("evidence") or {}),
         "timings": dict(res.get("timings") or {}),
