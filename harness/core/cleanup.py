@@ -95,12 +95,27 @@ def proc_starttime(pid: int) -> Optional[int]:
     return int(fields[19])
 
 
+#: coredump_filter of a QEMU: anonymous private memory and ELF headers, enough for a
+#: backtrace; not the shared guest RAM (hundreds of MiB to GiB).
+COREDUMP_FILTER = b"0x11"
+
+
 def _child_setup() -> None:  # runs in the child between fork and exec
     import ctypes
+    import resource
     import signal
 
     pr_set_pdeathsig = 1
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    # A QEMU that crashes leaves a core in its working directory (harness.qemu.crash
+    # turns it into a backtrace); both survive the exec.
+    try:
+        resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY,
+                                                  resource.RLIM_INFINITY))
+        with open("/proc/self/coredump_filter", "wb") as f:
+            f.write(COREDUMP_FILTER)
+    except (OSError, ValueError):
+        pass
 
 
 def popen_guarded(args: "list", **kw: object) -> "subprocess.Popen":

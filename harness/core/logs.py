@@ -15,3 +15,11 @@ def tail(path: str, lines: int = 20, max_bytes: int = 16384) -> str:
     except OSError:
         return ""
     return "\n".join(data.splitlines()[-lines:])
+
+
+def essential(text: str) -> str:
+    """The lines of a QEMU log tail that say something: without its ``warning:`` lines
+    (a host's CPUID warnings open every KVM log), unless that is all there is."""
+    lines = [ln for ln in str(text).splitlines() if ln.strip()]
+    kept = [ln for ln in lines if ": warning: " not in ln]
+    return "\n".join(kept) if kept else ("(only warnings: " + lines[-1] + ")" if lines else "")

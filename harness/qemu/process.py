@@ -58,6 +58,10 @@ class QemuProcess:
                  log_name: Optional[str] = None, epoch: Optional[float] = None):
         self.side = side
         self.binary = binary
+        #: Its working directory (private): where a core dump lands.
+        self.workdir = self.core_dir = workdir
+        #: The program that really runs (through wrappers), once seen: for gdb.
+        self.exe: Optional[str] = None
         self.qmp_path = os.path.join(workdir, f"{side}.qmp")
         self.log_path = os.path.join(logdir, log_name or f"{side}.log")
         self.args = list(args)
@@ -83,7 +87,7 @@ class QemuProcess:
         """Become the QEMU ``old`` exec'd into (cpr-exec): the same process, this
         object's command line (given to the exec) and monitor, ``old``'s log."""
         self.proc, self.launched_at, self._starttime = old.proc, old.launched_at, old._starttime
-        self.log_path = old.log_path
+        self.log_path, self.core_dir = old.log_path, old.core_dir
         old.intent = EXECED
 
     # -- life cycle --------------------------------------------------------------------
@@ -97,7 +101,7 @@ class QemuProcess:
         try:
             self.proc = popen_guarded(
                 self.cmdline, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                pass_fds=self.pass_fds, env=self.env, cwd="/")
+                pass_fds=self.pass_fds, env=self.env, cwd=self.workdir)
         except FileNotFoundError:
             raise VMLaunchFailure(self.side, None, self.cmdline, self.log_path,
                                   f"executable not found: {self.binary}", "at exec") from None
@@ -152,7 +156,15 @@ class QemuProcess:
             session.close()
             raise
         self.qmp = session
+        self.note_exe()
         return session
+
+    def note_exe(self) -> None:
+        """Record the program the process runs now (a wrapper has exec'd it by now)."""
+        try:
+            self.exe = os.readlink(f"/proc/{self.pid}/exe")
+        except OSError:
+            pass
 
     def wait_exit(self, timeout: float) -> int:
         """Wait for QEMU to exit on its own.

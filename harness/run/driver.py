@@ -23,7 +23,7 @@ from harness.core import hugepages
 from harness.core.cleanup import private_tmpdir, remove_tmpdir
 from harness.core.errors import (AbnormalShutdown, HarnessError, QMPCommandFailed,
                                  QMPConnectionLost, WaitTimeout)
-from harness.core.logs import tail
+from harness.core.logs import essential, tail
 from harness.core.observe import NULL_OBSERVER, Observer
 from harness.core.wait import case_deadline, wait_until
 from harness.cpr import backends
@@ -34,6 +34,7 @@ from harness.evidence.collector import FULL, M_RESUMED, M_WINDOW_END, EvidencePl
 from harness.evidence.memory import RamFd
 from harness.guest import driver as guest_driver
 from harness.guest.driver import WorkArea
+from harness.qemu.crash import Crash, diagnose
 from harness.qemu.process import EXECED, QemuProcess, describe_exit
 from harness.run.config import RunConfig
 from harness.run.plan import VALID_KINDS, render_vm_args, side_kinds
@@ -119,6 +120,7 @@ class PairDriver:
         self.resumed_at: Optional[float] = None
         #: QEMUs whose death an observation window already reported.
         self.window_deaths: set = set()
+        self._diagnosed: dict = {}
         #: When the target was first seen in its final run state, per attempt (ns).
         self.seen_running_ns: dict = {}
         self.handover = for_mode(sc.mode, self)
@@ -413,8 +415,10 @@ class PairDriver:
         except WaitTimeout:
             code = None
         observed = Observed.SRC_CRASHED if vm.side == "src" else Observed.DST_CRASHED
-        a.settle(observed, f"{vm.side} QEMU {describe_exit(code)} during the transfer; "
-                           f"log {vm.log_path}: " + tail(vm.log_path, 5))
+        crash = self.diagnose(vm)
+        a.settle(observed, f"{vm.side} QEMU {describe_exit(code)} during the transfer"
+                           + (f"; {crash.describe()}" if crash else "")
+                           + f"; log {vm.log_path}: " + essential(tail(vm.log_path, 5)))
         if vm.side == "src":
             a.src_status_after = "dead"
 
@@ -535,6 +539,21 @@ class PairDriver:
                 c.close()
             self.write_transcripts([vm for _, vm in vms if vm is not None])
 
+    def diagnose(self, vm: QemuProcess) -> Optional[Crash]:
+        """The backtrace of a QEMU that died by a core-dumping signal, once, attached
+        beside its log (``src.backtrace``...)."""
+        if id(vm) in self._diagnosed:
+            return self._diagnosed[id(vm)]
+        name = os.path.basename(vm.log_path)[:-len(".log")]
+        path = os.path.join(self.artifacts, f"{name}.backtrace.txt")
+        crash = diagnose(vm.side, vm.pid, vm.poll(), vm.exe, vm.core_dir, path)
+        self._diagnosed[id(vm)] = crash
+        if crash is not None:
+            self.r.crashes.append(crash.to_dict())
+            if crash.backtrace_path:
+                self.r.artifacts[f"{name}.backtrace"] = crash.backtrace_path
+        return crash
+
     def record_deaths(self, vms: List[QemuProcess]) -> None:
         """A QEMU that died before teardown, neither ended by the harness nor expected to
         end, is a failure of the case: record side, how, when, and its log."""
@@ -544,7 +563,9 @@ class PairDriver:
             since = None
             if self.resumed_at is not None and vm.exited_at is not None:
                 since = round(vm.exited_at - self.resumed_at, 3)
-            self.r.deaths.append(Death(vm.side, vm.exitcode, describe_exit(vm.exitcode), since,
+            crash = self.diagnose(vm)
+            how = describe_exit(vm.exitcode) + (f" ({crash.describe()})" if crash else "")
+            self.r.deaths.append(Death(vm.side, vm.exitcode, how, since,
                                        tail(vm.log_path, 5), vm.log_path).__dict__)
 
     def shutdown_quietly(self, vm: QemuProcess) -> None:

@@ -104,8 +104,10 @@ class Window:
             code: Optional[int] = vm.wait_exit(2.0)
         except WaitTimeout:
             code = vm.poll()
+        crash = self.d.diagnose(vm)
         self.record["death"] = {
-            "side": vm.side, "exitcode": code, "how": describe_exit(code),
+            "side": vm.side, "exitcode": code,
+            "how": describe_exit(code) + (f" ({crash.describe()})" if crash else ""),
             "since_resume_s": self.since_start(), "log": vm.log_path,
             "log_tail": tail(vm.log_path, 5)}
 

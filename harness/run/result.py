@@ -95,6 +95,8 @@ class PairResult:
     window: Optional[Dict[str, Any]] = None
     #: QEMUs that died before teardown, not on purpose (Death records as dicts).
     deaths: List[Dict[str, Any]] = field(default_factory=list)
+    #: Backtraces of QEMUs that died by a core-dumping signal (harness.qemu.crash).
+    crashes: List[Dict[str, Any]] = field(default_factory=list)
     #: QEMUs that did not quit on request at teardown (``AbnormalShutdown``).
     abnormal_shutdowns: List[str] = field(default_factory=list)
     #: What a tool measuring the pair added (the bench's figures).

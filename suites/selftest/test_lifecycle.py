@@ -343,3 +343,47 @@ def test_reserved_huge_pages_go_back_when_the_runner_is_killed(short_base):
         runner.kill()
         runner.wait(10)
     wait_until(lambda: int(path.read_text()) == before, 15, "the huge pages to be given back")
+
+
+@needs_qemu
+def test_a_qemu_killed_by_a_core_signal_gets_a_backtrace(tmp_path):
+    """A QEMU that dies by SIGABRT (as an assert would kill it) leaves a core in its
+    working directory; the diagnosis names the signal, says whether the binary has debug
+    symbols, writes gdb's backtrace and removes the core."""
+    from harness.qemu.crash import diagnose
+
+    if shutil.which("gdb") is None:
+        pytest.skip("gdb is not installed (scripts/setup-host.sh installs it)")
+    pattern = Path("/proc/sys/kernel/core_pattern").read_text().strip()
+    if pattern.startswith("|") and "systemd-coredump" not in pattern:
+        pytest.skip(f"cores go to a program here ({pattern.split()[0]})")
+    work = tmp_path / "work"
+    work.mkdir()
+    vm = QemuProcess("src", QEMU, IDLE_ARGS, str(work), str(tmp_path))
+    vm.launch()
+    try:
+        vm.connect_qmp(20.0)
+        assert vm.exe and os.path.basename(vm.exe).startswith("qemu-system")
+        os.kill(vm.pid, signal.SIGABRT)
+        code = vm.wait_exit(30.0)
+    finally:
+        vm.shutdown()
+    assert code == -signal.SIGABRT
+    out = tmp_path / "src.backtrace.txt"
+    crash = diagnose("src", vm.pid, code, vm.exe, vm.core_dir, str(out))
+    assert crash is not None and crash.signal == "SIGABRT"
+    assert crash.backtrace_path == str(out), crash.note
+    text = out.read_text()
+    assert text.startswith("# src QEMU killed by SIGABRT; binary " + vm.exe)
+    assert "debug symbols" in text.splitlines()[1]
+    # Wherever the signal found it, the crashing thread has a stack of named frames.
+    assert crash.frames and all(crash.frames), crash.frames
+    assert "=== crashing thread ===" in text and "Thread" in text
+    assert not [n for n in os.listdir(work) if n.startswith("core")], "the core is removed"
+
+
+def test_a_clean_exit_or_sigkill_is_no_crash(tmp_path):
+    from harness.qemu.crash import diagnose
+
+    for code in (0, 1, -signal.SIGKILL, -signal.SIGTERM, None):
+        assert diagnose("dst", 1, code, "/bin/true", str(tmp_path), str(tmp_path / "x")) is None
