@@ -52,20 +52,22 @@ class EvidencePlan:
     ``sampler``: the pause sampler; ``noise_s``: an idle window before the transfer for
     the noise floor (0: the noise floor comes from the observation window);
     ``observe``: watch the target for the run's observation window after each
-    switch-over."""
+    switch-over; ``timeline``: draw the sampler's timeline (``timeline.png``, with its
+    series in ``sampler.trace.json``)."""
     checks: bool = True
     fill: bool = True
     sampler: bool = True
     noise_s: float = 0.0
     observe: bool = True
+    timeline: bool = True
 
 
 #: Conformance runs: everything.
 FULL = EvidencePlan()
 #: The bench: RAM touched and the pause measured, no conformance checks.
-MEASURE = EvidencePlan(checks=False, noise_s=NOISE_WINDOW_S, observe=False)
+MEASURE = EvidencePlan(checks=False, noise_s=NOISE_WINDOW_S, observe=False, timeline=False)
 #: The bare pair (the bench's baseline): nothing but launch and transfer.
-OFF = EvidencePlan(checks=False, fill=False, sampler=False, observe=False)
+OFF = EvidencePlan(checks=False, fill=False, sampler=False, observe=False, timeline=False)
 
 
 def work_area(guest: GuestImage) -> WorkArea:
@@ -105,6 +107,8 @@ class RamEvidence:
         #: Their results, once stopped.
         self.results: Dict[str, SamplerResult] = {}
         self.src_fd: Optional[RamFd] = None
+        #: Files this evidence wrote, by artifact name (the timeline...).
+        self.files: Dict[str, str] = {}
 
     # -- before the transfer --------------------------------------------------------
 
@@ -216,6 +220,23 @@ class RamEvidence:
             "stalled_at_end": pause is not None and pause.end_ns is None,
         }
         self.data["sampler"] = res.to_dict()
+        if self.plan.timeline:
+            self.draw_timeline(res)
+
+    def draw_timeline(self, res: SamplerResult) -> None:
+        """The sampler's timeline beside the other artifacts; a plot that cannot be
+        drawn is said in the evidence, it is no verdict."""
+        from harness.evidence import timeline
+
+        paths = {"sampler.trace": os.path.join(self.artifacts, "sampler.trace.json"),
+                 "timeline": os.path.join(self.artifacts, "timeline.png")}
+        try:
+            written = timeline.write(res.timeline(), self.data["pause"], paths["sampler.trace"],
+                                     paths["timeline"])
+        except (OSError, ImportError, ValueError, RuntimeError) as exc:
+            self.data["pause"]["timeline_error"] = f"{type(exc).__name__}: {exc}"
+            return
+        self.files.update({k: p for k, p in paths.items() if p in written})
 
     def check_stream(self, query_migrate: Dict[str, Any],
                      state_file_bytes: Optional[int] = None) -> None:

@@ -147,6 +147,11 @@ class SamplerResult:
     windows: Tuple[Window, ...]
     stalls_recorded: int
     stalls_dropped: int
+    #: The timeline: [ns since the first read, counter value] about every ms, thinned;
+    #: and the stalls of at least 1 ms as [start ns, end ns, value] (end of sampling
+    #: when still stalled). Kept out of :meth:`to_dict` (see :meth:`timeline`).
+    trace: Tuple[Tuple[int, int], ...] = ()
+    spans: Tuple[Tuple[int, int, int], ...] = ()
 
     @property
     def duration_s(self) -> float:
@@ -180,7 +185,17 @@ class SamplerResult:
         return "; ".join(parts)
 
     def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
+        """The figures, without the timeline's series."""
+        d = asdict(self)
+        del d["trace"], d["spans"]
+        return d
+
+    def timeline(self) -> Dict[str, Any]:
+        """The series a timeline plot is drawn from (times in ns since the first read)."""
+        return {"t0_ns": self.t0_ns, "trace": [list(p) for p in self.trace],
+                "spans": [list(s) for s in self.spans],
+                "marks": [{"label": m.label, "t_ns": m.t_ns - self.t0_ns} for m in self.marks],
+                "threshold_ns": self.threshold_ns}
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "SamplerResult":
@@ -197,7 +212,9 @@ class SamplerResult:
             marks=tuple(Mark(**m) for m in d["marks"]),
             windows=tuple(Window(**{**w, "longest": stall(w["longest"])})
                           for w in d["windows"]),
-            stalls_recorded=d["stalls_recorded"], stalls_dropped=d["stalls_dropped"])
+            stalls_recorded=d["stalls_recorded"], stalls_dropped=d["stalls_dropped"],
+            trace=tuple(tuple(p) for p in d.get("trace", ())),
+            spans=tuple(tuple(s) for s in d.get("spans", ())))
 
 
 # --------------------------------------------------------------------------- the parent side

@@ -19,6 +19,10 @@ from harness.evidence.sampler import DEFAULT_THRESHOLD_US, END, START
 _CHECK_EVERY = 4096             # reads between looks at stdin and the clock (~0.5 ms)
 _MAX_RECORDED = 200_000         # stalls, sampler gaps, interval probes: bounded memory
 _TOP = 5
+_TRACE_EVERY_NS = 1_000_000     # the timeline: one (time, value) point a millisecond...
+_TRACE_POINTS = 1500            # ...thinned to this many in the result
+_SPAN_MIN_NS = 1_000_000        # stalls drawn on the timeline: at least 1 ms...
+_SPANS = 200                    # ...the longest this many
 
 
 def _emit(obj: Dict[str, Any]) -> None:
@@ -74,6 +78,8 @@ def _sample(word: memoryview, max_ns: int, thr_ns: int, stdin_fd: int) -> Dict[s
     steps: List[Tuple[int, int, int, str]] = []
     pending: Optional[Tuple[int, int, int]] = None   # a backward step not yet classified
     marks: List[Tuple[str, int]] = []
+    trace: List[Tuple[int, int]] = []
+    trace_t = t0
     dropped = changes = 0
     n = 1
     mask = _CHECK_EVERY - 1
@@ -104,6 +110,9 @@ def _sample(word: memoryview, max_ns: int, thr_ns: int, stdin_fd: int) -> Dict[s
         if not n & mask:
             if len(probes) < _MAX_RECORDED:
                 probes.append(t - prev_t)
+            if t - trace_t >= _TRACE_EVERY_NS and len(trace) < _MAX_RECORDED:
+                trace.append((t, v))
+                trace_t = t
             if t >= deadline:
                 stopped_by = "max_seconds"
             elif poll([stdin_fd], [], [], 0)[0]:
@@ -130,7 +139,7 @@ def _sample(word: memoryview, max_ns: int, thr_ns: int, stdin_fd: int) -> Dict[s
     return {"stopped_by": stopped_by, "samples": n, "t0_ns": t0, "t_end_ns": t,
             "first_value": first_value, "last_value": last_v, "changes": changes,
             "stalls": stalls, "gaps": gaps, "probes": probes, "steps": steps,
-            "marks": marks, "dropped": dropped}
+            "marks": marks, "dropped": dropped, "trace": trace}
 
 
 def _summarize(raw: Dict[str, Any], thr_ns: int) -> Dict[str, Any]:
@@ -178,7 +187,16 @@ def _summarize(raw: Dict[str, Any], thr_ns: int) -> Dict[str, Any]:
         "marks": [{"label": lbl, "t_ns": tn} for lbl, tn in marks],
         "windows": windows, "stalls_recorded": len(stalls),
         "stalls_dropped": raw["dropped"],
+        "trace": _thin(raw["trace"], t0),
+        "spans": sorted([s[0] - t0, (s[1] if s[2] is None else s[2]) - t0, s[4]]
+                        for s in by_length[:_SPANS] if s[1] - s[0] >= _SPAN_MIN_NS),
     }
+
+
+def _thin(trace: List[Tuple[int, int]], t0: int) -> List[List[int]]:
+    """At most _TRACE_POINTS of the (time, value) trace, times relative to ``t0``."""
+    step = max(1, -(-len(trace) // _TRACE_POINTS))
+    return [[t - t0, v] for t, v in trace[::step]]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -34,12 +34,12 @@ from harness.evidence.collector import FULL, M_RESUMED, M_WINDOW_END, EvidencePl
 from harness.evidence.memory import RamFd
 from harness.guest import driver as guest_driver
 from harness.guest.driver import WorkArea
-from harness.qemu.crash import Crash, diagnose
 from harness.qemu.process import EXECED, QemuProcess, describe_exit
 from harness.run.config import RunConfig
 from harness.run.plan import VALID_KINDS, render_vm_args, side_kinds
 from harness.run.observe import Window
-from harness.run.result import Attempt, Death, PairResult
+from harness.run.aftermath import Aftermath
+from harness.run.result import Attempt, PairResult
 from harness.run.setup import CaseSetup, prepare
 from harness.scenario.model import Observed, Scenario
 
@@ -82,7 +82,7 @@ def run_scenario(sc: Scenario, cfg: RunConfig, artifacts_dir: str,
     return d.r
 
 
-class PairDriver:
+class PairDriver(Aftermath):
     """The two sides of one case and every phase between them."""
 
     def __init__(self, setup: CaseSetup, artifacts: str, workdir: str,
@@ -442,6 +442,7 @@ class PairDriver:
         if self.hooks.before_stop_samplers is not None:
             self.hooks.before_stop_samplers(self)
         self.ev.stop_samplers(a.query_migrate, self.cfg.pause_budget_ms(self.sc.max_pause_ms))
+        self.r.artifacts.update(self.ev.files)
         if window is not None and window.record["death"] is not None:
             self.window_deaths.add(id(self.target))
         # Through the target's RAM fd; if the target died, through the source's: both
@@ -539,35 +540,6 @@ class PairDriver:
                 c.close()
             self.write_transcripts([vm for _, vm in vms if vm is not None])
 
-    def diagnose(self, vm: QemuProcess) -> Optional[Crash]:
-        """The backtrace of a QEMU that died by a core-dumping signal, once, attached
-        beside its log (``src.backtrace``...)."""
-        if id(vm) in self._diagnosed:
-            return self._diagnosed[id(vm)]
-        name = os.path.basename(vm.log_path)[:-len(".log")]
-        path = os.path.join(self.artifacts, f"{name}.backtrace.txt")
-        crash = diagnose(vm.side, vm.pid, vm.poll(), vm.exe, vm.core_dir, path)
-        self._diagnosed[id(vm)] = crash
-        if crash is not None:
-            self.r.crashes.append(crash.to_dict())
-            if crash.backtrace_path:
-                self.r.artifacts[f"{name}.backtrace"] = crash.backtrace_path
-        return crash
-
-    def record_deaths(self, vms: List[QemuProcess]) -> None:
-        """A QEMU that died before teardown, neither ended by the harness nor expected to
-        end, is a failure of the case: record side, how, when, and its log."""
-        for vm in vms:
-            if not vm.died_unexpectedly() or id(vm) in self.window_deaths:
-                continue
-            since = None
-            if self.resumed_at is not None and vm.exited_at is not None:
-                since = round(vm.exited_at - self.resumed_at, 3)
-            crash = self.diagnose(vm)
-            how = describe_exit(vm.exitcode) + (f" ({crash.describe()})" if crash else "")
-            self.r.deaths.append(Death(vm.side, vm.exitcode, how, since,
-                                       tail(vm.log_path, 5), vm.log_path).__dict__)
-
     def shutdown_quietly(self, vm: QemuProcess) -> None:
         """Shut ``vm`` down; a QEMU that had to be killed is recorded, not raised."""
         try:
@@ -576,20 +548,6 @@ class PairDriver:
             self.r.abnormal_shutdowns.append(str(exc))
         except HarnessError as exc:  # teardown goes on with the other side
             self.r.abnormal_shutdowns.append(f"{vm.side}: shutdown failed: {exc}")
-
-    def write_transcripts(self, vms: List[QemuProcess]) -> None:
-        """Each QEMU's QMP transcript beside its log (``dst-retry.qmp.jsonl``...)."""
-        for vm in vms:
-            if vm.qmp is None:
-                continue
-            name = os.path.basename(vm.log_path)[:-len(".log")]
-            text = vm.qmp.transcript_text()
-            self.r.transcripts[name] = text
-            path = os.path.join(self.artifacts, f"{name}.qmp.jsonl")
-            with open(path, "w") as f:
-                f.write(text)
-            self.r.artifacts[f"{name}.qmp"] = path
-
 
 def source_mode_readback(qmp: Any, mode: str) -> None:
     """Set the migration mode and read it back. :raise HarnessError: it did not stick."""
