@@ -29,7 +29,9 @@ import pytest
 
 from harness.core.errors import ConformanceFailure, HarnessError, Unsupported, UsageError
 from harness.core.observe import Observer
+from harness.tools.report.allure_results import RUN_LABEL
 from harness.run import config as run_config_mod
+from harness.run import identity
 from harness.run.config import RunConfig
 
 ROOT = Path(__file__).resolve().parent
@@ -38,7 +40,8 @@ CASES_KEY = pytest.StashKey[Dict[str, Dict[str, Any]]]()
 START_KEY = pytest.StashKey[float]()
 DEVIATIONS_KEY = pytest.StashKey[list]()
 MATRIX_KEY = pytest.StashKey[Dict[str, Any]]()
-SCENARIO_PROP, RESULT_PROP = "cpr_scenario", "cpr_result"
+RUN_KEY = pytest.StashKey[Any]()
+SCENARIO_PROP, RESULT_PROP, DEVIATION_PROP = "cpr_scenario", "cpr_result", "cpr_deviation"
 #: The soak chain's base scenario (its id says how many hops).
 SOAK_BASE = "transfer/unix-unix-memfd-immediate-q35"
 
@@ -132,16 +135,34 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[CONFIG_KEY] = cfg
     config.stash[CASES_KEY] = {}
     config.stash[START_KEY] = time.monotonic()
+    # One id for the whole run: made by the controller (exported for its xdist workers,
+    # which start later and inherit it), a new one even when a run starts another.
     is_worker = hasattr(config, "workerinput")
+    config.stash[RUN_KEY] = identity.establish(fresh=not is_worker)
     if not is_worker:
         config.pluginmanager.register(CaseCollector(config), "cprh-case-collector")
     if not is_worker and _wants_conformance(config) and not config.option.collectonly:
         from harness.run.setup import check_binaries
+        from harness.tools.report import runs
 
         try:
             check_binaries(cfg)
         except UsageError as exc:
             raise pytest.UsageError(str(exc))
+        # The previous run's matrix and cases go: a page never mixes two runs.
+        runs.start(Path(cfg.reports))
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The run's identity in junit.xml (global properties)."""
+    try:
+        from _pytest.junitxml import xml_key
+    except ImportError:  # pragma: no cover - pytest moved it
+        return
+    xml = session.config.stash.get(xml_key, None)
+    if xml is not None and not hasattr(session.config, "workerinput"):
+        for name, value in session.config.stash[RUN_KEY].to_dict().items():
+            xml.add_global_property(f"cprh_{name}", value)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -175,10 +196,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item
             # the scenario, also from an xdist worker.
             params = _case_params(item, sc)
             item.user_properties.append((SCENARIO_PROP, json.dumps(params, default=str)))
-            if "cpr_case" not in getattr(item, "fixturenames", ()):
-                # cpr_case labels its cases itself; others (the soak chain) get theirs here.
-                item.add_marker(allure.feature(params["area"]))
-                item.add_marker(allure.story(params["id"]))
+            # Labels at collection: a case skipped before it runs keeps them too.
+            item.add_marker(allure.feature(params["area"]))
+            item.add_marker(allure.story(params["id"]))
+            item.add_marker(allure.label(RUN_LABEL, config.stash[RUN_KEY].run_id))
+            if item.get_closest_marker("slow") is not None:
+                item.add_marker(allure.tag("slow"))
 
 
 def _long_cases_first(items: List[pytest.Item]) -> None:
@@ -232,6 +255,8 @@ def _mark_known_deviations(config: pytest.Config, items: List[pytest.Item]) -> N
         if dev is not None:
             item.add_marker(pytest.mark.xfail(strict=True, raises=ConformanceFailure,
                                               reason=dev.describe()))
+            item.add_marker(allure.tag("known-deviation"))
+            item.user_properties.append((DEVIATION_PROP, json.dumps(dev.to_dict())))
 
 
 def _select_scenarios(config: pytest.Config, items: List[pytest.Item]) -> None:
@@ -289,8 +314,6 @@ def _allure_describe(sc: Any, cfg: RunConfig) -> None:
     """Title, labels and parameters of a case, set before it runs (a skip keeps them)."""
     allure.dynamic.title(sc.id)
     allure.dynamic.description(f"{sc.title}\n\nexpected: {sc.expect}")
-    allure.dynamic.feature(sc.area)
-    allure.dynamic.story(sc.id)
     allure.dynamic.severity(allure.severity_level.NORMAL if sc.positive
                             else allure.severity_level.CRITICAL)
     # The Scenario object pytest parametrizes with reads badly; show its id instead.
@@ -314,18 +337,29 @@ def _allure_describe(sc: Any, cfg: RunConfig) -> None:
 
 
 _ATTACH_AS = {".jsonl": ("text/plain", "jsonl"), ".json": ("application/json", "json"),
-              ".log": ("text/plain", "log"), ".serial": ("text/plain", "txt")}
-_ARTIFACT_KINDS = {"qmp": "QMP transcript", "log": "QEMU log", "serial": "serial console"}
+              ".log": ("text/plain", "log"), ".serial": ("text/plain", "txt"),
+              ".txt": ("text/plain", "txt"), ".png": ("image/png", "png")}
+_ARTIFACT_KINDS = {"qmp": "QMP transcript", "log": "QEMU log", "serial": "serial console",
+                   "backtrace": "crash backtrace (gdb)"}
+_ARTIFACT_NAMES = {"timeline": "sampler timeline", "sampler.trace": "sampler timeline data",
+                   "sampler.log": "pause sampler's own log", "chain.json": "soak chain (per hop)"}
+
+
+#: Kept in the case directory, not worth an attachment (the picture shows it).
+_NOT_ATTACHED = {"sampler.trace"}
 
 
 def _artifact_name(key: str) -> str:
     """``src.qmp`` -> ``src QMP transcript``, ``dst-retry.log`` -> ``dst-retry QEMU log``."""
+    if key in _ARTIFACT_NAMES:
+        return _ARTIFACT_NAMES[key]
     side, _, kind = key.rpartition(".")
     return f"{side} {_ARTIFACT_KINDS[kind]}" if side and kind in _ARTIFACT_KINDS else key
 
 
 def _attach_file(path: str, name: str) -> None:
-    if not os.path.isfile(path):
+    """Attach a file, unless it is missing or empty (an empty attachment says nothing)."""
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
         return
     ext = os.path.splitext(path)[1]
     mime, extension = _ATTACH_AS.get(ext, ("text/plain", ext.lstrip(".") or "txt"))
@@ -342,7 +376,9 @@ def _allure_attach(result: Any, case_dir: str) -> None:
             allure.attach(" ".join(_shell_quote(a) for a in argv),
                           name=f"{side} command line", attachment_type=allure.attachment_type.TEXT)
         for key, path in result.artifacts.items():
-            _attach_file(path, _artifact_name(key))
+            path = os.path.join(case_dir, path)  # absolute paths stay as they are
+            if key not in _NOT_ATTACHED:
+                _attach_file(path, _artifact_name(key))
             attached.add(os.path.realpath(path))
         allure.attach(json.dumps(result.query_migrate, indent=2, default=str),
                       name="query-migrate (src)", attachment_type=allure.attachment_type.JSON)
@@ -356,12 +392,31 @@ def _allure_attach(result: Any, case_dir: str) -> None:
         path = os.path.join(case_dir, name)
         if os.path.realpath(path) not in attached and name != "result.json":
             key = name[:-len(".jsonl")] if name.endswith(".qmp.jsonl") else name
+            key = key[:-len(".txt")] if key.endswith(".backtrace.txt") else key
             _attach_file(path, _artifact_name(key))
 
 
 def _shell_quote(arg: str) -> str:
     return arg if re.fullmatch(r"[A-Za-z0-9_./:=,@%+-]+", arg) else \
         "'" + arg.replace("'", "'\\''") + "'"
+
+
+def _run_identity(request: pytest.FixtureRequest) -> Dict[str, str]:
+    return request.config.stash[RUN_KEY].to_dict()
+
+
+def _keep_record(request: pytest.FixtureRequest, cfg: RunConfig, case_dir: str,
+                 rec: Dict[str, Any]) -> Dict[str, Any]:
+    """Write result.json, hand the record to the controller, attach its check table."""
+    from harness.tools.report import case_view
+
+    rec["case_dir"] = Path(os.path.relpath(case_dir, cfg.reports)).as_posix()
+    with open(os.path.join(case_dir, "result.json"), "w") as f:
+        json.dump(rec, f, indent=2, default=str)
+    request.node.user_properties.append((RESULT_PROP, json.dumps(rec, default=str)))
+    allure.attach(case_view.case_page(rec), name="checks and evidence",
+                  attachment_type=allure.attachment_type.HTML)
+    return rec
 
 
 @pytest.fixture
@@ -380,10 +435,11 @@ def cpr_case(request: pytest.FixtureRequest, run_config: RunConfig, case_dir: st
                 pytest.skip(exc.reason)
             with allure.step("judge the result"):
                 checks = judge(result)
-            rec = record(result, checks)
-            with open(os.path.join(case_dir, "result.json"), "w") as f:
-                json.dump(rec, f, indent=2, default=str)
-            request.node.user_properties.append((RESULT_PROP, json.dumps(rec, default=str)))
+            if result.machine_type:
+                allure.dynamic.parameter("machine type", result.machine_type
+                                         + (" (pinned)" if result.machine_pinned else ""))
+            _keep_record(request, run_config, case_dir,
+                         record(result, checks, case_dir, _run_identity(request)))
             bad = failed(checks)
             if bad:
                 raise ConformanceMismatch(scenario.id, bad)
@@ -409,12 +465,10 @@ def cpr_chain(request: pytest.FixtureRequest, run_config: RunConfig, case_dir: s
                 pytest.skip(exc.reason)
             with allure.step("judge the chain"):
                 checks = judge_chain(result)
-            rec = chain_record(result, checks)
-            for name in ("chain.json", "result.json"):
-                with open(os.path.join(case_dir, name), "w") as f:
-                    json.dump(result.to_dict() if name == "chain.json" else rec, f,
-                              indent=2, default=str)
-            request.node.user_properties.append((RESULT_PROP, json.dumps(rec, default=str)))
+            with open(os.path.join(case_dir, "chain.json"), "w") as f:
+                json.dump(result.to_dict(), f, indent=2, default=str)
+            _keep_record(request, run_config, case_dir,
+                         chain_record(result, checks, case_dir, _run_identity(request)))
             bad = failed(checks)
             if bad:
                 raise ConformanceMismatch(f"{scenario.id} ({hops}-hop chain)", bad)
@@ -519,7 +573,9 @@ class CaseCollector:
 def _run_meta(config: pytest.Config) -> Dict[str, Any]:
     from harness.run.setup import run_facts
 
-    return run_facts(config.stash[CONFIG_KEY])
+    ident = config.stash[RUN_KEY]
+    return {"run_id": ident.run_id, "harness_commit": ident.commit,
+            "run_started": ident.started, **run_facts(config.stash[CONFIG_KEY])}
 
 
 def _records(config: pytest.Config) -> List[Dict[str, Any]]:
@@ -530,30 +586,45 @@ def _records(config: pytest.Config) -> List[Dict[str, Any]]:
         phases = case["phases"]
         sc = json.loads(case["props"][SCENARIO_PROP]) if SCENARIO_PROP in case["props"] else None
         res = json.loads(case["props"][RESULT_PROP]) if RESULT_PROP in case["props"] else None
+        dev = json.loads(case["props"][DEVIATION_PROP]) if DEVIATION_PROP in case["props"] \
+            else None
         verdict, reason = verdict_of(phases, (res or {}).get("mismatches") or [])
         durations = {f"{p.when}_s": round(p.duration, 3) for p in phases}
-        out.append(report.case_record(nodeid, verdict, reason, sc, res, durations))
+        out.append(report.case_record(nodeid, verdict, reason, sc, res, durations, dev))
     return out
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Write the conformance matrix (json/md/html) and Allure's environment/categories."""
+    """Tidy allure-results, write Allure's environment and categories, the conformance
+    matrix (json/md/html) and run.json, each naming this run."""
     config = session.config
     if hasattr(config, "workerinput") or config.option.collectonly:
         return
     from harness.tools import report
+    from harness.tools.report import allure_results, runs
 
     records = _records(config)
     alluredir = getattr(config.option, "allure_report_dir", None)
     if not records and not alluredir:
         return
+    ident = config.stash[RUN_KEY]
     meta = _run_meta(config)
+    reports = Path(config.stash[CONFIG_KEY].reports)
     if alluredir:
-        report.write_allure_extras(Path(alluredir), meta)
+        started_ms = int(time.time() * 1000 - (time.monotonic() - config.stash[START_KEY]) * 1000)
+        tidied = allure_results.tidy(Path(alluredir), ident.run_id, started_ms)
+        if tidied.mixed:
+            meta["warning"] = tidied.describe()
+        report.write_allure_extras(Path(alluredir), meta,
+                                   [d.to_dict() for d in config.stash[DEVIATIONS_KEY]])
     if records:
         wall = time.monotonic() - config.stash[START_KEY]
+        runs.write_run(reports, ident.to_dict(), finished=time.strftime(
+            "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), cases=len(records),
+            counts=report.counts(records))
         doc = report.matrix(records, meta, wall)
-        paths = report.write_matrix(doc, Path(config.stash[CONFIG_KEY].reports))
+        doc["meta"]["warnings"] = runs.disagreements(reports, doc)
+        paths = report.write_matrix(doc, reports)
         config.stash[MATRIX_KEY] = {"doc": doc, "paths": paths}
 
 
@@ -572,3 +643,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
                                     f"{doc['wall_seconds']:.1f}s wall: {detail}")
     terminalreporter.write_line("conformance matrix: " + ", ".join(
         report.relpath(p) for p in (paths["json"], paths["html"], paths["md"])))
+    meta = doc.get("meta") or {}
+    terminalreporter.write_line(f"run {meta.get('run_id')}, harness {meta.get('harness_commit')}")
+    for w in meta.get("warnings") or []:
+        terminalreporter.write_line(f"WARNING: {w}", yellow=True)

@@ -43,6 +43,10 @@ if [ -d "$out/history" ]; then
     cp -r "$out/history" "$results/history"
 fi
 
+# An offline report must not phone home: no analytics at generate time, and none of
+# the template's tag in the pages (checked below).
+export ALLURE_NO_ANALYTICS=true  # read with Boolean.parseBoolean: "1" would not do
+
 tmp=$(mktemp -d "$reports/.allure-single.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 "$allure" --quiet generate --clean --name "cpr-transfer conformance" -o "$out" "$results" >&2 ||
@@ -50,4 +54,7 @@ trap 'rm -rf "$tmp"' EXIT
 "$allure" --quiet generate --clean --single-file --name "cpr-transfer conformance" -o "$tmp" "$results" >&2 ||
     fail "allure generate --single-file exited $? (see the messages above)"
 mv "$tmp/index.html" "$single"
+if grep -q googletagmanager "$single" "$out/index.html"; then
+    fail "the report embeds an analytics tag although ALLURE_NO_ANALYTICS is set"
+fi
 echo "allure-report: $single (one file, opens from disk); $out/ (serve it: node_modules/.bin/allure open $out)"

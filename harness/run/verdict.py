@@ -7,6 +7,7 @@ and whether that conforms; the failed ones (:func:`failed`) are the case's verdi
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Dict, List, Optional
 
 from harness.core.errors import Check
@@ -47,7 +48,7 @@ def judge(r: PairResult) -> List[Check]:
     elif exp.kind is not Expect.SRC_LOST:  # src-lost: the outcome itself says it
         _check_refusal(r, check)
     check("no QEMU died before teardown", not r.deaths, "every QEMU alive until the harness "
-          "ended it", "; ".join(describe_death(d) for d in r.deaths) or None,
+          "ended it", "; ".join(describe_death(d) for d in r.deaths) or "none died",
           "a QEMU died on its own after the hand-over, not ended by the harness")
     return out
 
@@ -79,23 +80,28 @@ def _check_window(w: Optional[Dict[str, Any]], pre: str, boots_before: Optional[
         return
     want = w["want"]
     span = f"{w['seconds']:g} s after the switch-over"
+    seen = f"{w.get('observed_s', w['seconds']):g} s watched"
     death = w.get("death")
     check(pre + "target alive through the observation window", death is None,
-          f"alive for {span}", None if death is None else
+          f"alive for {span}", f"alive, {seen}" if death is None else
           describe_death(death, "seen in the observation window"),
           "the target died after it took the guest over")
     if death is not None:
         return
     wrong = w.get("wrong_status")
+    statuses = w.get("statuses") or {}
+    polls = ", ".join(f"{k} x{v}" for k, v in statuses.items())
     check(pre + "target run state through the observation window", wrong is None,
-          f"{want} for {span}", None if wrong is None else
-          f"{wrong['status']} {wrong['at_s']:.2f} s into the window", "the target stopped "
-          "running the guest" if want == "running" else "a paused guest must stay paused")
+          f"{want} for {span}", f"query-status: {polls or 'never answered'}" if wrong is None
+          else f"{wrong['status']} {wrong['at_s']:.2f} s into the window ({polls})",
+          "the target stopped running the guest" if want == "running"
+          else "a paused guest must stay paused")
     events = w.get("events") or []
     check(pre + "no reset, stop, shutdown or panic event on the target", not events,
           "none after RESUME", [f"{e['event']}" + (f" +{e['after_resume_s']:.2f} s"
                                                    if e.get("after_resume_s") is not None
-                                                   else "") for e in events] or None,
+                                                   else "") for e in events]
+          or "none" + ("" if w.get("resume_seen") else " (no RESUME event seen either)"),
           "QMP events on the target's monitor after it resumed the guest")
     start, end = w.get("counter_start"), w.get("counter_end")
     if start is not None and end is not None:
@@ -128,12 +134,13 @@ def _check_pause_budget(pause: Dict[str, Any], check: CheckFn) -> None:
     noise = pause.get("noise_floor_ms")
     # The noise floor comes from the observation window; one as long as the budget says
     # the window itself stalled, and is no floor to compare with.
-    parts = [f"QEMU's downtime said {down} ms" if down is not None else "",
-             f"the switch-over's pause {p:g} ms" if p is not None and worst != p else "",
+    parts = [f"switch-over {p:g} ms" if p is not None else "",
+             f"window {ws:g} ms" if ws is not None else "",
+             f"QEMU's downtime {down} ms" if down is not None else "",
              f"noise floor {noise:g} ms" if noise is not None and noise <= budget else ""]
-    check("guest stall within budget", worst <= budget, f"<= {budget:g} ms", f"{worst:g} ms",
-          f"the guest stalled {worst:.0f} ms {where}, budget {budget:g} ms; "
-          + "; ".join(x for x in parts if x))
+    check("guest stall within budget", worst <= budget, f"<= {budget:g} ms",
+          f"{worst:g} ms {where} (" + ", ".join(x for x in parts if x) + ")",
+          f"the guest stalled {worst:.0f} ms {where}, budget {budget:g} ms")
 
 
 def _check_completed(r: PairResult, check: CheckFn) -> None:
@@ -232,8 +239,9 @@ def _check_ram_evidence(r: PairResult, check: CheckFn, retry: bool) -> None:
     same = ev.get("same_memory")
     check(pre + "same memory mapped by the target", bool(same and same.get("same")),
           "the source's RAM file (same inode)",
-          None if not same else f"src inode {same.get('src_inode')} dst inode "
-                                f"{same.get('dst_inode')}")
+          None if not same else f"src inode {same.get('src_inode')}, dst inode "
+                                f"{same.get('dst_inode')}" + ("" if same.get("same") else
+                                                              " (different)"))
     stream = ev.get("stream") or {}
     if stream.get("state_file_bytes") is not None:
         # cpr-exec: the source's counters went with it; its state file is the stream.
@@ -254,8 +262,11 @@ def _check_ram_evidence(r: PairResult, check: CheckFn, retry: bool) -> None:
         _check_console_guest(g, pre, check)
     if not retry and not r.scenario.paused and ev.get("pattern_applicable"):
         pause = ev.get("pause") or {}
-        check("pause measured", pause.get("guest_pause_ms") is not None,
-              "a stall measured by the host-side sampler", pause.get("error", pause))
+        measured = pause.get("guest_pause_ms")
+        check("pause measured", measured is not None,
+              "a stall measured by the host-side sampler", pause.get("error") if measured
+              is None else f"{measured:g} ms at the switch-over ({pause.get('samples')} "
+              f"samples at {pause.get('sample_rate_hz')} Hz)")
         check("guest counter never went back", pause.get("counter_went_back") is False,
               False, pause.get("counter_went_back"),
               "the sampler saw the guest's counter go backwards: a reset")
@@ -278,13 +289,46 @@ def _check_console_guest(g: Dict[str, Any], pre: str, check: CheckFn) -> None:
           g.get("dst_boot_markers"))
 
 
-def record(r: PairResult, checks: List[Check]) -> Dict[str, Any]:
+def record(r: PairResult, checks: List[Check], base: Optional[str] = None,
+           run: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """The case's result record (result.json), the same for every adapter: every check
-    (``checks``, passes included) and the failed ones (``mismatches``)."""
+    (``checks``, passes included) and the failed ones (``mismatches``). ``base``: the
+    case's directory; artifact paths below it are made relative to it (the record
+    moves with its directory). ``run``: the run's identity (harness.run.identity)."""
     rec = r.to_dict()
     rec["id"] = r.scenario.id
     rec["checks"] = [c.to_dict() for c in checks]
     rec["mismatches"] = [c.to_dict() for c in failed(checks)]
+    return relative_paths(rec, base, run)
+
+
+def relative_paths(rec: Dict[str, Any], base: Optional[str],
+                   run: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """``rec`` with its artifact and backtrace paths relative to ``base`` where they lie
+    below it, and the run's identity."""
+    if run is not None:
+        rec["run"] = dict(run)
+    if base is None:
+        return rec
+
+    def rel(path: Any) -> Any:
+        if not isinstance(path, str) or not os.path.isabs(path):
+            return path
+        r = os.path.relpath(path, base)
+        return path if r.startswith("..") else r
+
+    rec["artifacts"] = {k: rel(v) for k, v in (rec.get("artifacts") or {}).items()}
+    # And every other file the case left there (the sampler's log, chain.json...).
+    known = set(rec["artifacts"].values())
+    try:
+        names = sorted(os.listdir(base))
+    except OSError:
+        names = []
+    for name in names:
+        if name not in known and name != "result.json" and os.path.isfile(os.path.join(base, name)):
+            rec["artifacts"][name] = name
+    for c in rec.get("crashes") or []:
+        c["backtrace"] = rel(c.get("backtrace"))
     return rec
 
 
@@ -302,10 +346,10 @@ def judge_chain(c: Any) -> List[Check]:
         out.append(Check(name, expected, actual, "" if ok else detail, bool(ok)))
 
     check("every hop a good live update", c.failed_hop is None, "none failed",
-          None if c.failed_hop is None else f"hop {c.failed_hop}: {c.failure}")
+          "none failed" if c.failed_hop is None else f"hop {c.failed_hop}: {c.failure}")
     check("hops done", len(c.hops) == c.hops_wanted, c.hops_wanted, len(c.hops))
     check("no QEMU died before teardown", not c.deaths, "every QEMU alive until the harness "
-          "ended it", "; ".join(describe_death(d) for d in c.deaths) or None)
+          "ended it", "; ".join(describe_death(d) for d in c.deaths) or "none died")
     if c.failed_hop is not None or not c.hops:
         return out
     check("RAM pattern intact at the end", c.pattern.get("ok") is True, "every page unchanged",
@@ -330,8 +374,10 @@ def judge_chain(c: Any) -> List[Check]:
     return out
 
 
-def chain_record(c: Any, checks: List[Check]) -> Dict[str, Any]:
-    """A soak chain's result record, in the shape of a case's (result.json)."""
+def chain_record(c: Any, checks: List[Check], base: Optional[str] = None,
+                 run: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """A soak chain's result record, in the shape of a case's (result.json), with one
+    entry per hop in ``hops``."""
     rec = c.to_dict()
     rec["id"] = c.scenario.id if c.scenario is not None else ""
     rec["observed"] = "completed" if c.failed_hop is None else "failed"
@@ -339,4 +385,4 @@ def chain_record(c: Any, checks: List[Check]) -> Dict[str, Any]:
     rec["evidence"] = {"hops": c.hops, "pattern": c.pattern, "ram_inode": c.ram_inode}
     rec["checks"] = [x.to_dict() for x in checks]
     rec["mismatches"] = [x.to_dict() for x in failed(checks)]
-    return rec
+    return relative_paths(rec, base, run)

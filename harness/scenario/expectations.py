@@ -102,8 +102,17 @@ class Deviation:
                     return False
         return True
 
+    @property
+    def id(self) -> str:
+        """Its short name: the anchor of its link (``docs/deviations.md#port-0`` ->
+        ``port-0``), else the link itself."""
+        return self.link.rsplit("#", 1)[-1] if "#" in self.link else self.link
+
     def describe(self) -> str:
         return f"known deviation: {self.reason} ({self.link})"
+
+    def to_dict(self) -> Dict[str, str]:
+        return {"id": self.id, "link": self.link, "reason": self.reason}
 
 
 def load(path: Path = DEFAULT_FILE, known_cases: Optional[Iterable[str]] = None) -> List[Deviation]:

@@ -101,7 +101,9 @@ class CprTransfer(Test):
             self.cancel(exc.reason)
         checks = judge(result)
         mismatches = failed(checks)
-        path = adapter.write_record(adapter.case_record(result, checks), self.outputdir)
+        path = adapter.write_record(adapter.case_record(result, checks, self.outputdir,
+                                                        adapter.run_identity(self.outputdir)),
+                                    self.outputdir)
         self.log.info("observed %s; %d failed check(s); record: %s", result.observed,
                       len(mismatches), path)
         failure = ConformanceFailure(sc.id, mismatches) if mismatches else None

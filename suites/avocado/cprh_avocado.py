@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -37,7 +38,7 @@ if str(ROOT) not in sys.path:  # `python suites/avocado/cprh_avocado.py` from a 
     sys.path.insert(0, str(ROOT))
 
 from harness.core.errors import UsageError  # noqa: E402
-from harness.run import config, setup, verdict  # noqa: E402
+from harness.run import config, identity, setup, verdict  # noqa: E402
 from harness.run.config import RunConfig  # noqa: E402
 from harness.scenario import catalogue, expectations  # noqa: E402
 from harness.scenario.model import Scenario  # noqa: E402
@@ -86,6 +87,23 @@ def load_deviations(cfg: RunConfig) -> List[expectations.Deviation]:
 #: The library decides these for every adapter: no second copy here.
 known_deviation = lambda cfg, sc, deviations: setup.known_deviation(deviations, sc, cfg)  # noqa: E731
 case_record = verdict.record
+
+
+def run_identity(outputdir: str) -> Dict[str, str]:
+    """The job's run identity: ``CPRH_RUN_ID`` when the caller set one, else the
+    avocado job's own (its ``job-...`` results directory, which each test's output
+    directory lies in), so every test of one job names the same run."""
+    env = dict(os.environ)
+    if not env.get(identity.ENV_ID):
+        parts = Path(outputdir).resolve().parts
+        for i, part in enumerate(parts):
+            if part.startswith("job-"):
+                job = Path(*parts[:i + 1])
+                env[identity.ENV_ID] = part
+                env[identity.ENV_STARTED] = time.strftime(
+                    "%Y-%m-%dT%H:%M:%SZ", time.gmtime(job.stat().st_ctime))
+                break
+    return identity.establish(env).to_dict()
 
 
 def write_record(record: Mapping[str, Any], directory: str) -> str:

@@ -83,9 +83,11 @@ def test_a_frozen_target_names_both_pause_figures(tmp_path):
     stall = max(pause["guest_pause_ms"], pause["window_stall_ms"])
     assert stall >= 1400, pause
     assert pause["qemu_downtime_ms"] < 500, pause
-    detail = failed_checks(r)["guest stall within budget"].detail
-    assert f"the guest stalled {stall:.0f} ms" in detail
-    assert f"downtime said {pause['qemu_downtime_ms']} ms" in detail
+    c = failed_checks(r)["guest stall within budget"]
+    assert f"the guest stalled {stall:.0f} ms" in c.detail
+    # What was seen sets the stall beside QEMU's own figure and the noise floor.
+    assert c.actual.startswith(f"{stall:g} ms ")
+    assert f"QEMU's downtime {pause['qemu_downtime_ms']} ms" in c.actual
 
 
 def test_harness_corrupting_one_page_fails_and_names_it(tmp_path):

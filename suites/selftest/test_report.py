@@ -154,10 +154,13 @@ def test_every_verdict_kind():
     assert verdict_of(phases) == ("error", "teardown failed: boom")
 
 
-def test_evidence_figures_are_flattened_numbers():
+def test_evidence_is_flattened_with_every_scalar():
     r = {x["id"]: x for x in records()}["transfer/pass-case"]
+    # Numbers, booleans and strings alike; a raw series (100 samples) is left out.
     assert r["evidence"] == {"pause.max_ns": 1200000, "pause.windows.0.max_ns": 5,
-                             "pause.windows.1.max_ns": 9}  # no bools, strings, raw series
+                             "pause.windows.1.max_ns": 9, "same_inode": True, "label": "x"}
+    assert report.flatten_numbers(result("x")["evidence"]) == {
+        "pause.max_ns": 1200000, "pause.windows.0.max_ns": 5, "pause.windows.1.max_ns": 9}
     assert r["timings"] == {"src_start": 0.1}
     assert r["durations"]["call_s"] == 1.5
 
@@ -186,8 +189,9 @@ def test_matrix_pages_list_every_case_grouped_by_area():
     assert "## Skips" in md and "no memory-backend-epc here: `memory/skip-case`" in md
     assert "## Known deviations" in md and "known deviation: port 0" in md
     assert "## Needs attention" in md
-    # Self-contained: no scripts, no external assets.
-    assert "<script" not in page and not re.search(r"(src|href)=\"(https?:)?//", page)
+    # Self-contained: one inline script (the filter), no external assets.
+    assert page.count("<script") == 1 and "<script src" not in page
+    assert not re.search(r"(src|href)=\"(https?:)?//", page)
     assert "<style>" in page
 
 
@@ -438,6 +442,24 @@ def test_end_to_end_run(tmp_path):
     assert by["transfer/unix-unix-memfd-immediate-q35"]["actual"]["outcome"] == "completed"
     assert by["channel/cpr-missing"]["actual"]["outcome"] == "src-refused"
     assert by["channel/cpr-missing"]["parameters"]["area"] == "channel"
+    # One run: its id on the matrix, run.json, every case record, junit and Allure.
+    run = json.loads((reports / "run.json").read_text())
+    assert run["run_id"] == d["meta"]["run_id"] and d["meta"]["harness_commit"]
+    assert d["meta"]["warnings"] == []
+    junit = (reports / "junit.xml").read_text()
+    assert f'name="cprh_run_id" value="{run["run_id"]}"' in junit
+    assert f"run.id = {run['run_id']}" in (reports / "allure-results" /
+                                           "environment.properties").read_text()
+    for c in by.values():
+        assert c["run"]["run_id"] == run["run_id"]
+        # Every check listed, passes included; paths relative to the reports.
+        assert c["checks"] and all("ok" in x for x in c["checks"])
+        assert any(x["ok"] for x in c["checks"])
+        for path in c["artifacts"].values():
+            assert not os.path.isabs(path) and (reports / path).is_file(), path
+    t = by["transfer/unix-unix-memfd-immediate-q35"]
+    assert "timeline" in t["artifacts"] and dict(t["highlights"])["RAM file"].endswith(
+        "the same file")
     for name in ("conformance.md", "conformance.html"):
         text = (reports / name).read_text()
         assert f"{len(verdicts)} case(s): {len(verdicts)} pass" in text
@@ -463,10 +485,17 @@ def test_end_to_end_run(tmp_path):
         steps = [s["name"] for s in r["steps"]]
         assert steps[0] == "probe QEMU binaries" and "transfer" in steps
         attached = {a["name"] for a in r["attachments"]}
-        for want in ("src command line", "dst command line", "src QMP transcript",
-                     "src QEMU log", "dst QEMU log",
-                     "src serial console", "query-migrate (src)", "evidence"):
+        for want in ("checks and evidence", "src command line", "dst command line",
+                     "src QMP transcript", "src QEMU log", "src serial console",
+                     "query-migrate (src)", "evidence"):
             assert want in attached, attached
+        # No empty attachment: a target that said nothing has no log attached.
+        case_dir = reports / by[r["name"]]["case_dir"]
+        assert ("dst QEMU log" in attached) == ((case_dir / "dst.log").stat().st_size > 0)
+        for a in r["attachments"]:
+            assert (results_dir / a["source"]).stat().st_size > 0, a
+        assert ("run_id", d["meta"]["run_id"]) in labels
+        assert not any(v.startswith("'") for v in params.values()), params
         # Each target's own transcript: a refused one never got a monitor, its retry did.
         assert {"dst QMP transcript", "dst-retry QMP transcript"} & attached, attached
         for a in r["attachments"]:

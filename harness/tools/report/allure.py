@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 from harness.tools.report.records import ROOT, default_paths, host_facts, _one_line
 
@@ -17,7 +18,11 @@ ALLURE_SCRIPT = ROOT / "scripts" / "allure-report.sh"
 
 def environment_properties(meta: Mapping[str, Any]) -> str:
     """Allure's environment.properties: the run's facts, one ``key = value`` a line."""
-    keys = (("QEMU.src", "qemu_src"), ("QEMU.dst", "qemu_dst"), ("accel", "accel"),
+    keys = (("run.id", "run_id"), ("run.started", "run_started"),
+            ("harness.commit", "harness_commit"), ("WARNING", "warning"),
+            ("QEMU.src", "qemu_src"), ("QEMU.dst", "qemu_dst"),
+            ("QEMU.aarch64.src", "qemu_aarch64_src"), ("QEMU.aarch64.dst", "qemu_aarch64_dst"),
+            ("accel", "accel"), ("dialect", "dialect"),
             ("host.kernel", "kernel"), ("host", "host"), ("arch", "arch"),
             ("python", "python"), ("QEMU.src.path", "qemu_src_path"),
             ("QEMU.dst.path", "qemu_dst_path"))
@@ -98,7 +103,12 @@ CATEGORIES: List[Dict[str, Any]] = [
     {"name": "Known deviations (expected failures)",
      "matchedStatuses": ["skipped"],
      "messageRegex": r"(?s)XFAIL known deviation: .*"},
+    {"name": "Opt-in cases not run (--slow)",
+     "description": "slow cases the default run leaves out; tox -e nightly runs them",
+     "matchedStatuses": ["skipped"],
+     "messageRegex": r"(?s)(?:Skipped: )?a slow case: .*"},
     {"name": "Not supported here (skips)",
+     "description": "a capability this QEMU or host lacks; a skip is never a pass",
      "matchedStatuses": ["skipped"],
      "messageRegex": r"(?s)(?!XFAIL).*"},
     {"name": "Other harness errors",
@@ -109,13 +119,35 @@ CATEGORIES: List[Dict[str, Any]] = [
 ]
 
 
-def write_allure_extras(alluredir: Path, meta: Mapping[str, Any]) -> None:
+def categories(deviations: Sequence[Mapping[str, str]] = ()) -> List[Dict[str, Any]]:
+    """:data:`CATEGORIES` with one category per known deviation (``id``, ``link``,
+    ``reason``: :meth:`harness.scenario.expectations.Deviation.to_dict`), before the
+    catch-all of known deviations; a case's xfail message names its deviation's link."""
+    own = []
+    seen = set()
+    for d in deviations:
+        if d["id"] in seen:
+            continue
+        seen.add(d["id"])
+        own.append({"name": f"Known deviation: {d['id']}",
+                    "description": f"{d['reason']} ({d['link']})",
+                    "matchedStatuses": ["skipped"],
+                    "messageRegex": r"(?s)XFAIL known deviation: .*\(" + re.escape(d["link"])
+                                    + r"\).*"})
+    at = next(i for i, c in enumerate(CATEGORIES)
+              if c["name"] == "Known deviations (expected failures)")
+    return CATEGORIES[:at] + own + CATEGORIES[at:]
+
+
+def write_allure_extras(alluredir: Path, meta: Mapping[str, Any],
+                        deviations: Sequence[Mapping[str, str]] = ()) -> None:
     """environment.properties and categories.json for an allure-results directory."""
     alluredir = Path(alluredir)
     alluredir.mkdir(parents=True, exist_ok=True)
     (alluredir / "environment.properties").write_text(
         environment_properties({**host_facts(), **dict(meta)}))
-    (alluredir / "categories.json").write_text(json.dumps(CATEGORIES, indent=2) + "\n")
+    (alluredir / "categories.json").write_text(
+        json.dumps(categories(deviations), indent=2) + "\n")
 
 
 REPORT_NAME = "cpr-transfer conformance"

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, Mapping, Optional, Sequence
 
 from harness.core.errors import UsageError
+from harness.tools.report import digest
 
 SCHEMA = 1
 ROOT = Path(__file__).resolve().parents[3]
@@ -33,21 +34,22 @@ _BAD = ("fail", "error")
 # Where pytest's phases put a verdict (see case_record).
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 
-def flatten_numbers(obj: Any, prefix: str = "", limit: int = 500,
-                    max_list: int = 32) -> Dict[str, float]:
-    """Every int/float in nested dicts/lists, keyed by a dotted path (``a.b.0.c``).
+def flatten(obj: Any, prefix: str = "", limit: int = 500, max_list: int = 32,
+            numbers_only: bool = False) -> Dict[str, Any]:
+    """Every scalar (number, string, boolean, null) in nested dicts/lists, keyed by a
+    dotted path (``a.b.0.c``); ``numbers_only``: ints and floats only (figures).
 
-    Booleans are left out (not figures); lists longer than ``max_list`` are raw series,
-    not figures, and are skipped; at most ``limit`` fields are kept.
-    """
-    out: Dict[str, float] = {}
+    Lists longer than ``max_list`` are raw series, not evidence a reader reads, and are
+    skipped; at most ``limit`` fields are kept."""
+    out: Dict[str, Any] = {}
 
     def walk(x: Any, path: str) -> None:
         if len(out) >= limit:
             return
-        if isinstance(x, bool):
-            return
-        if isinstance(x, (int, float)):
+        if isinstance(x, bool) or x is None or isinstance(x, str):
+            if not numbers_only:
+                out[path] = x
+        elif isinstance(x, (int, float)):
             out[path] = x
         elif isinstance(x, Mapping):
             for k, v in x.items():
@@ -58,6 +60,12 @@ def flatten_numbers(obj: Any, prefix: str = "", limit: int = 500,
 
     walk(obj, prefix)
     return out
+
+
+def flatten_numbers(obj: Any, prefix: str = "", limit: int = 500,
+                    max_list: int = 32) -> Dict[str, float]:
+    """The figures only (see :func:`flatten`): what a benchmark compares."""
+    return flatten(obj, prefix, limit, max_list, numbers_only=True)
 
 
 def _one_line(text: str, limit: int = 300) -> str:
@@ -94,22 +102,36 @@ def scenario_summary(params: Mapping[str, Any]) -> Dict[str, Any]:
             "guest": params.get("guest"), "arch": params.get("arch")}
 
 
+def _artifacts(res: Mapping[str, Any], case_dir: Optional[str]) -> Dict[str, str]:
+    """Artifact paths relative to the reports directory: ``case_dir`` (the case's
+    directory, relative to the reports) joined with each path relative to it."""
+    out = {}
+    for name, path in (res.get("artifacts") or {}).items():
+        path = str(path)
+        if case_dir and not os.path.isabs(path):
+            path = f"{case_dir}/{path}"
+        out[name] = path
+    return out
+
+
 def case_record(nodeid: str, verdict: str, reason: str,
                 scenario: Optional[Mapping[str, Any]], result: Optional[Mapping[str, Any]],
-                durations: Optional[Mapping[str, float]] = None) -> Dict[str, Any]:
+                durations: Optional[Mapping[str, float]] = None,
+                deviation: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """One matrix record.
 
     ``verdict`` (one of :data:`VERDICTS`) and ``reason`` are the adapter's reading of
     its runner's outcome; ``scenario`` is :meth:`harness.scenario.model.Scenario.params`
     (known for every case, also a skipped one); ``result`` is the case's result record
     (present only when the pair ran and was judged); ``durations`` the runner's own
-    phase times.
+    phase times; ``deviation`` the known deviation the case was expected to reproduce
+    (``id``, ``link``, ``reason``).
     """
     if verdict not in VERDICTS:
         raise ValueError(f"unknown verdict {verdict!r}")
     sc = dict(scenario or (result or {}).get("scenario") or {})
     res = dict(result or {})
-    mismatches = res.get("mismatches") or []
+    checks = res.get("checks") or res.get("mismatches") or []
     actual = None
     if res.get("observed"):
         actual = {"outcome": res.get("observed"), "message": res.get("observed_message", "")}
@@ -125,21 +147,29 @@ def case_record(nodeid: str, verdict: str, reason: str,
         "actual": actual,
         "verdict": verdict,
         "reason": reason,
-        "checks": mismatches,
+        "deviation": dict(deviation) if deviation else None,
+        # Every check, passes included, each with ``ok``.
+        "checks": [dict(c, ok=c.get("ok", False)) for c in checks],
+        "highlights": [list(r) for r in digest.highlights(res)],
+        "hops": digest.hop_rows(res),
         "accel": res.get("accel") or None,
         "qemu_src": res.get("qemu_src_version") or None,
         "qemu_dst": res.get("qemu_dst_version") or None,
         "machine": (res["machine_type"] + (" (pinned)" if res.get("machine_pinned") else ""))
         if res.get("machine_type") else None,
         "query_migrate": res.get("query_migrate") or {},
-        "evidence": flatten_numbers(res.get("evidence") or {}),
+        "evidence": flatten({k: v for k, v in (res.get("evidence") or {}).items()
+                             if k != "hops"}),
         "timings": dict(res.get("timings") or {}),
         "durations": dict(durations or {}),
         "observed": {k: res.get(k) for k in (
             "src_status_before", "src_status_after", "dst_status_after", "dst_exitcode",
             "counter_before", "counter_after", "boots_before", "boots_after",
             "src_counter_after_refusal", "retry") if k in res},
-        "artifacts": res.get("artifacts") or {},
+        "crashes": res.get("crashes") or [],
+        "run": res.get("run"),
+        "case_dir": res.get("case_dir"),
+        "artifacts": _artifacts(res, res.get("case_dir")),
     }
 
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from harness.tools.report import area_grid, case_view
 from harness.tools.report.records import (VERDICT_MEANING, VERDICTS, _one_line, counts,
                                           summary_line)
 
@@ -19,9 +20,23 @@ def _qemu_line(meta: Mapping[str, Any]) -> str:
 
 
 def facts_line(meta: Mapping[str, Any]) -> str:
-    return (f"{_qemu_line(meta)}; accel {meta.get('accel', '?')}; host {meta.get('host', '?')} "
+    aarch = ""
+    if meta.get("qemu_aarch64_src"):
+        a_src, a_dst = meta.get("qemu_aarch64_src"), meta.get("qemu_aarch64_dst")
+        aarch = f"; aarch64 QEMU {a_src}" if a_src == a_dst else \
+            f"; aarch64 QEMU src {a_src}, dst {a_dst}"
+    return (f"{_qemu_line(meta)}{aarch}; accel {meta.get('accel', '?')}; dialect "
+            f"{meta.get('dialect', '?')}; host {meta.get('host', '?')} "
             f"(Linux {meta.get('kernel', '?')}, {meta.get('arch', '?')}); "
             f"Python {meta.get('python', '?')}; generated {meta.get('generated', '?')}")
+
+
+def run_line(meta: Mapping[str, Any]) -> str:
+    """Which run the page shows: its id, the harness commit, its start."""
+    if not meta.get("run_id"):
+        return "run: unknown (written by an older harness)"
+    return (f"run {meta['run_id']}, harness {meta.get('harness_commit', '?')}, started "
+            f"{meta.get('run_started', '?')}")
 
 
 def _essential(message: str) -> str:
@@ -98,7 +113,9 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
     recs = doc["cases"]
     meta = doc.get("meta", {})
     lines = ["# cpr-transfer conformance", "",
-             f"**{summary_line(recs)}**", "", facts_line(meta), ""]
+             f"**{summary_line(recs)}**", "", facts_line(meta), "", run_line(meta), ""]
+    for w in meta.get("warnings") or []:
+        lines += [f"> **Warning:** {w}", ""]
     attention = [r for r in recs if r["verdict"] in ("fail", "error", "xpass")]
     if attention:
         lines += ["## Needs attention", ""]
@@ -140,11 +157,29 @@ th{background:#f4f6f9;font-weight:600;font-size:13px;color:#38404f}td.id{font-fa
 .t{color:#4a5468;font-size:12.5px;font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;white-space:normal}.v{display:inline-block;min-width:44px;text-align:center;border-radius:4px;padding:1px 6px;font-weight:700;font-size:12px;text-transform:uppercase}
 .pass{background:#dff3e4;color:#17602c}.fail{background:#fbe0e0;color:#9b1c1c}.error{background:#fde8cf;color:#8a4b00}
 .xfail{background:#ece6fb;color:#4b2e99}.xpass{background:#ffd6f0;color:#8c0e5c}.skip{background:#eceff3;color:#4a5468}
-tr.row-fail td,tr.row-error td{background:#fff8f7}details{font-size:12.5px;color:#38404f}summary{cursor:pointer;color:#2a5db0}
-dl{display:grid;grid-template-columns:max-content auto;gap:1px 12px;margin:4px 0}dt{font-family:ui-monospace,monospace;color:#4a5468}dd{margin:0}
+tr.row-fail td,tr.row-error td{background:#fff8f7}tr.more td{border-top:0;padding-top:0}
+tr:has(+ tr.more) td{border-bottom:0}details{font-size:12.5px;color:#38404f}summary{cursor:pointer;color:#2a5db0}
+.warn{background:#fff4d6;border:1px solid #e8c66a;color:#6b4e00;padding:6px 10px;border-radius:4px;margin:8px 0}
+.filter{margin:10px 0;font-size:13px}.filter label{margin-right:12px;cursor:pointer}.filter input[type=search]{margin-left:8px;padding:2px 6px}
 ul.reasons li{margin:4px 0}code{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12.5px;background:#f4f6f9;padding:0 3px;border-radius:3px}
 .legend{color:#4a5468;font-size:12.5px;margin-top:28px}.pill.zero{opacity:.45}
-.files a{margin-right:10px}.attn li{margin:3px 0}
+.attn li{margin:3px 0}
+""" + case_view.CSS + area_grid.CSS
+
+# The verdict filter: hides table rows and grid tiles whose verdict is unticked, and
+# rows whose id does not contain the search text. The page works without it.
+_JS = """
+(function(){
+  function apply(){
+    var on={};document.querySelectorAll('.filter input[data-v]').forEach(function(c){on[c.dataset.v]=c.checked;});
+    var q=(document.getElementById('q').value||'').toLowerCase();
+    document.querySelectorAll('[data-verdict]').forEach(function(el){
+      var id=(el.getAttribute('data-id')||el.getAttribute('title')||'').toLowerCase();
+      el.style.display=(on[el.dataset.verdict]&&id.indexOf(q)>=0)?'':'none';});
+  }
+  document.querySelectorAll('.filter input').forEach(function(c){c.addEventListener('input',apply);});
+  apply();
+})();
 """
 
 
@@ -154,42 +189,6 @@ def _h(text: Any) -> str:
 
 def _badge(verdict: str) -> str:
     return f'<span class="v {verdict}">{_h(verdict)}</span>'
-
-
-def _href(path: str, base: Optional[Path]) -> str:
-    """A link to an artifact: relative to the page when it lies below it."""
-    p = Path(path)
-    if base is not None:
-        try:
-            return "/".join(p.resolve().relative_to(Path(base).resolve()).parts)
-        except ValueError:
-            pass
-    return p.resolve().as_uri() if p.is_absolute() else path
-
-
-def _details(r: Mapping[str, Any], base: Optional[Path] = None) -> str:
-    parts = []
-    summ = r.get("summary") or {}
-    if summ:
-        parts.append(("parameters", ", ".join(f"{k} {v}" for k, v in summ.items()
-                                              if v is not None)))
-    for name in ("evidence", "timings", "durations"):
-        vals = r.get(name) or {}
-        if vals:
-            parts.append((name, "<dl>" + "".join(
-                f"<dt>{_h(k)}</dt><dd>{_h(v)}</dd>" for k, v in vals.items()) + "</dl>"))
-    if r.get("actual") and r["actual"].get("message"):
-        parts.append(("QEMU said", f"<code>{_h(_one_line(r['actual']['message'], 600))}</code>"))
-    files = r.get("artifacts") or {}
-    if files:
-        parts.append(("files", "<span class=\"files\">" + "".join(
-            f"<a href=\"{_h(_href(path, base))}\">{_h(name)}</a>"
-            for name, path in files.items()) + "</span>"))
-    if not parts:
-        return ""
-    raw = ("evidence", "timings", "durations", "QEMU said", "files")
-    body = "".join(f"<div><b>{_h(k)}</b>: {v if k in raw else _h(v)}</div>" for k, v in parts)
-    return f"<details><summary>details</summary>{body}</details>"
 
 
 def _html_head(doc: Mapping[str, Any]) -> List[str]:
@@ -205,12 +204,20 @@ def _html_head(doc: Mapping[str, Any]) -> List[str]:
            f"<div class=\"facts\">{_h(facts_line(meta))}"
            + (f"; wall {doc['wall_seconds']} s" if doc.get("wall_seconds") is not None else "")
            + "</div>",
-           "<div class=\"summary\">"]
+           f"<div class=\"facts\" id=\"run-line\">{_h(run_line(meta))}</div>"]
+    for w in meta.get("warnings") or []:
+        out.append(f"<div class=\"warn\"><b>Warning:</b> {_h(w)}</div>")
+    out.append("<div class=\"summary\">")
     for v in ("pass", "fail", "error", "xfail", "xpass", "skip"):
         zero = " zero" if not c[v] else ""
         out.append(f"<span class=\"pill {v}{zero}\" title=\"{_h(VERDICT_MEANING[v])}\">"
                    f"{c[v]} {v}</span>")
     out.append("</div>")
+    out.append("<div class=\"filter\">show: " + "".join(
+        f"<label><input type=\"checkbox\" data-v=\"{v}\" checked> {v}</label>"
+        for v in ("pass", "fail", "error", "xfail", "xpass", "skip"))
+        + "<label>case id contains<input type=\"search\" id=\"q\" placeholder=\"e.g. "
+          "fd-\"></label></div>")
     attention = [r for r in recs if r["verdict"] in ("fail", "error", "xpass")]
     if attention:
         out.append("<h2>Needs attention</h2><ul class=\"attn\">")
@@ -225,53 +232,83 @@ def _html_area(area: str, rs: Sequence[Mapping[str, Any]], base: Optional[Path])
     ac = counts(rs)
     out = [f"<h2 id=\"area-{_h(area)}\">{_h(area)} <small>("
            + ", ".join(f"{n} {v}" for v, n in ac.items() if n) + ")</small></h2>",
+           area_grid.render(area, rs),
            "<table><colgroup><col class=\"c-v\"><col class=\"c-id\">"
            "<col class=\"c-exp\"><col class=\"c-obs\"><col></colgroup>"
            "<thead><tr><th>verdict</th><th>case</th><th>expected</th>"
            "<th>observed</th><th>notes</th></tr></thead><tbody>"]
     for r in rs:
         notes = _h(_one_line(r.get("reason") or "", 400)) or _h(key_figures(r))
+        if r.get("deviation"):
+            notes += (f" <a href=\"{_h(case_view.doc_link(r['deviation']['link'], base))}\">"
+                      f"[{_h(r['deviation']['id'])}]</a>")
         out.append(
-            f"<tr class=\"row-{r['verdict']}\" data-verdict=\"{r['verdict']}\">"
+            f"<tr class=\"row-{r['verdict']}\" id=\"row-{_h(r['id'])}\" "
+            f"data-verdict=\"{r['verdict']}\" data-id=\"{_h(r['id'])}\">"
             f"<td>{_badge(r['verdict'])}</td>"
             f"<td class=\"id\">{_h(r['id'])}<div class=\"t\">{_h(r.get('title'))}</div></td>"
             f"<td>{_h(r['expected'])}</td><td>{_h(observed_text(r)) or '&ndash;'}</td>"
-            f"<td>{notes}{_details(r, base)}</td></tr>")
+            f"<td>{notes}</td></tr>")
+        details = case_view.details(r, base)
+        if details:
+            # Full width, under its case: a check table needs the room.
+            out.append(f"<tr class=\"more row-{r['verdict']}\" data-verdict=\"{r['verdict']}\" "
+                       f"data-id=\"{_h(r['id'])}\"><td></td><td colspan=\"4\">{details}</td></tr>")
     out.append("</tbody></table>")
     return out
 
 
-def _html_groups(recs: Sequence[Mapping[str, Any]]) -> List[str]:
-    out: List[str] = []
-    for verdict, title, blurb in (
-            ("xfail", "Known deviations",
-             "Run as strict expected failures: each entry in expectations/ names the "
-             "QEMU versions it applies to and links its evidence (docs/deviations.md)."),
-            ("skip", "Skips",
-             "Not run because this QEMU or host lacks a capability; a skip is never a pass.")):
-        groups = _grouped_reasons(recs, verdict)
-        if groups:
-            out.append(f"<h2>{title}</h2><p class=\"t\">{_h(blurb)}</p><ul class=\"reasons\">")
-            for reason, ids in groups:
-                out.append(f"<li>{_h(reason)}<br>" + " ".join(
-                    f"<code>{_h(i)}</code>" for i in ids) + "</li>")
-            out.append("</ul>")
+def _deviation_groups(recs: Sequence[Mapping[str, Any]], base: Optional[Path]) -> List[str]:
+    """Known deviations, one entry per deviation with its doc and its cases."""
+    groups: Dict[str, List[Mapping[str, Any]]] = {}
+    for r in recs:
+        if r["verdict"] in ("xfail", "xpass"):
+            key = (r.get("deviation") or {}).get("id") or r.get("reason") or "?"
+            groups.setdefault(key, []).append(r)
+    if not groups:
+        return []
+    out = ["<h2 id=\"deviations\">Known deviations</h2><p class=\"t\">Run as strict expected "
+           "failures: each entry in expectations/ names the QEMU versions, on the side it "
+           "belongs to, where it was observed, and links its evidence. An xpass means QEMU "
+           "changed.</p><ul class=\"reasons\">"]
+    for key, rs in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        dev = rs[0].get("deviation")
+        head = (f"<a href=\"{_h(case_view.doc_link(dev['link'], base))}\"><b>{_h(dev['id'])}</b>"
+                f"</a>: {_h(dev.get('reason'))}" if dev else _h(key))
+        out.append(f"<li id=\"deviation-{_h(key)}\">{head}<br>" + " ".join(
+            f"<a href=\"#row-{_h(r['id'])}\">{_badge(r['verdict'])} <code>{_h(r['id'])}</code></a>"
+            for r in rs) + "</li>")
+    out.append("</ul>")
+    return out
+
+
+def _html_groups(recs: Sequence[Mapping[str, Any]], base: Optional[Path] = None) -> List[str]:
+    out = _deviation_groups(recs, base)
+    groups = _grouped_reasons(recs, "skip")
+    if groups:
+        out.append("<h2>Skips</h2><p class=\"t\">Not run: a capability this QEMU or host "
+                   "lacks, or an opt-in case; a skip is never a pass.</p><ul class=\"reasons\">")
+        for reason, ids in groups:
+            out.append(f"<li>{_h(reason)}<br>" + " ".join(
+                f"<a href=\"#row-{_h(i)}\"><code>{_h(i)}</code></a>" for i in ids) + "</li>")
+        out.append("</ul>")
     return out
 
 
 def render_html(doc: Mapping[str, Any], base: Optional[Path] = None) -> str:
-    """A self-contained page (inline CSS, no scripts, no external assets).
+    """A self-contained page (inline CSS and one inline script for the filter, no
+    external assets).
 
     ``base``: the directory the page will live in; links to case artifacts below it
     are made relative, so the reports directory can be moved or archived whole."""
     out = _html_head(doc)
     for area, rs in _by_area(doc["cases"]):
         out += _html_area(area, rs, base)
-    out += _html_groups(doc["cases"])
+    out += _html_groups(doc["cases"], base)
     out.append("<div class=\"legend\">" + "<br>".join(
         f"{_badge(v)} {_h(VERDICT_MEANING[v])}" for v in
         ("pass", "fail", "error", "xfail", "xpass", "skip")) + "</div>")
-    out.append("</body></html>")
+    out.append(f"<script>{_JS}</script></body></html>")
     return "\n".join(out)
 
 

@@ -53,7 +53,7 @@ DEFECTS = {
     "reset": ("guest not reset during the observation window", ["2"]),
     "page": ("RAM pattern intact", ["0x200000"]),
     "freeze": ("guest stall within budget", ["the guest stalled", "budget 1000 ms",
-                                             "QEMU's downtime said"]),
+                                             "QEMU's downtime"]),
     "late-kill": ("target alive through the observation window",
                   ["killed by signal 9 (SIGKILL)", "after the switch-over"]),
     "late-reset": ("no reset, stop, shutdown or panic event on the target", ["RESET"]),
