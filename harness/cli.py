@@ -135,9 +135,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     if baseline:
         return _compare(report, Path(baseline), current_path,
                         Path(args.output) if args.output else paths["regressions"])
+    from harness.tools.report import runs
+
     current = report.load_matrix(current_path)
+    current["meta"]["warnings"] = runs.disagreements(current_path.parent, current)
     written = report.write_matrix(current, current_path.parent)
     print(report.summary_line(current["cases"]))
+    for w in current["meta"]["warnings"]:
+        print(f"WARNING: {w}")
     print("conformance matrix: " + ", ".join(
         report.relpath(written[k]) for k in ("json", "html", "md")))
     if not args.no_allure_html:
@@ -228,6 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("versions", help="the core matrix on each QEMU build and on every ordered "
                                     "pair (upgrades, downgrades), then the grid (options: "
                                     "python -m harness versions --help)", add_help=False)
+    sub.add_parser("repro", help="write a standalone script (bash + python3's standard "
+                                 "library) that reproduces one scenario outside the harness, "
+                                 "for a QEMU bug report (options: python -m harness repro "
+                                 "--help)", add_help=False)
 
     _report_parsers(sub)
     return p
@@ -274,6 +283,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if argv[:1] == ["bench"]:
         from harness.tools import bench
         return int(bench.main(argv[1:]) or 0)
+    if argv[:1] == ["repro"]:
+        from harness.tools import repro
+        return int(repro.main(argv[1:]) or 0)
     if argv[:1] == ["versions"]:
         from harness.tools import versions
         try:
