@@ -68,6 +68,16 @@ def cpr_incoming_fd(binary: str) -> Tuple[bool, str]:
 FEATURES: Dict[str, Callable[[str], Tuple[bool, str]]] = {
     "cpr-incoming-fd": cpr_incoming_fd,
 }
+#: The side whose binary must have each feature ("src", "dst" or "both"): an fd cpr
+#: channel is the target's business (the source connects to its socket by path), so an
+#: upgrade from a QEMU without it to one with it runs the case.
+SIDES: Dict[str, str] = {
+    "cpr-incoming-fd": "dst",
+}
+
+
+def needed_on(name: str, side: str) -> bool:
+    return SIDES.get(name, "both") in (side, "both")
 
 
 def check(name: str, binary: str) -> Tuple[bool, str]:

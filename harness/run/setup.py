@@ -113,8 +113,10 @@ def _mode_problems(caps: Capabilities, sc: Scenario, dialect: Dialect) -> Sequen
     return problems
 
 
-def check_supported(caps: Capabilities, sc: Scenario, dialect: Dialect) -> None:
-    """:raise Unsupported: this binary (or the host) cannot run ``sc``, and why."""
+def check_supported(caps: Capabilities, sc: Scenario, dialect: Dialect,
+                    side: str = "both") -> None:
+    """:raise Unsupported: this binary (or the host), on ``side`` of the pair, cannot
+    run ``sc``, and why."""
     problems = _mode_problems(caps, sc, dialect)
     if problems:
         raise Unsupported(f"{caps.path} ({caps.version_str}) cannot run {sc.mode}: "
@@ -133,6 +135,8 @@ def check_supported(caps: Capabilities, sc: Scenario, dialect: Dialect) -> None:
     elif qom and not caps.has_object_type(qom):
         raise Unsupported(f"{caps.path} has no object type {qom}")
     for feature in sc.requires:
+        if not features.needed_on(feature, side):
+            continue
         ok, reason = features.check(feature, caps.path)
         if not ok:
             raise Unsupported(reason)
@@ -170,8 +174,8 @@ def resolve_binaries(sc: Scenario, cfg: RunConfig) -> Binaries:
                           f"sides): pass --qemu-src and --qemu-dst of different versions, "
                           f"or use 'python -m harness versions'")
     dialect = choose_dialect(acfg, src, dst)
-    check_supported(src, sc, dialect)
-    check_supported(dst, sc, dialect)
+    check_supported(src, sc, dialect, "src")
+    check_supported(dst, sc, dialect, "dst")
     accel = resolve_accel(acfg.accel, sc, src, dst)
     machine, pinned = resolve_machine(sc, src, dst)
     return Binaries(sc, arch, acfg, src, dst, dialect, accel, machine, pinned)

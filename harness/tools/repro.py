@@ -127,9 +127,9 @@ def _notes(sc: Scenario, bins: tuple, accel: str, arch: str) -> List[str]:
                              for k, v in d.when.items())
             tag = "" if d.matches(sc.id, info) else " (not of these binaries)"
             out.append(f"known deviation{tag}: {d.reason} [{d.link}]; observed on: {when}")
-    for caps in bins:
+    for caps, side in zip(bins, ("src", "dst")):
         try:
-            check_supported(caps, sc, dialect.get(dialect.RELEASED))
+            check_supported(caps, sc, dialect.get(dialect.RELEASED), side)
         except Unsupported as exc:
             out.append(f"the harness skips this case with these binaries: {exc}")
     return out or ["no known deviation of this case"]

@@ -409,3 +409,24 @@ def test_the_installed_qemu_is_judged_by_what_it_says_about_the_fd(caps10):
         assert not ok and "must be unix" in reason, reason
     else:
         assert ok, reason
+
+
+def test_a_target_feature_is_asked_of_the_target_only(caps10: Capabilities):
+    """An fd cpr channel is the target's business: a 10.0.2 source may upgrade to a
+    target that takes one (the case runs), a 10.0.2 target skips it with the reason."""
+    from harness.core.errors import Unsupported
+    from harness.cpr import dialect
+    from harness.qemu import features
+    from harness.run.setup import check_supported
+    from harness.scenario import catalogue
+
+    if caps10.version[:2] != (10, 0):
+        pytest.skip(f"the installed QEMU is {caps10.version_str}, not 10.0.x")
+    sc = catalogue.get("transfer/unix-fd-memfd-immediate-q35")
+    assert sc.requires == ("cpr-incoming-fd",)
+    assert features.needed_on("cpr-incoming-fd", "dst")
+    assert not features.needed_on("cpr-incoming-fd", "src")
+    released = dialect.get(dialect.RELEASED)
+    check_supported(caps10, sc, released, "src")
+    with pytest.raises(Unsupported, match="accepts only a unix cpr channel on the target"):
+        check_supported(caps10, sc, released, "dst")
