@@ -132,6 +132,14 @@ def pytest_configure(config: pytest.Config) -> None:
                                                          catalogue.SCENARIOS)
     except UsageError as exc:
         raise pytest.UsageError(str(exc))
+    # Bad ids are a usage error before anything runs (or clears the reports).
+    for flag, lookup, values in (("--scenario", catalogue.get, config.getoption("cprh_scenarios")),
+                                 ("--suite", catalogue.suite, config.getoption("cprh_suites"))):
+        for value in values:
+            try:
+                lookup(value)
+            except UsageError as exc:
+                raise pytest.UsageError(f"{flag}: {exc}")
     config.stash[CONFIG_KEY] = cfg
     config.stash[CASES_KEY] = {}
     config.stash[START_KEY] = time.monotonic()

@@ -10,6 +10,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture(autouse=True)
+def own_reports_dir(tmp_path_factory, monkeypatch):
+    """Every run a self-test starts (pytest, `harness run`, avocado) that does not name
+    its reports directory writes into a fresh one of its own, never into the user's
+    reports/ nor the outer run's .test-reports/ (a run clears its reports directory's
+    last run when it starts)."""
+    monkeypatch.setenv("CPRH_REPORTS", str(tmp_path_factory.mktemp("reports")))
+
+
 @pytest.fixture
 def short_base():
     """A short private base dir for a child run's temp dirs (CPRH_TMPDIR).
