@@ -1,5 +1,5 @@
 """The sampler's timeline as a picture: the guest's counter over time, the stalls of at
-least 1 ms shaded, the harness's marks (transfer, resumed, window end) as lines; the
+least 5 ms shaded (the switch-over's pause darker, whatever its length), the harness's marks (transfer, resumed, window end) as lines; the
 whole run beside a zoom on the switch-over. Drawn with matplotlib (Agg, no display).
 
 The series come from :meth:`harness.evidence.sampler.SamplerResult.timeline`; they are
@@ -13,6 +13,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 #: Around the switch-over, the zoom shows this much before the transfer mark and after
 #: the resumed mark (ms).
 ZOOM_BEFORE_MS, ZOOM_AFTER_MS = 30.0, 120.0
+#: Stalls shaded on the timeline: at least this long (ms). Shorter ones are the host's
+#: scheduling on a busy machine and would paint the whole run; the switch-over's own
+#: pause is drawn whatever its length.
+SHADE_MIN_MS = 5.0
 _COLOURS = {"transfer": "#2a5db0", "resumed": "#17602c", "window-end": "#6b7280"}
 
 
@@ -52,7 +56,7 @@ def _panel(ax: Any, tl: Dict[str, Any], lo: float, hi: float, title: str) -> Non
                 drawstyle="steps-post")
     for start, end, _value in tl["spans"]:
         a, b = _ms(start), _ms(end)
-        if b >= lo and a <= hi:
+        if b - a >= SHADE_MIN_MS and b >= lo and a <= hi:
             ax.axvspan(max(a, lo), min(b, hi), color="#d93025", alpha=0.22, lw=0)
     pause = switch_over_span(tl)
     if pause is not None and pause[1] >= lo and pause[0] <= hi:
@@ -98,7 +102,7 @@ def draw(tl: Dict[str, Any], pause: Dict[str, Any], png_path: str, title: str = 
     fig, (whole, zoom) = plt.subplots(1, 2, figsize=(9.0, 2.5), dpi=90,
                                       gridspec_kw={"width_ratios": [3, 2]})
     try:
-        _panel(whole, tl, 0.0, end_ms, "guest counter, whole run (stalls >= 1 ms light red)")
+        _panel(whole, tl, 0.0, end_ms, "guest counter, whole run (stalls >= 5 ms light red)")
         lo, hi = zoom_range(tl["marks"], end_ms)
         _panel(zoom, tl, lo, hi, "around the switch-over (its pause dark red)")
         whole.set_ylabel("counter", fontsize=7.5)
