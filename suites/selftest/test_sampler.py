@@ -37,6 +37,7 @@ class CounterWriter(threading.Thread):
         self.value = start
         self.jobs = queue.Queue()
         self.halt = threading.Event()
+        self.error = None
 
     def run(self):
         word, value, jobs = self.word, self.value, self.jobs
@@ -46,14 +47,20 @@ class CounterWriter(threading.Thread):
                 word[0] = value
             if not jobs.empty():
                 fn, done = jobs.get()
-                value = fn(value)
-                word[0] = value
+                try:
+                    value = fn(value)
+                    word[0] = value
+                except BaseException as e:        # handed to do(), which raises it
+                    self.error = e
                 done.set()
 
     def do(self, fn):
         done = threading.Event()
+        self.error = None
         self.jobs.put((fn, done))
-        assert done.wait(10)
+        assert done.wait(10), "the writer thread did not run the job within 10 s"
+        if self.error is not None:
+            raise self.error
 
     def pause(self, seconds):
         self.do(lambda v: (time.sleep(seconds), v)[1])
@@ -150,7 +157,9 @@ def test_a_momentary_dip_is_a_glitch_not_a_reset(counter):
     path, writer = counter
 
     def dip(v):
-        writer.word[0] = v - 2 ** 20
+        # Half the value, whatever it has reached (a fixed step below it would go
+        # negative on a slow host where the writer has counted less).
+        writer.word[0] = v // 2
         time.sleep(0.1)                      # long enough to be seen under load
         return v + 1
 
