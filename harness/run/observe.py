@@ -73,9 +73,11 @@ class Window:
         elapsed = time.monotonic() - self.start
         if elapsed < self.seconds:
             return False
-        if os.path.exists(self.hold) and elapsed < self.seconds + HOLD_MAX_S:
+        if os.path.exists(self.hold):
             self.record["held_s"] = round(elapsed - self.seconds, 3)
-            return False
+            if elapsed < self.seconds + HOLD_MAX_S:
+                return False
+            self.record["hold_expired"] = self.hold
         return True
 
     def _poll(self) -> str:

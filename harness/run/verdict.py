@@ -88,6 +88,12 @@ def _check_window(w: Optional[Dict[str, Any]], pre: str, boots_before: Optional[
           "the target died after it took the guest over")
     if death is not None:
         return
+    if w.get("held_s"):  # only a self-test's tampering wrapper makes a hold file
+        check(pre + "hold file released", not w.get("hold_expired"),
+              "removed by the wrapper that made it", f"held {w['held_s']:g} s"
+              + (f", still there: {w['hold_expired']}" if w.get("hold_expired") else ""),
+              "a tampering wrapper's hold kept the window open to its limit: it never acted, "
+              "so this verdict says nothing about its defect")
     wrong = w.get("wrong_status")
     statuses = w.get("statuses") or {}
     polls = ", ".join(f"{k} x{v}" for k, v in statuses.items())

@@ -67,6 +67,19 @@ def test_a_broken_target_fails_and_names_its_defect(tmp_path, mode):
     assert name in msg
 
 
+def test_a_wrapper_whose_monitor_comes_up_after_resume_still_acts(tmp_path, monkeypatch):
+    """The wrapper's own monitor may connect after the target's RESUME was sent (CI once
+    passed a late-kill that way: the wrapper waited for an event already gone). It then
+    learns from query-status that the guest runs, and still kills the target."""
+    monkeypatch.setenv("TAMPER_CONNECT_AFTER_S", "4")
+    r = run_scenario(BASE, RunConfig(qemu_dst=wrapper(tmp_path, "late-kill")),
+                     str(tmp_path / "a"))
+    bad = failed_checks(r)
+    name, words = DEFECTS["late-kill"]
+    assert name in bad, {k: text_of(v) for k, v in bad.items()}
+    assert "hold file released" not in bad
+
+
 def test_a_late_reset_is_also_seen_on_the_guest(tmp_path):
     r = run_scenario(BASE, RunConfig(qemu_dst=wrapper(tmp_path, "late-reset")),
                      str(tmp_path / "a"))

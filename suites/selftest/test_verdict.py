@@ -2,7 +2,7 @@
 import pytest
 
 from harness.run.result import PairResult
-from harness.run.verdict import failed, judge
+from harness.run.verdict import failed, judge, window_checks
 from harness.scenario import catalogue
 from harness.scenario.model import Observed
 
@@ -79,3 +79,23 @@ def test_a_correct_refusal_passes():
 ])
 def test_each_refusal_failure_is_named(change, check):
     assert check in checks(refusal(**change))
+
+
+def _window(**kw):
+    w = {"seconds": 1.0, "observed_s": 1.05, "want": "running", "statuses": {"running": 20},
+         "wrong_status": None, "events": [], "resume_seen": True, "death": None,
+         "held_s": 0.0, "counter_start": 10, "counter_end": 20, "boots_end": 1}
+    w.update(kw)
+    return w
+
+
+def test_a_window_held_by_a_wrapper_that_never_acted_fails():
+    # A self-test's tampering target holds the window until its damage is done; a hold
+    # still there at the limit means it never acted, and the verdict must not pass.
+    assert [c for c in window_checks(_window(), 1) if not c.ok] == []
+    held = window_checks(_window(held_s=0.4), 1)
+    assert [c.check for c in held if c.check == "hold file released" and c.ok]
+    expired = [c for c in window_checks(_window(held_s=30.0, hold_expired="/x/qmp.sock.hold"), 1)
+               if not c.ok]
+    assert [c.check for c in expired] == ["hold file released"]
+    assert "/x/qmp.sock.hold" in str(expired[0].actual) and "never acted" in expired[0].detail

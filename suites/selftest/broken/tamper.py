@@ -6,7 +6,8 @@ self-tests can show that the harness notices. Usage, as a --qemu-dst wrapper:
 
     tamper.py MODE [QEMU ARGS...]
 
-Modes (each acts on the target, timed from the RESUME event of its own second monitor):
+Modes (each acts on the target, timed from the RESUME of its own second monitor: the
+event, or query-status saying running when that monitor came up after the event):
 
     none        run QEMU unchanged (the control)
     paused      add -S: the target never resumes the guest
@@ -43,6 +44,9 @@ import time
 TAMPER_GPA = 0x200000
 LATE_S = 0.3
 FREEZE_S = 1.5
+#: Wait this long before connecting our monitor (a self-test sets it so the monitor comes
+#: up after the guest resumed, as it can on a loaded host).
+CONNECT_AFTER_S = float(os.environ.get("TAMPER_CONNECT_AFTER_S") or 0)
 QEMU = os.environ.get("TAMPER_QEMU") or shutil.which("qemu-system-x86_64")
 MODES = ("none", "paused", "reset", "page", "freeze", "late-kill", "late-reset",
          "late-stop", "late-page")
@@ -87,15 +91,24 @@ def connect(sock_path, qemu_pid, deadline):
 
 
 def wait_resume(f):
+    """True once the guest runs on this target: its RESUME event, or (when our monitor
+    came up after RESUME had been sent, as on a loaded host) query-status saying so."""
     f.readline()  # greeting
     f.write(json.dumps({"execute": "qmp_capabilities"}) + "\n")
+    f.write(json.dumps({"execute": "query-status"}) + "\n")
     f.flush()
+    replies = 0
     while True:
         line = f.readline()
         if not line:
             return False
-        if json.loads(line).get("event") == "RESUME":
+        msg = json.loads(line)
+        if msg.get("event") == "RESUME":
             return True
+        if "return" in msg or "error" in msg:
+            replies += 1
+            if replies == 2 and (msg.get("return") or {}).get("status") == "running":
+                return True
 
 
 def command(f, name):
@@ -140,6 +153,7 @@ def damage(mode, f, qemu_pid):
 def tamperer(sock_path, mode, qemu_pid, hold):
     """Wait for RESUME on our own monitor, do the damage, release the hold."""
     try:
+        time.sleep(CONNECT_AFTER_S)
         s = connect(sock_path, qemu_pid, time.monotonic() + 120)
         if s is None:
             return
