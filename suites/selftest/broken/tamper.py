@@ -151,20 +151,19 @@ def damage(mode, f, qemu_pid):
 
 
 def tamperer(sock_path, mode, qemu_pid, hold):
-    """Wait for RESUME on our own monitor, do the damage, release the hold."""
-    try:
-        time.sleep(CONNECT_AFTER_S)
-        s = connect(sock_path, qemu_pid, time.monotonic() + 120)
-        if s is None:
-            return
-        f = s.makefile("rw")
-        if wait_resume(f):
-            damage(mode, f, qemu_pid)
-    finally:
-        try:
-            os.unlink(hold)
-        except OSError:
-            pass
+    """Wait for RESUME on our own monitor, do the damage, release the hold.
+
+    The hold is released only once the damage is done: a wrapper that could not act
+    leaves it, and the harness fails the case ("hold file released") instead of passing
+    a target that was never broken."""
+    time.sleep(CONNECT_AFTER_S)
+    s = connect(sock_path, qemu_pid, time.monotonic() + 120)
+    if s is None:
+        return
+    f = s.makefile("rw")
+    if wait_resume(f):
+        damage(mode, f, qemu_pid)
+        os.unlink(hold)
 
 
 def mode_by_case(args):
