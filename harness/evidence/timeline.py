@@ -54,10 +54,12 @@ def _panel(ax: Any, tl: Dict[str, Any], lo: float, hi: float, title: str) -> Non
     if inside:
         ax.plot([x for x, _ in inside], [y for _, y in inside], color="#1d2330", lw=1.1,
                 drawstyle="steps-post")
-    for start, end, _value in tl["spans"]:
-        a, b = _ms(start), _ms(end)
-        if b - a >= SHADE_MIN_MS and b >= lo and a <= hi:
-            ax.axvspan(max(a, lo), min(b, hi), color="#d93025", alpha=0.22, lw=0)
+    shaded = [(max(a, lo), min(b, hi) - max(a, lo))
+              for a, b in ((_ms(s), _ms(e)) for s, e, _ in tl["spans"])
+              if b - a >= SHADE_MIN_MS and b >= lo and a <= hi]
+    if shaded:  # one artist for all of them
+        ax.broken_barh(shaded, (0, 1), transform=ax.get_xaxis_transform(),
+                       color="#d93025", alpha=0.22, lw=0)
     pause = switch_over_span(tl)
     if pause is not None and pause[1] >= lo and pause[0] <= hi:
         ax.axvspan(max(pause[0], lo), min(pause[1], hi), color="#d93025", alpha=0.6, lw=0)
@@ -92,26 +94,25 @@ def caption(pause: Dict[str, Any]) -> str:
 
 
 def draw(tl: Dict[str, Any], pause: Dict[str, Any], png_path: str, title: str = "") -> str:
-    """Write the timeline picture; returns its path."""
-    import matplotlib
+    """Write the timeline picture; returns its path.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    A bare Agg figure with fixed margins (no pyplot, no tight_layout): it is drawn for
+    every case, inside the case's time, so it is kept cheap."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     end_ms = _ms(tl["trace"][-1][0]) if tl["trace"] else 1.0
-    fig, (whole, zoom) = plt.subplots(1, 2, figsize=(9.0, 2.5), dpi=90,
-                                      gridspec_kw={"width_ratios": [3, 2]})
-    try:
-        _panel(whole, tl, 0.0, end_ms, "guest counter, whole run (stalls >= 5 ms light red)")
-        lo, hi = zoom_range(tl["marks"], end_ms)
-        _panel(zoom, tl, lo, hi, "around the switch-over (its pause dark red)")
-        whole.set_ylabel("counter", fontsize=7.5)
-        fig.suptitle((title + ": " if title else "") + caption(pause), fontsize=9, x=0.01,
-                     ha="left")
-        fig.tight_layout(rect=(0, 0, 1, 0.94), h_pad=0.2)
-        fig.savefig(png_path)
-    finally:
-        plt.close(fig)
+    fig = Figure(figsize=(9.0, 2.5), dpi=90)
+    FigureCanvasAgg(fig)
+    whole, zoom = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+    fig.subplots_adjust(left=0.085, right=0.99, bottom=0.17, top=0.8, wspace=0.2)
+    _panel(whole, tl, 0.0, end_ms, "guest counter, whole run (stalls >= 5 ms light red)")
+    lo, hi = zoom_range(tl["marks"], end_ms)
+    _panel(zoom, tl, lo, hi, "around the switch-over (its pause dark red)")
+    whole.set_ylabel("counter", fontsize=7.5)
+    fig.suptitle((title + ": " if title else "") + caption(pause), fontsize=9, x=0.01,
+                 ha="left")
+    fig.savefig(png_path)
     return png_path
 
 
