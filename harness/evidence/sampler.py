@@ -4,7 +4,9 @@ The guest increments a u64 progress counter continuously. A separate process
 (:mod:`harness.evidence.sampler_child`) maps that word of guest RAM read-only,
 through the RAM backend file, and reads it in a tight loop with a CLOCK_MONOTONIC
 timestamp per read (~10 M reads/s on CPython 3.11). A *stall* is a run of reads that
-all saw the same value: the guest did not run for at least that long.
+all saw the same value: the guest did not run for at least that long. Once told to
+relax, from the counter's next move on, it reads every ``RELAX_WAIT_S`` instead (its
+later stalls are timed to about that, for a few per cent of a core).
 
 Two bounds per stall, both reported:
 
@@ -21,8 +23,9 @@ parent's own time and lands exactly, however late the child reads it.
 
 Protocol: one JSON object a line. Child -> parent: ``{"event": "ready", ...}`` after the
 first read, and ``{"event": "result", ...}`` when it stops. Parent -> child:
-``{"cmd": "mark", "label": L, "t_ns": T}`` and ``{"cmd": "stop"}`` (plain ``mark L`` and
-``stop`` lines are accepted too, for hand use). The child also stops by itself after
+``{"cmd": "mark", "label": L, "t_ns": T}``, ``{"cmd": "relax"}`` (read at a few kHz from
+the next change of the counter on) and ``{"cmd": "stop"}`` (plain ``mark L``, ``relax``
+and ``stop`` lines are accepted too, for hand use). The child also stops by itself after
 ``--max-seconds`` (then writes its result unasked), and exits without a result when its
 stdin reaches EOF (its parent died).
 
@@ -48,6 +51,10 @@ from harness.core.wait import budget
 START = "<start>"
 END = "<end>"
 DEFAULT_THRESHOLD_US = 50.0     # stalls shorter than this are not recorded
+#: Relaxed (after a "relax" command): one read, then a wait on stdin this long (s). The
+#: guest's stalls are then timed to about this much instead of a microsecond, at a few
+#: per cent of a core instead of a whole one.
+RELAX_WAIT_S = 0.0002
 
 
 class SamplerError(HarnessError):
@@ -152,6 +159,10 @@ class SamplerResult:
     #: when still stalled). Kept out of :meth:`to_dict` (see :meth:`timeline`).
     trace: Tuple[Tuple[int, int], ...] = ()
     spans: Tuple[Tuple[int, int, int], ...] = ()
+    #: When the child relaxed (:meth:`Sampler.relax`): from then on one read per
+    #: ~RELAX_WAIT_S, so later stalls are timed to about that. ``rate_hz`` and
+    #: ``median_interval_ns`` are of the fast part. None: it never relaxed.
+    relaxed_at_ns: Optional[int] = None
 
     @property
     def duration_s(self) -> float:
@@ -214,7 +225,8 @@ class SamplerResult:
                           for w in d["windows"]),
             stalls_recorded=d["stalls_recorded"], stalls_dropped=d["stalls_dropped"],
             trace=tuple(tuple(p) for p in d.get("trace", ())),
-            spans=tuple(tuple(s) for s in d.get("spans", ())))
+            spans=tuple(tuple(s) for s in d.get("spans", ())),
+            relaxed_at_ns=d.get("relaxed_at_ns"))
 
 
 # --------------------------------------------------------------------------- the parent side
@@ -335,6 +347,13 @@ class Sampler:
             raise UsageError(f"sampler: bad mark label {label!r}")
         self._send({"cmd": "mark", "label": label, "t_ns": int(t_ns)},
                    when=f"at mark {label!r}")
+
+    def relax(self) -> None:
+        """From the next moment the counter moves on: read at a few kHz instead of
+        flat out (a stall in progress is timed to its end at full rate). Once what must
+        be timed to the microsecond is over (the switch-over's pause), this frees the
+        core the loop would burn for the rest of the run."""
+        self._send({"cmd": "relax"}, when="at relax")
 
     def stop(self, timeout: float = 10.0) -> SamplerResult:
         """Ask for the results (or collect those written at max_seconds) and reap.

@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from harness.evidence.sampler import DEFAULT_THRESHOLD_US, END, START
+from harness.evidence.sampler import DEFAULT_THRESHOLD_US, END, RELAX_WAIT_S, START
 
 _CHECK_EVERY = 4096             # reads between looks at stdin and the clock (~0.5 ms)
 _MAX_RECORDED = 200_000         # stalls, sampler gaps, interval probes: bounded memory
@@ -85,10 +85,14 @@ def _sample(word: memoryview, max_ns: int, thr_ns: int, stdin_fd: int) -> Dict[s
     mask = _CHECK_EVERY - 1
     inbuf = b""
     stopped_by = ""
+    gap_ns = thr_ns        # the sampler's own gaps recorded: longer than this
+    wait = 0.0             # stdin wait per look: 0 while fast, RELAX_WAIT_S once relaxed
+    relax_asked = False
+    relaxed_at = fast_samples = 0
     while True:
         v = word[0]
         t = mono()
-        if t - prev_t > thr_ns and len(gaps) < _MAX_RECORDED:
+        if t - prev_t > gap_ns and len(gaps) < _MAX_RECORDED:
             gaps.append((prev_t, t))
         if v != last_v:
             if pending is not None:
@@ -108,14 +112,20 @@ def _sample(word: memoryview, max_ns: int, thr_ns: int, stdin_fd: int) -> Dict[s
             changes += 1
         n += 1
         if not n & mask:
-            if len(probes) < _MAX_RECORDED:
+            if not relaxed_at and len(probes) < _MAX_RECORDED:
                 probes.append(t - prev_t)
+            if relax_asked and not relaxed_at and t - run_t < thr_ns:
+                # Relax only while the counter moves: a stall in progress (the
+                # switch-over's pause) is timed to its end at full rate.
+                relaxed_at, fast_samples = t, n
+                mask, wait = 0, RELAX_WAIT_S
+                gap_ns = thr_ns + 4 * int(RELAX_WAIT_S * 1e9)
             if t - trace_t >= _TRACE_EVERY_NS and len(trace) < _MAX_RECORDED:
                 trace.append((t, v))
                 trace_t = t
             if t >= deadline:
                 stopped_by = "max_seconds"
-            elif poll([stdin_fd], [], [], 0)[0]:
+            elif poll([stdin_fd], [], [], wait)[0]:
                 data = os.read(stdin_fd, 1 << 16)
                 if not data:
                     stopped_by = "eof"
@@ -127,6 +137,8 @@ def _sample(word: memoryview, max_ns: int, thr_ns: int, stdin_fd: int) -> Dict[s
                         marks.append((label, int(t_ns) if t_ns else mono()))
                     elif cmd == "stop":
                         stopped_by = "stop"
+                    elif cmd == "relax":
+                        relax_asked = True
                     elif cmd:
                         sys.stderr.write(f"sampler: ignoring unknown command {line!r}\n")
             if stopped_by:
@@ -139,7 +151,8 @@ def _sample(word: memoryview, max_ns: int, thr_ns: int, stdin_fd: int) -> Dict[s
     return {"stopped_by": stopped_by, "samples": n, "t0_ns": t0, "t_end_ns": t,
             "first_value": first_value, "last_value": last_v, "changes": changes,
             "stalls": stalls, "gaps": gaps, "probes": probes, "steps": steps,
-            "marks": marks, "dropped": dropped, "trace": trace}
+            "marks": marks, "dropped": dropped, "trace": trace,
+            "relaxed_at_ns": relaxed_at or None, "fast_samples": fast_samples or n}
 
 
 def _summarize(raw: Dict[str, Any], thr_ns: int) -> Dict[str, Any]:
@@ -171,10 +184,13 @@ def _summarize(raw: Dict[str, Any], thr_ns: int) -> Dict[str, Any]:
                         "stalls": len(inside), "max_sampler_gap_ns": max(gaps, default=0)})
     probes = sorted(raw["probes"])
     gap_max = max((g1 - g0 for g0, g1 in raw["gaps"]), default=0)
-    duration = max(t_end - t0, 1)
+    relaxed_at = raw.get("relaxed_at_ns")
+    # The rate of the fast part: what the stalls before relaxing were timed with.
+    duration = max((relaxed_at or t_end) - t0, 1)
     return {
         "stopped_by": raw["stopped_by"], "samples": raw["samples"], "t0_ns": t0,
-        "t_end_ns": t_end, "rate_hz": raw["samples"] * 1e9 / duration,
+        "t_end_ns": t_end, "rate_hz": raw.get("fast_samples", raw["samples"]) * 1e9 / duration,
+        "relaxed_at_ns": relaxed_at,
         "median_interval_ns": probes[len(probes) // 2] if probes else 0,
         "max_interval_ns": max(gap_max, probes[-1] if probes else 0),
         "threshold_ns": thr_ns, "first_value": raw["first_value"],

@@ -429,6 +429,7 @@ class PairDriver(Aftermath):
         in-place RAM evidence gathered inside it, and the RAM verified at its end."""
         self.settle_states(a)
         self.ev.mark(M_RESUMED)
+        self.ev.relax()
         window = Window(self, self.target, self.cfg.observe_s, self.sc.paused) \
             if self.plan.observe else None
         title = f"observe the target for {self.cfg.observe_s:g} s" if window else "evidence"

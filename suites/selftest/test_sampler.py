@@ -255,3 +255,32 @@ def test_bad_arguments():
         Sampler("/dev/null", 0x10004, 1)
     with pytest.raises(UsageError):
         Sampler("/dev/null", 0, 0)
+
+
+def test_relaxed_it_still_times_a_stall_and_frees_the_core(counter):
+    # After "relax" the child reads at a few kHz: a 100 ms stall is still timed (to
+    # ~RELAX_WAIT_S), and the child spends a small part of a core, not all of it.
+    import psutil
+
+    path, writer = counter
+    with Sampler(path, OFFSET, max_seconds=30) as s:
+        s.start()
+        time.sleep(0.1)
+        s.relax()
+        time.sleep(0.1)                      # it relaxes at the counter's next move
+        child = psutil.Process(s._proc.pid)
+        cpu0 = sum(child.cpu_times()[:2])
+        time.sleep(1.0)
+        cpu = sum(child.cpu_times()[:2]) - cpu0
+        s.mark("pause-start")
+        writer.pause(0.100)
+        s.mark("pause-done")
+        time.sleep(0.05)
+        r = s.stop()
+    assert r.relaxed_at_ns is not None and r.t0_ns < r.relaxed_at_ns < r.marks[0].t_ns
+    assert cpu < 0.5, f"relaxed, the sampler used {cpu:.2f} s of CPU in 1 s"
+    paused = r.longest_between("pause-start", "pause-done")
+    assert 90e6 <= paused.duration_ns <= paused.max_ns <= 300e6, paused
+    assert r.rate_hz > 100_000, r.describe()   # the fast part's rate, not the whole run's
+    back = SamplerResult.from_dict(json.loads(json.dumps(r.to_dict())))
+    assert back.relaxed_at_ns == r.relaxed_at_ns
