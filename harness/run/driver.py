@@ -216,6 +216,10 @@ class PairDriver(Aftermath):
         # failed has its verdict already.
         if self.sc.retry and not self.sc.positive and \
                 self.r.src_status_after in ("running", "paused"):
+            impossible = self.setup.bins.no_valid_retry()
+            if impossible:
+                self.r.retry = {"tag": "retry", "observed": "", "not_applicable": impossible}
+                return
             with self.phase("retry", "retry a valid transfer from the same source"):
                 self.retry()
 

@@ -60,6 +60,17 @@ class Binaries:
             return self.src.resolve_machine(self.machine)
         return self.machine
 
+    def no_valid_retry(self) -> Optional[str]:
+        """Why no valid transfer can follow from this source, or None. An unpinned newer
+        source runs a machine type an older target does not have: nothing can take its
+        guest over, so a retry would judge the pair, not the refusal."""
+        machine = self.target_machine(retry=True)
+        if self.dst.has_machine(machine):
+            return None
+        return (f"no valid transfer can follow from this source: it runs {machine}, which "
+                f"the {self.dst.version_str} target does not have (a machine type goes to "
+                f"the same or a newer QEMU only)")
+
 
 @dataclass(frozen=True)
 class CaseSetup:

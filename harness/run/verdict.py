@@ -212,6 +212,12 @@ def _check_survival(r: PairResult, check: CheckFn) -> None:
 def _check_retry(r: PairResult, check: CheckFn) -> None:
     sc = r.scenario
     rt = r.retry or {}
+    if rt.get("not_applicable"):
+        # Nothing could take this source's guest over (harness.run.setup.no_valid_retry):
+        # said, not judged.
+        check("retry of a valid transfer", True, Expect.COMPLETES.value + " where one can",
+              "not applicable: " + rt["not_applicable"])
+        return
     done = rt.get("observed") == Observed.COMPLETED.value
     check("retry of a valid transfer", done, Expect.COMPLETES.value,
           rt.get("observed") or "not attempted",

@@ -433,3 +433,26 @@ def test_a_target_feature_is_asked_of_the_target_only(caps10: Capabilities):
     check_supported(caps10, sc, released, "src")
     with pytest.raises(Unsupported, match="accepts only a unix cpr channel on the target"):
         check_supported(caps10, sc, released, "dst")
+
+
+def test_no_valid_retry_from_a_newer_unpinned_source(caps10: Capabilities):
+    """An unpinned 11.1 source runs pc-q35-11.1: an older target lacks it, so after its
+    refusal no valid transfer can follow (the retry is said not applicable, not failed);
+    an older unpinned source's type the newer target has, so its retry runs."""
+    from harness.run.config import RunConfig
+    from harness.run.setup import Binaries
+    from harness.scenario import catalogue
+    from harness.cpr.dialect import get as dialect_of
+
+    newer = dataclasses.replace(
+        caps10, version=(11, 1, 3), machines=tuple(caps10.machines) + ("pc-q35-11.1",),
+        machine_aliases=(("q35", "pc-q35-11.1"),))
+    sc = catalogue.get("version/unpinned-machine-q35")
+
+    def bins(src, dst):
+        return Binaries(sc, "x86_64", RunConfig(), src, dst, dialect_of(DIALECT_RELEASED),
+                        "kvm", machine="q35")
+    why = bins(newer, caps10).no_valid_retry()
+    assert why and "pc-q35-11.1" in why and caps10.version_str in why, why
+    assert bins(caps10, newer).no_valid_retry() is None
+    assert bins(caps10, caps10).no_valid_retry() is None

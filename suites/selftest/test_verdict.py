@@ -99,3 +99,11 @@ def test_a_window_held_by_a_wrapper_that_never_acted_fails():
                if not c.ok]
     assert [c.check for c in expired] == ["hold file released"]
     assert "/x/qmp.sock.hold" in str(expired[0].actual) and "never acted" in expired[0].detail
+
+
+def test_a_retry_that_cannot_exist_is_said_not_failed():
+    why = "no valid transfer can follow from this source: it runs pc-q35-11.1, ..."
+    r = refusal(retry={"tag": "retry", "observed": "", "not_applicable": why})
+    assert failed(judge(r)) == []
+    (c,) = [c for c in judge(r) if c.check == "retry of a valid transfer"]
+    assert str(c.actual).startswith("not applicable: no valid transfer")

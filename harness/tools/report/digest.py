@@ -96,7 +96,9 @@ def highlights(res: Mapping[str, Any]) -> List[Row]:
     rows += _ram_rows(ev) + _pause_rows(ev)
     rows += _window_row(res.get("window"), "observation window")
     rt = res.get("retry") or {}
-    if rt:
+    if rt.get("not_applicable"):
+        rows.append(("retry", "not applicable: " + rt["not_applicable"]))
+    elif rt:
         rows.append(("retry", f"{rt.get('observed')}" + (f": {rt['message']}"
                                                          if rt.get("message") else "")))
         rows += _window_row(rt.get("window"), "retry: observation window")
