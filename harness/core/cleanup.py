@@ -220,6 +220,12 @@ def _kill_tree(pid: int, starttime: int) -> None:
 
 
 def _main(argv: list) -> int:
+    # Only the runner's end of the pipe ends a janitor: a `pkill -f python` or a Ctrl-C
+    # sent to every process would otherwise take it down before the runner it cleans
+    # up after (SIGKILL still can).
+    import signal
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
     pids: dict = {}
     paths: set = set()
     huge: dict = {}  # size_kb -> pages reserved

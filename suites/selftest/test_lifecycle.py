@@ -145,6 +145,42 @@ def test_kill9_of_runner_leaves_nothing(tmp_path, short_base, wrapper):
     assert os.listdir(base) == []
 
 
+JANITOR_RUNNER = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, {root!r})
+    from harness.core.cleanup import janitor, private_tmpdir
+    d = private_tmpdir()
+    print(janitor().proc.pid, d, flush=True)
+    time.sleep(120)
+""")
+
+
+def test_a_janitor_outlives_a_pkill_and_still_cleans_up(short_base):
+    """`pkill -f python` reaches the janitor too: it ignores SIGTERM, SIGINT and SIGHUP
+    and still removes the runner's temp dir when the runner is killed after it."""
+    env = dict(os.environ, CPRH_TMPDIR=str(short_base))
+    runner = subprocess.Popen([sys.executable, "-c", JANITOR_RUNNER.format(root=str(ROOT))],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+                              text=True)
+    try:
+        jpid, workdir = runner.stdout.readline().split()
+
+        def ignoring():  # its interpreter has started and set the signals aside
+            with open(f"/proc/{jpid}/status") as f:
+                mask = int(next(ln for ln in f if ln.startswith("SigIgn:")).split()[1], 16)
+            return all(mask >> (s - 1) & 1 for s in (signal.SIGTERM, signal.SIGINT,
+                                                     signal.SIGHUP))
+        wait_until(ignoring, 15, "the janitor to ignore SIGTERM, SIGINT and SIGHUP")
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            os.kill(int(jpid), sig)
+        assert os.path.isdir(workdir)
+    finally:
+        runner.send_signal(signal.SIGKILL)
+        runner.wait(10)
+    wait_until(lambda: not os.path.exists(workdir), 15, f"{workdir} to be removed")
+    wait_until(lambda: gone([int(jpid)]), 15, "the janitor to exit once done")
+
+
 @needs_qemu
 @pytest.mark.parametrize("jobs", [0, 2], ids=["serial", "xdist-2"])
 def test_kill9_of_pytest_mid_case_leaves_nothing(tmp_path, short_base, jobs):
@@ -168,11 +204,19 @@ def test_kill9_of_pytest_mid_case_leaves_nothing(tmp_path, short_base, jobs):
     wait_until(lambda: os.listdir(base) == [], 30, f"temp dirs under {base} to be removed")
 
 
+def sigint_as_at_a_terminal():
+    """For a child the test will Ctrl-C: SIGINT at its default, as at a terminal. A
+    runner started in the background of a non-interactive shell (`cmd &`, nohup) has it
+    ignored, and a Python started so never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_pytest(base, reports, *extra):
     cmd = [sys.executable, "-m", "pytest", str(ROOT / "suites" / "conformance"),
            "-p", "no:cacheprovider", "--reports", str(reports), "-q", *extra]
     return subprocess.Popen(cmd, cwd=str(ROOT), env=dict(os.environ, CPRH_TMPDIR=str(base)),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=sigint_as_at_a_terminal)
 
 
 def all_qemus_seen(proc, seen):

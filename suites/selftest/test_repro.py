@@ -226,9 +226,12 @@ def test_interrupted_it_still_kills_both_and_removes_its_dir(sig, code, tmp_path
                        f'exec {QEMU} "$@"\n')
     wrapper.chmod(0o755)
     path = generate(tmp_path, "transfer/unix-unix-memfd-immediate-q35")
+    # SIGINT at its default, as at a terminal (a runner in the background of a
+    # non-interactive shell has it ignored, and so would the script).
     proc = subprocess.Popen([SYSTEM_PYTHON, str(path)], cwd=str(tmp_path), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, env=clean_env(QEMU_DST=str(wrapper)))
+                            stdin=subprocess.DEVNULL, env=clean_env(QEMU_DST=str(wrapper)),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     try:
         deadline = time.monotonic() + 60

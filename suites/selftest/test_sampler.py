@@ -129,7 +129,9 @@ def test_measures_a_50ms_stall_between_marks(counter):
     assert back == dataclasses.replace(r, trace=(), spans=())
     tl = r.timeline()
     times = [t for t, _ in tl["trace"]]
-    assert len(times) > 100 and times == sorted(times)
+    # A point a millisecond at most, looked at every 4096 reads: ~350 here on a quiet
+    # host, a few dozen when the host starves the sampler (seen: 35 under load 6).
+    assert len(times) > 10 and times == sorted(times)
     assert any(s[1] - s[0] >= 45e6 for s in tl["spans"])   # the 50 ms stall is drawn
     assert [m["label"] for m in tl["marks"]] == ["pause-start", "pause-done"]
 

@@ -40,6 +40,7 @@ import signal
 import socket
 import sys
 import time
+import traceback
 
 TAMPER_GPA = 0x200000
 LATE_S = 0.3
@@ -122,7 +123,10 @@ def command(f, name):
 
 def flip_byte(qemu_pid):
     for fd in os.listdir(f"/proc/{qemu_pid}/fd"):
-        link = os.readlink(f"/proc/{qemu_pid}/fd/{fd}")
+        try:
+            link = os.readlink(f"/proc/{qemu_pid}/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile: QEMU closes its channels around RESUME
         if link.startswith("/memfd:memory-backend-memfd"):
             with open(f"/proc/{qemu_pid}/fd/{fd}", "r+b") as ram:
                 ram.seek(TAMPER_GPA)  # below 2 GiB on q35: offset == GPA
@@ -130,6 +134,7 @@ def flip_byte(qemu_pid):
                 ram.seek(TAMPER_GPA)
                 ram.write(bytes([b[0] ^ 0xFF]))
             return
+    raise RuntimeError(f"tamper.py: no guest RAM memfd among QEMU {qemu_pid}'s fds")
 
 
 def damage(mode, f, qemu_pid):
@@ -194,6 +199,9 @@ def main():
     if os.fork() == 0:
         try:
             tamperer(side, mode, pid, hold)
+        except BaseException:
+            # Into QEMU's log (our stderr is its): why the hold was left in place.
+            traceback.print_exc()
         finally:
             os._exit(0)
     os.execv(QEMU, [QEMU, *args, "-qmp", f"unix:{side},server=on,wait=off"])
