@@ -438,7 +438,8 @@ class PairDriver(Aftermath):
             if self.plan.observe else None
         title = f"observe the target for {self.cfg.observe_s:g} s" if window else "evidence"
         with self.phase("observe", title):
-            self.evidence_in_window(a)
+            with self.unless_target_died():
+                self.evidence_in_window(a)
             if window is not None:
                 window.watch()
             else:
@@ -450,16 +451,35 @@ class PairDriver(Aftermath):
         self.r.artifacts.update(self.ev.files)
         if window is not None and window.record["death"] is not None:
             self.window_deaths.add(id(self.target))
-        # Through the target's RAM fd; if the target died, through the source's: both
-        # map the one RAM file.
-        through = self.target if self.target.is_running() else self.source
-        if through.is_running():
-            with self.obs.step(f"verify RAM intact at the window's end (through the "
-                               f"{'target' if through is self.target else 'source'})"):
-                self.ev.verify_after(self.source.pid, through.pid, self.hooks.before_verify)
+        # Through the target's RAM fd; if the target died (even meanwhile), through the
+        # source's: both map the one RAM file.
+        for through in (self.target, self.source):
+            done = False
+            if through.is_running():
+                with self.unless_target_died(), self.obs.step(
+                        f"verify RAM intact at the window's end (through the "
+                        f"{'target' if through is self.target else 'source'})"):
+                    self.ev.verify_after(self.source.pid, through.pid, self.hooks.before_verify)
+                    done = True
+            if done:
+                break
         if window is not None:
             window.progress(a.counter_after)
             a.window = window.record
+
+    @contextmanager
+    def unless_target_died(self) -> Iterator[None]:
+        """Reading a target that dies meanwhile (its /proc entries, its monitor) fails:
+        that is no harness error, the observation window reports the death."""
+        try:
+            yield
+        except (HarnessError, OSError) as exc:
+            # A process being killed loses its /proc entries before it can be reaped:
+            # give it a moment to be seen dead before calling this a harness error.
+            try:
+                self.target.wait_exit(2.0)
+            except WaitTimeout:
+                raise exc from None
 
     def evidence_in_window(self, a: Attempt) -> None:
         """What a completed transfer shows at once: no RAM in the stream, the target on

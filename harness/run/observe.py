@@ -22,7 +22,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
-from harness.core.errors import QMPConnectionLost, WaitTimeout
+from harness.core.errors import QMPConnectionLost, VMLaunchFailure, WaitTimeout
 from harness.core.logs import tail
 from harness.core.wait import wait_until
 from harness.qemu.process import QemuProcess, describe_exit
@@ -157,13 +157,14 @@ class Window:
         g = self.d.g
         self.record["counter_start"] = counter_start
         try:
-            if self.paused or counter_start is None or self.record["wrong_status"]:
+            try:
+                if self.paused or counter_start is None or self.record["wrong_status"]:
+                    wa = g.read(self.vm)
+                else:
+                    wa = g.wait_moving(self.vm, self.d.t.settle, above=counter_start)
+            except WaitTimeout:
                 wa = g.read(self.vm)
-            else:
-                wa = g.wait_moving(self.vm, self.d.t.settle, above=counter_start)
-        except WaitTimeout:
-            wa = g.read(self.vm)
-        except QMPConnectionLost:
+        except (QMPConnectionLost, VMLaunchFailure):  # it died since the window's end
             self._died()
             return
         self.record["counter_end"] = wa.counter

@@ -175,3 +175,44 @@ def test_a_run_budget_below_every_pause_fails_the_stall_check(tmp_path):
     bad = failed_checks(r)
     assert list(bad) == ["guest stall within budget"], bad
     assert "budget 1 ms" in bad["guest stall within budget"].detail
+
+
+def test_a_target_dying_while_its_evidence_is_read_is_a_verdict(tmp_path, monkeypatch):
+    """Killed while the harness reads its /proc entries (the same-memory check), or
+    while its RAM is verified: a failed check naming the death, the RAM verified
+    through the source; never a harness error."""
+    import os
+    import signal
+
+    from harness.evidence.collector import RamEvidence
+
+    def kill(pid):  # not waited for: the harness finds it half-dead, as in real life
+        os.kill(pid, signal.SIGKILL)
+
+    original = RamEvidence.check_same_memory
+    killed = []
+
+    def kill_then_check(self, src_pid, dst_pid):
+        kill(dst_pid)
+        killed.append(dst_pid)
+        return original(self, src_pid, dst_pid)
+
+    monkeypatch.setattr(RamEvidence, "check_same_memory", kill_then_check)
+    r = run_scenario(BASE, RunConfig(), str(tmp_path / "a"))
+    monkeypatch.undo()
+    bad = failed_checks(r)
+    assert killed and "target alive through the observation window" in bad, bad
+    assert "killed by signal 9" in text_of(bad["target alive through the observation window"])
+
+    def kill_the_target(ramfd):  # first through the target's fd; then the source's
+        if len(killed) == 1:
+            killed.append(ramfd.pid)
+            kill(ramfd.pid)
+
+    r = run_scenario(BASE, RunConfig(), str(tmp_path / "b"),
+                     hooks=Hooks(before_verify=kill_the_target))
+    bad = failed_checks(r)
+    assert len(killed) == 2 and "RAM pattern intact" not in bad, bad
+    assert r.evidence["pattern"]["ok"] is True     # verified through the source instead
+    assert "no QEMU died before teardown" in bad or \
+        "target alive through the observation window" in bad, bad
