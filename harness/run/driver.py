@@ -453,16 +453,12 @@ class PairDriver(Aftermath):
             self.window_deaths.add(id(self.target))
         # Through the target's RAM fd; if the target died (even meanwhile), through the
         # source's: both map the one RAM file.
-        for through in (self.target, self.source):
-            done = False
-            if through.is_running():
-                with self.unless_target_died(), self.obs.step(
-                        f"verify RAM intact at the window's end (through the "
-                        f"{'target' if through is self.target else 'source'})"):
-                    self.ev.verify_after(self.source.pid, through.pid, self.hooks.before_verify)
-                    done = True
-            if done:
-                break
+        for through in (vm for vm in (self.target, self.source) if vm.is_running()):
+            with self.unless_target_died(), self.obs.step(
+                    f"verify RAM intact at the window's end (through the "
+                    f"{'target' if through is self.target else 'source'})"):
+                self.ev.verify_after(self.source.pid, through.pid, self.hooks.before_verify)
+                break  # verified; a target that died meanwhile: on to the source
         if window is not None:
             window.progress(a.counter_after)
             a.window = window.record
