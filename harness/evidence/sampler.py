@@ -16,6 +16,12 @@ Two bounds per stall, both reported:
   cannot have stood still longer. A sampler descheduled in the middle of a stall widens
   the gap between the two, and the sampler's own gaps are reported per window.
 
+A read's timestamp is taken just after it, so each bound takes the timestamps one read
+further out (the last read's lower end is the timestamp *before* it, the read before the
+first is timed by the timestamp before *it*): a sampler descheduled between a read and
+its timestamp then widens the two bounds instead of narrowing the upper one (CI once saw
+an upper bound of 45.3 ms for a 50 ms stall, before this).
+
 A separate process, not a thread: the harness's own Python work (QMP, JSON, pattern
 checks) would otherwise hold the GIL and show up as guest stalls. Its timestamps and
 the parent's marks share CLOCK_MONOTONIC (``time.monotonic_ns``), so a mark carries the

@@ -68,7 +68,12 @@ def _sample(word: memoryview, max_ns: int, thr_ns: int, stdin_fd: int) -> Dict[s
     poll = select.select
     v = word[0]
     t = mono()
-    t0 = prev_t = run_t = run_before_t = t
+    # A read comes before its timestamp, so the bounds of a stall take the timestamps one
+    # read further out: the value surely stood still from run_t to the timestamp before
+    # its last read, and surely not longer than from the timestamp before the read before
+    # its first one to the timestamp after the first new read. A sampler descheduled
+    # between a read and its timestamp then widens the bounds, never narrows them.
+    t0 = prev_t = pprev_t = run_t = run_before_t = t
     first_value = last_v = v
     _emit({"event": "ready", "pid": os.getpid(), "t_ns": t0, "value": v})
     deadline = t0 + max_ns
@@ -101,12 +106,12 @@ def _sample(word: memoryview, max_ns: int, thr_ns: int, stdin_fd: int) -> Dict[s
                 pending = None
             if v < last_v:
                 pending = (t, last_v, v)
-            if prev_t - run_t >= thr_ns:
+            if pprev_t - run_t >= thr_ns:
                 if len(stalls) < _MAX_RECORDED:
-                    stalls.append((run_t, prev_t, t, run_before_t, last_v))
+                    stalls.append((run_t, pprev_t, t, run_before_t, last_v))
                 else:
                     dropped += 1
-            run_before_t = prev_t
+            run_before_t = pprev_t
             run_t = t
             last_v = v
             changes += 1
@@ -143,6 +148,7 @@ def _sample(word: memoryview, max_ns: int, thr_ns: int, stdin_fd: int) -> Dict[s
                         sys.stderr.write(f"sampler: ignoring unknown command {line!r}\n")
             if stopped_by:
                 break
+        pprev_t = prev_t
         prev_t = t
     if pending is not None:
         steps.append((pending[0], pending[1], pending[2], "reset"))

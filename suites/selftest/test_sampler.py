@@ -144,6 +144,65 @@ def test_measures_a_50ms_stall_between_marks(counter):
     assert [m["label"] for m in tl["marks"]] == ["pause-start", "pause-done"]
 
 
+class ScriptedHost:
+    """Plays the clock and the guest for ``sampler_child._sample`` in-process: a read
+    every 20 us of true time, a counter that ticks every microsecond and stands still
+    for exactly ``STALL_NS`` from ``stall_at``, and a sampler that loses the core for
+    ``LOST_NS`` between read number ``lost_read`` and its timestamp."""
+
+    STEP, STALL_NS, LOST_NS, T0 = 20_000, 50_000_000, 5_000_000, 10**12
+
+    def __init__(self, word, stall_at, lost_read):
+        self.word, self.stall_at, self.lost_read = word, stall_at, lost_read
+        self.now, self.reads = self.T0, 0
+        word[0] = self.value(self.now)
+
+    def value(self, t):
+        frozen_from, frozen_to = self.T0 + self.stall_at, self.T0 + self.stall_at + self.STALL_NS
+        if t < frozen_from:
+            return t // 1000
+        if t < frozen_to:
+            return frozen_from // 1000
+        return frozen_from // 1000 + 1 + (t - frozen_to) // 1000
+
+    def clock(self):          # called by the sampler just after each read
+        self.reads += 1
+        if self.reads == self.lost_read:
+            self.now += self.LOST_NS         # descheduled between the read and its clock
+        t = self.now
+        self.now += self.STEP                # the next read, in true time
+        self.word[0] = self.value(self.now)
+        return t
+
+
+@pytest.mark.parametrize("lost_read, stall_at", [
+    # read 1000 is at 19.98 ms; the guest stops 2 ms later, while the sampler is away
+    pytest.param(1000, 21_980_000, id="core-lost-as-the-stall-begins"),
+    # read 2901 is at 58 ms; the guest runs again 2 ms later, while the sampler is away
+    pytest.param(2901, 10_000_000, id="core-lost-as-the-stall-ends"),
+])
+def test_a_sampler_losing_the_core_between_a_read_and_its_clock_still_brackets_the_stall(
+        monkeypatch, lost_read, stall_at):
+    # A read's timestamp comes after it; CI once saw an upper bound of 45.3 ms for a 50 ms
+    # stall because the sampler lost the core in between just as the guest stopped.
+    from harness.evidence import sampler_child
+    host = ScriptedHost(memoryview(bytearray(8)).cast("Q"), stall_at, lost_read)
+    monkeypatch.setattr(time, "monotonic_ns", host.clock)
+    monkeypatch.setattr(sampler_child, "_emit", lambda obj: None)
+    r_fd, w_fd = os.pipe()
+    try:
+        os.write(w_fd, b"stop\n")          # seen at the first look, after 4096 reads
+        raw = sampler_child._sample(host.word, 10**12, 50_000, r_fd)
+    finally:
+        os.close(r_fd)
+        os.close(w_fd)
+    assert raw["stopped_by"] == "stop" and raw["samples"] == 4096
+    longest = sampler_child._summarize(raw, 50_000)["longest"]
+    assert longest["duration_ns"] <= host.STALL_NS <= longest["max_ns"], longest
+    # ...and the bounds part by no more than the time the sampler lost and a few reads.
+    assert longest["max_ns"] - longest["duration_ns"] <= host.LOST_NS + 4 * host.STEP
+
+
 def test_counter_going_backwards_is_a_reset(counter):
     path, writer = counter
     with Sampler(path, OFFSET, max_seconds=30) as s:
