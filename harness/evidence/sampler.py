@@ -16,11 +16,12 @@ Two bounds per stall, both reported:
   cannot have stood still longer. A sampler descheduled in the middle of a stall widens
   the gap between the two, and the sampler's own gaps are reported per window.
 
-A read's timestamp is taken just after it, so each bound takes the timestamps one read
-further out (the last read's lower end is the timestamp *before* it, the read before the
-first is timed by the timestamp before *it*): a sampler descheduled between a read and
-its timestamp then widens the two bounds instead of narrowing the upper one (CI once saw
-an upper bound of 45.3 ms for a 50 ms stall, before this).
+A read is timed by the clock read just after it, and the sampler may lose the core in
+between. So each bound reaches one read further out: ``duration_ns`` ends at the
+timestamp taken before the last read of the value, and ``max_ns`` starts at the
+timestamp taken before the read before the first one. Losing the core at the worst
+moment then widens the bounds and never narrows them (before this, CI once saw an upper
+bound of 45.3 ms for a 50 ms stall).
 
 A separate process, not a thread: the harness's own Python work (QMP, JSON, pattern
 checks) would otherwise hold the GIL and show up as guest stalls. Its timestamps and
