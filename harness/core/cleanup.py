@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -103,7 +104,6 @@ COREDUMP_FILTER = b"0x11"
 def _child_setup() -> None:  # runs in the child between fork and exec
     import ctypes
     import resource
-    import signal
 
     pr_set_pdeathsig = 1
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
@@ -190,8 +190,6 @@ def remove_tmpdir(path: str) -> None:
 # -- the janitor process itself ---------------------------------------------------------
 
 def _kill_tree(pid: int, starttime: int) -> None:
-    import signal
-
     alive = proc_starttime(pid)
     if alive is not None and alive != starttime:
         return  # pid recycled: not ours
@@ -223,7 +221,6 @@ def _main(argv: list) -> int:
     # Only the runner's end of the pipe ends a janitor: a `pkill -f python` or a Ctrl-C
     # sent to every process would otherwise take it down before the runner it cleans
     # up after (SIGKILL still can).
-    import signal
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     pids: dict = {}

@@ -1,6 +1,7 @@
 """Self-tests of scripts/get-qemu.sh: bad usage, unknown versions, the installed 10.0.2,
-and the cache (a second call for a fetched version answers from the cache, offline, and prints the same
-path). The source route (10.2.2, ~11 min of compiling) is not exercised here.
+and the cache (a second call for a fetched version answers from the cache, offline, and
+prints the same path). The source route (10.2.2, ~11 min of compiling) is not exercised
+here.
 
 The 11.1.3 fetch (binary route, ~15-25 s and ~40 MB from Debian's archive the first time)
 happens once per session in the cache the script uses by default, or CPRH_QEMU_CACHE;
