@@ -163,8 +163,9 @@ def test_every_broken_target_fails_and_names_its_defect_under_both(tmp_path, sho
     wrapper.chmod(0o755)
     monkeypatch.setenv("TAMPER_MODES", json.dumps(BROKEN_BY_CASE))
     scenarios = [f"transfer/{tail}" for tail in BROKEN_BY_CASE]
-    _, av = run_avocado(tmp_path, short_base, scenarios, "--qemu-dst", str(wrapper))
-    _, py = run_pytest(tmp_path, short_base, scenarios, "--qemu-dst", str(wrapper))
+    both = ("--qemu-dst", str(wrapper))
+    _, av = run_avocado(tmp_path, short_base, scenarios, *both)
+    _, py = run_pytest(tmp_path, short_base, scenarios, *both)
     rows = verdicts(av, py)
     by_av = {adapter.scenario_of_test(t): t for t in av["tests"]}
     by_py = {c["id"]: c for c in py["cases"]}
@@ -175,7 +176,7 @@ def test_every_broken_target_fails_and_names_its_defect_under_both(tmp_path, sho
         av_reason, py_reason = by_av[sid]["fail_reason"], by_py[sid]["reason"]
         assert av_reason.startswith(f"{sid}: ")  # the ConformanceFailure text
         for reason in (av_reason, py_reason):
-            assert check in reason and all(w in reason for w in words), (mode, reason)
+            assert f"[{check}]" in reason and all(w in reason for w in words), (mode, reason)
 
 
 def test_missing_scenario_param_is_an_error_that_says_how(tmp_path):

@@ -51,19 +51,18 @@ CONNECT_AFTER_S = float(os.environ.get("TAMPER_CONNECT_AFTER_S") or 0)
 QEMU = os.environ.get("TAMPER_QEMU") or shutil.which("qemu-system-x86_64")
 MODES = ("none", "paused", "reset", "page", "freeze", "late-kill", "late-reset",
          "late-stop", "late-page")
-#: What each mode breaks, as the harness must name it: a check that must fail, and words
-#: its message must hold (the self-tests assert exactly this, under pytest and avocado).
+#: What each mode breaks, as the harness must name it: the id of a check that must fail,
+#: and words its message must hold (the self-tests assert exactly this, under pytest and
+#: avocado).
 DEFECTS = {
-    "paused": ("target run state", ["paused"]),
-    "reset": ("guest not reset during the observation window", ["2"]),
-    "page": ("RAM pattern intact", ["0x200000"]),
-    "freeze": ("guest stall within budget", ["the guest stalled", "budget 1000 ms",
-                                             "QEMU's downtime"]),
-    "late-kill": ("target alive through the observation window",
-                  ["killed by signal 9 (SIGKILL)", "after the switch-over"]),
-    "late-reset": ("no reset, stop, shutdown or panic event on the target", ["RESET"]),
-    "late-stop": ("target run state through the observation window", ["paused"]),
-    "late-page": ("RAM pattern intact", ["0x200000"]),
+    "paused": ("states.target", ["paused"]),
+    "reset": ("window.boots", ["2"]),
+    "page": ("ram.pattern", ["0x200000"]),
+    "freeze": ("pause.budget", ["the guest stalled", "budget 1000 ms", "QEMU's downtime"]),
+    "late-kill": ("window.alive", ["killed by signal 9 (SIGKILL)", "after the switch-over"]),
+    "late-reset": ("window.events", ["RESET"]),
+    "late-stop": ("window.run-state", ["paused"]),
+    "late-page": ("ram.pattern", ["0x200000"]),
 }
 
 
