@@ -31,7 +31,7 @@ from harness.run import outcomes
 from harness.run.attempt import Attempt
 from harness.run.checks import FAMILIES, WatchContext
 from harness.run.handover import for_mode
-from harness.run.observe import Expectation, Window, target_expectation
+from harness.run.observe import Expectation, Window, source_expectation, target_expectation
 from harness.run.pair import Hooks, Pair
 from harness.run.plan import VALID_KINDS, side_kinds
 from harness.run.records import Death, Role, Survival
@@ -131,7 +131,8 @@ class PairDriver(Pair):
 
     def attempt(self, a: Attempt, kinds: tuple) -> None:
         """One hand-over to a new target; a completed one is verified."""
-        self.handover.attempt(a, kinds)
+        with outcomes.qemu_waits(self, a):
+            self.handover.attempt(a, kinds)
         if a.observed is Observed.COMPLETED and not a.fault:
             self.mark(f"{a.tag}_completed")
             with self.phase("verify", "verify the transfer on the target"):
@@ -197,6 +198,9 @@ class PairDriver(Pair):
         registered check families' watchers."""
         watches: List[Tuple[QemuProcess, Expectation]] = [
             (self.target, target_expectation(self.sc.paused))]
+        if self.sc.mode == "cpr-transfer":
+            watches.append((self.source, source_expectation(
+                self.r.artifacts.get(f"{self.source.side}.serial"))))
         ctx = WatchContext(self.sc, self.source, self.target, self.g, self.artifacts,
                            self.seen_running_ns.get(a.tag, time.monotonic_ns()),
                            {k[:-len(".serial")]: v for k, v in self.r.artifacts.items()
@@ -253,6 +257,13 @@ class PairDriver(Pair):
         except QMPConnectionLost:
             # It died right after the switch-over: the observation window reports it.
             a.dst_state, a.counter_moved = RunState.DEAD, False
+        except WaitTimeout as exc:
+            # Alive, not answering: it hung once it had the guest.
+            if not dst.is_running():
+                a.dst_state, a.counter_moved = RunState.DEAD, False
+            else:
+                outcomes.diagnose_into(self, a, dst, exc)
+                a.dst_state, a.counter_moved = RunState.NO_ANSWER, False
         a.src_state = RunState(src.qmp.cmd("query-status")["status"]) if src.qmp.connected \
             else (RunState.EXECED if src.intent is Intent.EXECED else RunState.QUIT)
 

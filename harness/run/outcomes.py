@@ -1,16 +1,25 @@
 """How an attempt ends, named: the waits for a migration's end and a run state, and
 what settles an attempt when a side refuses, exits, crashes, hangs, or survives a
 fault. Used by every hand-over (:mod:`harness.run.handover`) and by the driver.
+
+A QEMU that is alive but does not do what the harness waits for (its monitor never
+comes up, it stops answering, its migration never ends) has *hung*: that is its
+failure, settled as :attr:`Observed.HUNG` with what it was doing
+(:func:`harness.qemu.hang.diagnose_hang`), never a harness error.
 """
 from __future__ import annotations
 
+import os
 import time
-from typing import Any, Optional
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional
 
 from harness.core.errors import HarnessError, QMPCommandFailed, QMPConnectionLost, WaitTimeout
 from harness.core.logs import essential, tail
+from harness.core.sides import Side
 from harness.core.wait import wait_until
 from harness.cpr.faults import Fault
+from harness.qemu.hang import diagnose_hang
 from harness.qemu.process import QemuProcess, describe_exit
 from harness.qemu.states import RunState
 from harness.run.attempt import Attempt
@@ -123,6 +132,53 @@ def crashed(p: Pair, a: Attempt, vm: QemuProcess) -> None:
                        + f"; log {vm.log_path}: " + essential(tail(vm.log_path, 5)))
     if vm.side == "src":
         a.src_state = RunState.DEAD
+
+
+def diagnose_into(p: Pair, a: Attempt, vm: QemuProcess, exc: WaitTimeout) -> None:
+    """``vm`` is alive but did not do what ``exc`` waited for: what it was doing goes
+    into the attempt (the whole backtrace beside its log)."""
+    path = os.path.join(p.artifacts, f"{vm.name}.hang.txt")
+    with p.obs.step(f"diagnose the hung {vm.side} QEMU"):
+        a.hang = diagnose_hang(Side(vm.side), vm.name, vm.pid, vm.exe or _exe(vm.pid),
+                               exc.what, exc.elapsed, path, vm.log_path)
+    if a.hang.backtrace_path:
+        p.r.artifacts[f"{vm.name}.hang"] = a.hang.backtrace_path
+
+
+def hung(p: Pair, a: Attempt, vm: QemuProcess, exc: WaitTimeout) -> None:
+    """``vm`` hung before the attempt ended: that settles it, its states, threads and
+    backtraces the message."""
+    diagnose_into(p, a, vm, exc)
+    assert a.hang is not None
+    a.settle(Observed.HUNG, a.hang.describe())
+
+
+def _exe(pid: int) -> Optional[str]:
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+
+
+@contextmanager
+def qemu_waits(p: Pair, a: Attempt) -> Iterator[None]:
+    """Around the steps of an attempt: a wait a QEMU ran out (its monitor, its
+    migration, a reply) settles the attempt with that QEMU's failure: it died (a crash,
+    or a target that exited: a refusal), or it hung. Only a wait naming no QEMU, or one
+    whose QEMU is gone from the pair, is the harness's own error."""
+    try:
+        yield
+    except WaitTimeout as exc:
+        vm = {"src": p.src, "dst": p.dst}.get(exc.side or "")
+        if vm is None or a.settled:
+            raise
+        if vm.poll() is not None:
+            if vm.side == "dst":
+                dst_exited(p, a)
+            else:
+                crashed(p, a, vm)
+            return
+        hung(p, a, vm, exc)
 
 
 def after_fault(p: Pair, a: Attempt, f: Fault) -> None:

@@ -147,6 +147,10 @@ BROKEN_BY_CASE = {
     "unix-unix-memfd-defer-pc": "reset",
     "exec-unix-memfd-immediate-q35": "page",
     "exec-unix-memfd-defer-q35": "paused",
+    # The wrapper sits on both sides: these break the source, or hang a side.
+    "unix-unix-shm-immediate-q35": "src-cont",
+    "unix-unix-file-shm-immediate-q35": "src-hang",
+    "unix-unix-ram-share-immediate-q35": "dst-hang",
 }
 
 
@@ -163,7 +167,7 @@ def test_every_broken_target_fails_and_names_its_defect_under_both(tmp_path, sho
     wrapper.chmod(0o755)
     monkeypatch.setenv("TAMPER_MODES", json.dumps(BROKEN_BY_CASE))
     scenarios = [f"transfer/{tail}" for tail in BROKEN_BY_CASE]
-    both = ("--qemu-dst", str(wrapper))
+    both = ("--qemu-src", str(wrapper), "--qemu-dst", str(wrapper))
     _, av = run_avocado(tmp_path, short_base, scenarios, *both)
     _, py = run_pytest(tmp_path, short_base, scenarios, *both)
     rows = verdicts(av, py)

@@ -63,7 +63,8 @@ QUICK = Timeouts(start=12.0)
 
 def broken_config(tmp_path, mode):
     """The wrapper on the side its mode breaks."""
-    return RunConfig(timeouts=QUICK, qemu_dst=wrapper(tmp_path, mode))
+    side = "qemu_src" if mode in TAMPER.SOURCE_MODES else "qemu_dst"
+    return RunConfig(timeouts=QUICK, **{side: wrapper(tmp_path, mode)})
 
 
 @pytest.mark.parametrize("mode", sorted(DEFECTS))
@@ -141,6 +142,7 @@ def test_an_unbroken_wrapper_passes(tmp_path):
     assert failed(judge(r)) == []
     target = r.window.target
     assert r.window.observed_s >= 1.0 and [s for s, _ in target.polls] == ["running"]
+    assert [s for s, _ in r.window.source.polls] == ["postmigrate"]
 
 
 def test_a_qemu_that_dies_after_the_window_fails_the_case(tmp_path):

@@ -7,8 +7,8 @@ from harness.core.errors import Check
 from harness.core.sides import Side
 from harness.qemu.states import RunState
 from harness.run.checks.window import judge_window
-from harness.run.records import (AttemptRecord, GuestSeen, Role, Survival, WatchRecord,
-                                 WindowRecord)
+from harness.run.records import (AttemptRecord, Death, EventSeen, GuestSeen, Role, StateSeen,
+                                 Survival, WatchRecord, WindowRecord)
 from harness.run.result import PairResult
 from harness.run.verdict import failed, judge
 from harness.scenario import catalogue
@@ -118,8 +118,8 @@ def bad_ids(w):
 
 
 def test_a_good_window_passes_on_both_qemus():
-    assert bad_ids(window(watch())) == []
-    assert {c.id for c in judge_window(window(watch()), 1)} >= {"window.alive"}
+    assert bad_ids(window()) == []
+    assert {c.id for c in judge_window(window(), 1)} >= {"window.alive", "source.stopped"}
 
 
 def test_a_window_held_by_a_wrapper_that_never_acted_fails():
@@ -132,6 +132,27 @@ def test_a_window_held_by_a_wrapper_that_never_acted_fails():
                if not c.ok]
     assert [c.id for c in expired] == ["window.hold"]
     assert "/x/qmp.sock.hold" in expired[0].observed and "never acted" in expired[0].detail
+
+
+@pytest.mark.parametrize("change,words", [
+    ({"events": (EventSeen("RESUME", 0.3),), "first_wrong": StateSeen(RUNNING, 0.31),
+      "polls": ((POSTMIGRATE, 6), (RUNNING, 14))}, ["RESUME +0.30 s", "running 0.31 s"]),
+    ({"vcpu_ms": 690.0}, ["vCPU threads ran 690 ms"]),
+    ({"console_bytes_after": 120}, ["printed 120 byte(s)"]),
+])
+def test_a_source_that_runs_after_the_switch_over_is_a_split_brain(change, words):
+    checks = [c for c in judge_window(window(watch(), watch("source", **change)), 1)
+              if not c.ok]
+    assert [c.id for c in checks] == ["source.stopped"]
+    for w in words:
+        assert w in checks[0].observed, checks[0].observed
+    assert "split brain" in checks[0].detail
+
+
+def test_a_source_that_dies_after_the_switch_over_fails_as_a_death():
+    death = Death("src", Side.SRC, -9, "was killed by signal 9 (SIGKILL)", 0.4, "", "/r/src.log",
+                  "seen in the observation window")
+    assert bad_ids(window(watch(), watch("source", death=death))) == ["source.alive"]
 
 
 def test_check_text_is_never_python():

@@ -12,7 +12,7 @@ from typing import Tuple
 
 from harness.run.checks.base import (CATEGORIES, REGISTRY, ArgsContext, Category, CheckDef,
                                      Family, WatchContext, Watcher, category_of, define)
-from harness.run.checks import chain, deaths, outcome  # noqa: F401  (registered)
+from harness.run.checks import chain, deaths, outcome, source  # noqa: F401  (registered)
 from harness.run.checks.console import Console
 from harness.run.checks.pause import Pause
 from harness.run.checks.ram import Ram
