@@ -102,7 +102,8 @@ class PairDriver(Pair):
         before = self.work_area(self.source)
         self.r.counter_before, self.r.boots_before = before.counter, before.boots
         first = Attempt(Role.FIRST, counter_reference=before.counter)
-        self.handover.prepare_source(first)
+        with outcomes.qemu_waits(self, first):
+            self.handover.prepare_source(first)
         if not first.settled:
             with self.phase("transfer", "transfer"):
                 self.attempt(first, side_kinds(self.sc))
@@ -293,10 +294,19 @@ class PairDriver(Pair):
         a.counter_after, a.boots_after = wa.counter, wa.boots
 
     def check_src_survived(self) -> None:
-        """After a refusal the source must still run its guest, in its prior state."""
+        """After a refusal the source must still run its guest, in its prior state; one
+        that stopped answering hung (diagnosed, never a harness error)."""
         src = self.source
         want = RunState.PAUSED if self.sc.paused else RunState.RUNNING
-        state = outcomes.wait_status(src, want, self.t.settle)
+        try:
+            state = outcomes.wait_status(src, want, self.t.settle)
+        except WaitTimeout as exc:
+            if not src.is_running():
+                raise
+            probe = Attempt(Role.FIRST)
+            outcomes.diagnose_into(self, probe, src, exc)
+            self.r.survival = Survival(RunState.NO_ANSWER, None, None, probe.hang)
+            return
         pattern = self.ev.verify_after(src.pid, None)
         counter = None
         if state is RunState.RUNNING:

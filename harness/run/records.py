@@ -199,10 +199,12 @@ class AttemptRecord:
 @dataclass(frozen=True)
 class Survival:
     """After a refused or failed transfer: the source's state, its guest's counter
-    (None: not seen moving), its RAM pattern (None: not applicable or not verified)."""
+    (None: not seen moving), its RAM pattern (None: not applicable or not verified),
+    what it was doing when it stopped answering (None: it answered)."""
     src_state: RunState
     counter_after: Optional[int]
     pattern: Optional[PatternReport] = None
+    hang: Optional[Hang] = None
 
 
 __all__ = ["Role", "Death", "StateSeen", "EventSeen", "GuestSeen", "WatchRecord",

@@ -64,7 +64,8 @@ def judge_survival(r: PairResult) -> List[Check]:
     sc, s = r.scenario, r.survival
     want = RunState.PAUSED if sc.paused else RunState.RUNNING
     state = s.src_state if s is not None else RunState.UNKNOWN
-    out = [SURVIVES(state == want, want, state or "not read",
+    seen = (state or "not read") + (f"; {s.hang.describe()}" if s and s.hang else "")
+    out = [SURVIVES(state == want, want, seen,
                     "after a refused transfer the source must carry on")]
     if not sc.paused:
         counter = s.counter_after if s is not None else None
