@@ -355,8 +355,11 @@ class ConsoleTail:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (_package_root(), env.get("PYTHONPATH")) if p)
+        # -S: no site (the child needs the standard library and this package, which
+        # PYTHONPATH names): its start takes ~0.15 s instead of ~0.5 s on a loaded host
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "harness.evidence.console_tail", *self._child_args()],
+            [sys.executable, "-S", "-m", "harness.evidence.console_tail",
+             *self._child_args()],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
             close_fds=True, env=env)
         try:
