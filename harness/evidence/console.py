@@ -12,8 +12,8 @@ sequence that starts again at 0.
   had at the switch-over -> a frozen :class:`ConsoleContinuity`: the source's last
   number, the target's first and last, numbers lost, repeated, out of order, a reset,
   what the source printed after the switch-over.
-* :class:`harness.evidence.console_tail.ConsoleTail`: a thread that reads both files
-  about every millisecond while a transfer and its window run and stamps each new
+* :class:`harness.evidence.console_tail.ConsoleTail`: a child process that reads both
+  files about every millisecond while a transfer and its window run and stamps each new
   heartbeat line with the host's ``time.monotonic_ns``; its ``gap()`` is the console's
   silence across the switch-over.
 
@@ -55,7 +55,7 @@ class ConsoleFormat:
     def __post_init__(self) -> None:
         pattern = _compile(self.heartbeat_regex)
         if "seq" not in pattern.groupindex:
-            raise UsageError(f"heartbeat regex {self.heartbeat_regex!r} has no group 'seq'")
+            raise UsageError(f"heartbeat regex '{self.heartbeat_regex}' has no group 'seq'")
         if self.period_ms <= 0:
             raise UsageError(f"heartbeat period {self.period_ms} ms must be positive")
 
@@ -76,7 +76,7 @@ def _compile(regex: str) -> Pattern[bytes]:
     try:
         return re.compile(regex.encode("ascii"))
     except (re.error, UnicodeEncodeError) as exc:
-        raise UsageError(f"heartbeat regex {regex!r} does not compile: {exc}") from None
+        raise UsageError(f"heartbeat regex '{regex}' does not compile: {exc}") from None
 
 
 @dataclass(frozen=True)
