@@ -82,7 +82,11 @@ def relative_paths(rec: Dict[str, Any], base: Optional[str],
         r = os.path.relpath(path, base)
         return path if r.startswith("..") else r
 
-    rec["artifacts"] = {k: rel(v) for k, v in (rec.get("artifacts") or {}).items()}
+    # Only files that are there: a QEMU that never got as far as opening its console
+    # leaves none, and a link to it would dangle.
+    rec["artifacts"] = {k: rel(v) for k, v in (rec.get("artifacts") or {}).items()
+                        if not isinstance(v, str) or os.path.exists(
+                            v if os.path.isabs(v) else os.path.join(base, v))}
     # And every other file the case left there (the sampler's log, chain.json...).
     known = set(rec["artifacts"].values())
     try:
