@@ -23,27 +23,32 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from harness.core.errors import HarnessError
 from harness.core.plain import plain
+from harness.core.priority import in_background
 from harness.core.wait import sleep
 from harness.cpr.backends import BACKENDS
 from harness.evidence.layout import WorkArea, offset_of_gpa
 from harness.evidence.memory import (GuestRam, RamFd, Region, SameMemfdEvidence,
                                      compare_mappings, find_ram_fd, mapped_regions, open_ram)
 from harness.evidence.pattern import PatternReport, fill_pattern, verify_pattern
-from harness.evidence.pause import PauseFigures
-from harness.evidence.sampler import RELAX_WAIT_S, Sampler, SamplerResult
+from harness.evidence.pause import (M_BASELINE, M_BASELINE_END, M_DST_RESUME, M_RESUMED,
+                                    M_SRC_STOP, M_TRANSFER, M_WINDOW_END, Budgets,
+                                    PauseFigures, pause_figures)
+from harness.evidence.sampler import Sampler, SamplerResult
 from harness.evidence.stream import StreamFigures
 from harness.guest.images import GuestImage
 
-#: How long the bench's sampler watches the idle pair before the transfer (its noise
-#: floor; conformance runs take theirs from the observation window instead).
-NOISE_WINDOW_S = 0.5
-#: Mark labels in the sampler's timeline.
-M_NOISE, M_IDLE_END, M_TRANSFER, M_RESUMED = "noise", "idle-end", "transfer", "resumed"
-M_WINDOW_END = "window-end"
+#: How long the guest is watched before the transfer: its baseline (the stalls it lives
+#: through on this host, now, under the harness's polling), beside which the stalls
+#: after the switch-over are judged.
+BASELINE_S = 0.5
+#: The bench's name for it: the noise floor of the idle pair.
+NOISE_WINDOW_S = BASELINE_S
+#: Mark labels in the sampler's timeline (harness.evidence.pause); the bench's names.
+M_NOISE, M_IDLE_END = M_BASELINE, M_BASELINE_END
 #: The sampler of the memory file the source runs on (for cpr-transfer: both sides).
 SRC = "src"
 
@@ -52,15 +57,15 @@ SRC = "src"
 class EvidencePlan:
     """What a run gathers. ``checks``: same memory, stream, pattern verify (the
     conformance evidence); ``fill``: write the seeded pattern (every page resident);
-    ``sampler``: the pause sampler; ``noise_s``: an idle window before the transfer for
-    the noise floor (0: the noise floor comes from the observation window);
+    ``sampler``: the pause sampler; ``baseline_s``: how long the guest's baseline is
+    watched before the transfer (0: none);
     ``observe``: watch the target for the run's observation window after each
     switch-over; ``timeline``: draw the sampler's timeline (``timeline.png``, with its
     series in ``sampler.trace.json``)."""
     checks: bool = True
     fill: bool = True
     sampler: bool = True
-    noise_s: float = 0.0
+    baseline_s: float = BASELINE_S
     observe: bool = True
     timeline: bool = True
 
@@ -68,9 +73,10 @@ class EvidencePlan:
 #: Conformance runs: everything.
 FULL = EvidencePlan()
 #: The bench: RAM touched and the pause measured, no conformance checks.
-MEASURE = EvidencePlan(checks=False, noise_s=NOISE_WINDOW_S, observe=False, timeline=False)
+MEASURE = EvidencePlan(checks=False, observe=False, timeline=False)
 #: The bare pair (the bench's baseline): nothing but launch and transfer.
-OFF = EvidencePlan(checks=False, fill=False, sampler=False, observe=False, timeline=False)
+OFF = EvidencePlan(checks=False, fill=False, sampler=False, baseline_s=0.0, observe=False,
+                   timeline=False)
 
 
 @dataclass(frozen=True)
@@ -165,16 +171,34 @@ class RamEvidence:
         self.spawn_sampler(label)
         self.samplers[label].aim(where, offset)
 
-    def noise_window(self) -> None:
-        """The idle window: its longest stall is the run's noise floor."""
-        if not self.samplers or self.plan.noise_s <= 0:
+    def baseline(self, watch: Optional[Callable[[float], None]] = None) -> None:
+        """The guest's baseline: ``watch(seconds)`` does what the observation window
+        does (polls the QEMU), else the harness sleeps. It ends here, not at the transfer
+        mark: the target's start-up lies between the two, so a stall at the switch-over
+        cannot also count as baseline."""
+        if not self.samplers or self.plan.baseline_s <= 0:
             return
-        self.mark(M_NOISE)
-        sleep(self.plan.noise_s)
-        # The noise window ends here, not at the transfer mark: the target's start-up
-        # lies between the two, so a stall at the switch-over cannot also be counted
-        # as noise.
-        self.mark(M_IDLE_END)
+        self.mark(M_BASELINE)
+        if watch is not None:
+            watch(self.plan.baseline_s)
+        else:
+            sleep(self.plan.baseline_s)
+        self.mark(M_BASELINE_END)
+
+    def mark_transfer(self) -> None:
+        """The source's ``migrate`` goes out now: read at the fast pace until the guest
+        runs again, and mark it."""
+        for s in self.samplers.values():
+            if s.running():
+                s.fast()
+        self.mark(M_TRANSFER)
+
+    def tail_consoles(self, fmt: Any, src: str, dst: str) -> None:
+        """Stamp the guest's heartbeat lines in both consoles from now on (the source's
+        sampler does it: one process, one clock)."""
+        s = self.samplers.get(SRC)
+        if s is not None and s.running():
+            s.console(fmt, src, dst)
 
     def mark(self, label: str) -> None:
         for s in self.samplers.values():
@@ -196,14 +220,20 @@ class RamEvidence:
             s.wait_ready()
 
     def stop_samplers(self, query_migrate: Mapping[str, Any],
-                      budget_ms: Optional[float] = None) -> Optional[PauseFigures]:
+                      budgets: Optional[Budgets] = None,
+                      switch_ns: Optional[Tuple[int, int]] = None) -> Optional[PauseFigures]:
         """Stop every sampler; the source's gives the pause figures: the switch-over's
-        stall, the longest stall in the observation window (also the noise floor of a run
-        without an idle window: the guest ran normally there), and the budget both are
-        judged against. None: no sampler ran."""
+        pause as an interval, the baseline's stalls and the window's, the budgets they
+        are judged by. ``switch_ns``: when QEMU says the source stopped and the target
+        resumed (monotonic ns), marked first. None: no sampler ran."""
         if not self.samplers:
             return None
         error = ""
+        if switch_ns is not None:
+            for label, t_ns in zip((M_SRC_STOP, M_DST_RESUME), switch_ns):
+                for s in self.samplers.values():
+                    if s.running():
+                        s.mark_at(label, t_ns)
         for label, s in list(self.samplers.items()):
             try:
                 self.results[label] = s.stop()
@@ -219,35 +249,11 @@ class RamEvidence:
         if res is None:
             return None
         try:
-            pause = res.longest_between(M_TRANSFER, M_RESUMED)
-            window = res.longest_between(M_RESUMED, M_WINDOW_END) if self.plan.observe \
-                else None
-            noise = res.longest_between(M_NOISE, M_IDLE_END) if self.plan.noise_s > 0 \
-                else window
+            figures = pause_figures(res, query_migrate, budgets,
+                                    baseline=self.plan.baseline_s > 0,
+                                    window=self.plan.observe)
         except HarnessError as exc:
             return PauseFigures(error=str(exc))
-
-        def ms(stall: Any) -> float:
-            # No stall of at least the sampler's threshold (50 us): count it as 0.
-            return round(stall.duration_ms, 3) if stall is not None else 0.0
-
-        figures = PauseFigures(
-            guest_pause_ms=round(pause.duration_ms, 3) if pause else None,
-            guest_pause_max_ms=round(pause.max_ms, 3) if pause else None,
-            window_stall_ms=ms(window) if self.plan.observe else None,
-            window_stall=window.describe() if window is not None else "",
-            noise_floor_ms=ms(noise) if (noise is not None or self.plan.observe) else None,
-            noise_from="idle window before the transfer" if self.plan.noise_s > 0 else
-                       "the observation window (the guest running on the target)",
-            budget_ms=budget_ms,
-            qemu_downtime_ms=query_migrate.get("downtime"),
-            qemu_total_time_ms=query_migrate.get("total-time"),
-            sample_rate_hz=round(res.rate_hz),
-            window_read_every_us=round(RELAX_WAIT_S * 1e6) if res.relaxed_at_ns else None,
-            median_interval_us=round(res.median_interval_ns / 1e3, 2),
-            samples=res.samples,
-            counter_went_back=res.reset,
-            stalled_at_end=pause is not None and pause.end_ns is None)
         if self.plan.timeline:
             figures = replace(figures, timeline_error=self.draw_timeline(res, figures))
         return figures
@@ -260,8 +266,8 @@ class RamEvidence:
         paths = {"sampler.trace": os.path.join(self.artifacts, "sampler.trace.json"),
                  "timeline": os.path.join(self.artifacts, "timeline.png")}
         try:
-            written = timeline.write(res.timeline(), plain(figures), paths["sampler.trace"],
-                                     paths["timeline"])
+            written = in_background(timeline.write, res.timeline(), plain(figures),
+                                    paths["sampler.trace"], paths["timeline"])
         except (OSError, ImportError, ValueError, RuntimeError) as exc:
             return f"{type(exc).__name__}: {exc}"
         self.files.update({k: p for k, p in paths.items() if p in written})

@@ -349,3 +349,11 @@ def serial_size(path: str) -> int:
         return os.stat(path).st_size
     except FileNotFoundError:
         return 0
+
+
+def heartbeat_format(image: "GuestImage") -> Optional[ConsoleFormat]:
+    """The console format of a guest that prints heartbeats; None for one that does not
+    (the Linux guest prints a status line a second instead)."""
+    if not getattr(image, "heartbeat_period_ms", 0) or not getattr(image, "heartbeat_regex", ""):
+        return None
+    return ConsoleFormat.of(image)

@@ -12,6 +12,7 @@ from typing import (Any, Callable, Dict, List, Optional,
 import numpy as np
 
 from harness.core.errors import UsageError
+from harness.core.priority import background, in_background
 from harness.evidence.layout import PAGE_SIZE, RamError, RamLayout, RamLayoutError, ram_layout
 from harness.evidence.memory import GuestRam
 
@@ -151,9 +152,14 @@ def _in_lanes(size: int, chunk: int, workers: int,
     """
     starts = range(0, size, chunk)
     if workers == 1 or len(starts) == 1:
-        return [lane(starts)]
+        return [in_background(lane, starts)]
+
+    def yielding(share: Sequence[int]) -> _T:
+        background()  # another case's guest may be measured meanwhile
+        return lane(share)
+
     with ThreadPoolExecutor(workers, thread_name_prefix="ram-pattern") as pool:
-        return list(pool.map(lane, [starts[i::workers] for i in range(workers)]))
+        return list(pool.map(yielding, [starts[i::workers] for i in range(workers)]))
 
 
 def fill_pattern(ram: GuestRam, seed: int,

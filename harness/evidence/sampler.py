@@ -1,44 +1,50 @@
 """The pause the guest lived through, measured from the host (evidence 5).
 
 The guest increments a u64 progress counter continuously. A separate process
-(:mod:`harness.evidence.sampler_child`) maps that word of guest RAM read-only,
-through the RAM backend file, and reads it in a tight loop with a CLOCK_MONOTONIC
-timestamp per read (~10 M reads/s on CPython 3.11). A *stall* is a run of reads that
-all saw the same value: the guest did not run for at least that long. Once told to
-relax, from the counter's next move on, it reads every ``RELAX_WAIT_S`` instead (its
-later stalls are timed to about that, for a few per cent of a core).
+(:mod:`harness.evidence.sampler_child`) maps that word of guest RAM read-only, through
+the RAM backend file, and reads it at a steady pace with a CLOCK_MONOTONIC timestamp per
+read: every ``SLOW_S`` (0.5 ms), and every ``FAST_S`` (0.1 ms) from :meth:`Sampler.fast`
+(the harness calls it just before the switch-over) until the counter moves again after
+:meth:`Sampler.relax`. Between reads it sleeps: it never spins, so it takes a few per
+cent of one core instead of all of it, and runs at the lowest real-time priority
+(SCHED_FIFO 1) where the host allows it, so a read happens when it is due however busy
+the host is (under load 12 on two cores: a 0.1 ms wait ends within 0.2 ms in 99 % of
+reads, against 3 ms at normal priority). A *stall* is a run of reads that all saw the
+same value: the guest did not run for at least that long.
 
 Two bounds per stall, both reported:
 
 * ``duration_ns``: from the first to the last read that saw the value. The counter
   surely stood still that long; a hiccup of the sampler itself cannot inflate it.
 * ``max_ns``: from the read before the first to the read after the last. The guest
-  cannot have stood still longer. A sampler descheduled in the middle of a stall widens
-  the gap between the two, and the sampler's own gaps are reported per window.
+  cannot have stood still longer. The two differ by about two reads' spacing (0.2 ms at
+  the fast pace, 1 ms at the slow one); a sampler descheduled in the middle of a stall
+  widens the gap between them, and the sampler's own gaps are reported per window.
 
 A read is timed by the clock read just after it, and the sampler may lose the core in
 between. So each bound reaches one read further out: ``duration_ns`` ends at the
 timestamp taken before the last read of the value, and ``max_ns`` starts at the
 timestamp taken before the read before the first one. Losing the core at the worst
-moment then widens the bounds and never narrows them (before this, CI once saw an upper
-bound of 45.3 ms for a 50 ms stall).
+moment then widens the bounds and never narrows them.
 
 A separate process, not a thread: the harness's own Python work (QMP, JSON, pattern
 checks) would otherwise hold the GIL and show up as guest stalls. Its timestamps and
 the parent's marks share CLOCK_MONOTONIC (``time.monotonic_ns``), so a mark carries the
-parent's own time and lands exactly, however late the child reads it.
+parent's own time and lands exactly, however late the child reads it. The same child
+can tail the guest's consoles (:meth:`Sampler.console`): each heartbeat line is stamped
+on the same clock (:mod:`harness.evidence.console_tail`), so the console's silence
+across the switch-over is read beside the pause, without a second process waking up.
 
 Protocol: one JSON object a line. Child -> parent: ``{"event": "ready", ...}`` after the
 first read, and ``{"event": "result", ...}`` when it stops. Parent -> child:
-``{"cmd": "mark", "label": L, "t_ns": T}``, ``{"cmd": "relax"}`` (read at a few kHz from
-the next change of the counter on) and ``{"cmd": "stop"}`` (plain ``mark L``, ``relax``
-and ``stop`` lines are accepted too, for hand use). The child also stops by itself after
-``--max-seconds`` (then writes its result unasked), and exits without a result when its
-stdin reaches EOF (its parent died).
+``{"cmd": "mark", "label": L, "t_ns": T}``, ``{"cmd": "fast"}``, ``{"cmd": "relax"}``,
+``{"cmd": "console", "label": SPEC}`` and ``{"cmd": "stop"}`` (plain ``mark L``,
+``fast``, ``relax`` and ``stop`` lines are accepted too, for hand use). The child also
+stops by itself after ``--max-seconds`` (then writes its result unasked), and exits
+without a result when its stdin reaches EOF (its parent died).
 
-Noise floor vs. transfer: one sampler, marks between phases. Windows run between
-consecutive marks ("<start>" .. first mark .. "<end>"), so marking "transfer-start"
-after an idle period gives a noise window and a transfer window from one run.
+Windows run between consecutive marks ("<start>" .. first mark .. "<end>"), so marking
+"baseline" and "transfer" gives a baseline window and a transfer window from one run.
 """
 from __future__ import annotations
 
@@ -58,10 +64,11 @@ from harness.core.wait import budget
 START = "<start>"
 END = "<end>"
 DEFAULT_THRESHOLD_US = 50.0     # stalls shorter than this are not recorded
-#: Relaxed (after a "relax" command): one read, then a wait on stdin this long (s). The
-#: guest's stalls are then timed to about this much instead of a microsecond, at a few
-#: per cent of a core instead of a whole one.
-RELAX_WAIT_S = 0.0002
+#: The pace: one read, then a wait on stdin this long (s), at most. Slow through a
+#: baseline and a window (stalls timed to ~1 ms, judged in tens of ms); fast across the
+#: switch-over (its pause timed to ~0.2 ms).
+SLOW_S = 0.0005
+FAST_S = 0.0001
 
 
 class SamplerError(HarnessError):
@@ -130,6 +137,12 @@ class Window:
     longest: Optional[Stall]     # longest stall overlapping the window
     stalls: int                  # stalls >= threshold overlapping the window
     max_sampler_gap_ns: int      # the sampler's own longest gap between reads (>= threshold)
+    #: The time the counter surely stood still inside the window (each stall's
+    #: ``duration_ns``, clipped to the window), and the longest few, longest first.
+    stalled_ns: int = 0
+    top: Tuple[Stall, ...] = ()
+    #: Each stall of at least 1 ms inside the window, clipped to it, longest first.
+    durations_ns: Tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -166,14 +179,32 @@ class SamplerResult:
     #: when still stalled). Kept out of :meth:`to_dict` (see :meth:`timeline`).
     trace: Tuple[Tuple[int, int], ...] = ()
     spans: Tuple[Tuple[int, int, int], ...] = ()
-    #: When the child relaxed (:meth:`Sampler.relax`): from then on one read per
-    #: ~RELAX_WAIT_S, so later stalls are timed to about that. ``rate_hz`` and
-    #: ``median_interval_ns`` are of the fast part. None: it never relaxed.
+    #: When the child went back to the slow pace after :meth:`Sampler.relax` (None:
+    #: never). ``median_interval_ns`` is the slow pace's real spacing,
+    #: ``fast_median_interval_ns`` the fast one's (0: never fast).
     relaxed_at_ns: Optional[int] = None
+    fast_median_interval_ns: int = 0
+    #: How it was scheduled (``SCHED_FIFO 1``, or why not) and the CPU it used.
+    scheduling: str = ""
+    cpu_s: float = 0.0
+    #: The consoles' tail (:meth:`Sampler.console`): ConsoleArrivals as a dict, or None.
+    console: Optional[Dict[str, Any]] = None
 
     @property
     def duration_s(self) -> float:
         return (self.t_end_ns - self.t0_ns) / 1e9
+
+    def windows_between(self, start: str, end: str) -> Tuple[Window, ...]:
+        """The windows from mark ``start`` to the next ``end`` (see
+        :meth:`longest_between`)."""
+        labels = [w.start for w in self.windows] + [self.windows[-1].end]
+        try:
+            i = labels.index(start)
+            j = labels.index(end, i + 1)
+        except ValueError:
+            raise SamplerError(f"sampler: no span {start!r}..{end!r} in this run (stopped by "
+                               f"{self.stopped_by}); marks: {labels}") from None
+        return self.windows[i:j]
 
     def longest_between(self, start: str, end: str) -> Optional[Stall]:
         """Longest stall overlapping the span from mark ``start`` to the next ``end``.
@@ -193,9 +224,11 @@ class SamplerResult:
         return max(found, key=lambda s: s.duration_ns, default=None)
 
     def describe(self) -> str:
-        parts = [f"{self.samples} reads in {self.duration_s:.2f}s "
-                 f"({self.rate_hz / 1e6:.2f} M/s, median interval {self.median_interval_ns} ns, "
-                 f"longest gap {self.max_interval_ns / 1e6:.3f} ms)"]
+        fast = (f", {self.fast_median_interval_ns / 1e3:.0f} us across the switch-over"
+                if self.fast_median_interval_ns else "")
+        parts = [f"{self.samples} reads in {self.duration_s:.2f} s (one every "
+                 f"{self.median_interval_ns / 1e3:.0f} us{fast}, longest gap "
+                 f"{self.max_interval_ns / 1e6:.3f} ms, {self.scheduling or 'scheduling unknown'})"]
         parts.append("longest stall " + (self.longest.describe() if self.longest else
                                          f"< {self.threshold_ns / 1e3:.0f} us"))
         if self.reset:
@@ -228,12 +261,17 @@ class SamplerResult:
             backward_steps=tuple(BackwardStep(**b) for b in d["backward_steps"]),
             longest=stall(d["longest"]), top=tuple(Stall(**s) for s in d["top"]),
             marks=tuple(Mark(**m) for m in d["marks"]),
-            windows=tuple(Window(**{**w, "longest": stall(w["longest"])})
+            windows=tuple(Window(**{**w, "longest": stall(w["longest"]),
+                                     "top": tuple(Stall(**x) for x in w.get("top", ())),
+                                     "durations_ns": tuple(w.get("durations_ns", ()))})
                           for w in d["windows"]),
             stalls_recorded=d["stalls_recorded"], stalls_dropped=d["stalls_dropped"],
             trace=tuple(tuple(p) for p in d.get("trace", ())),
             spans=tuple(tuple(s) for s in d.get("spans", ())),
-            relaxed_at_ns=d.get("relaxed_at_ns"))
+            relaxed_at_ns=d.get("relaxed_at_ns"),
+            fast_median_interval_ns=d.get("fast_median_interval_ns", 0),
+            scheduling=d.get("scheduling", ""), cpu_s=d.get("cpu_s", 0.0),
+            console=d.get("console"))
 
 
 # --------------------------------------------------------------------------- the parent side
@@ -355,12 +393,22 @@ class Sampler:
         self._send({"cmd": "mark", "label": label, "t_ns": int(t_ns)},
                    when=f"at mark {label!r}")
 
+    def fast(self) -> None:
+        """Read at the fast pace (every FAST_S) from now: the switch-over is coming."""
+        self._send({"cmd": "fast"}, when="at fast")
+
     def relax(self) -> None:
-        """From the next moment the counter moves on: read at a few kHz instead of
-        flat out (a stall in progress is timed to its end at full rate). Once what must
-        be timed to the microsecond is over (the switch-over's pause), this frees the
-        core the loop would burn for the rest of the run."""
+        """Back to the slow pace from the next moment the counter moves on (a stall in
+        progress, the switch-over's pause, is timed to its end at the fast pace)."""
         self._send({"cmd": "relax"}, when="at relax")
+
+    def console(self, fmt: Any, src: str, dst: str) -> None:
+        """Tail the guest's consoles (``src`` and ``dst`` serial files) from now on,
+        stamping each heartbeat line (``fmt``: a :class:`ConsoleFormat`) on the
+        sampler's clock; the result's ``console`` holds what it saw."""
+        spec = {"src": src, "dst": dst, "regex": fmt.heartbeat_regex,
+                "boot": fmt.boot_marker, "period_ms": fmt.period_ms}
+        self._send({"cmd": "console", "label": json.dumps(spec)}, when="at console")
 
     def stop(self, timeout: float = 10.0) -> SamplerResult:
         """Ask for the results (or collect those written at max_seconds) and reap.

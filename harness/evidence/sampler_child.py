@@ -1,7 +1,8 @@
 """The sampler's child process (``python -m harness.evidence.sampler_child``): maps one
-u64 of the RAM file read-only and reads it in a tight loop, recording stalls, its own
-gaps and the parent's marks; writes one JSON result when told to stop. The protocol and
-the meaning of the figures: :mod:`harness.evidence.sampler`."""
+u64 of the RAM file read-only and reads it at a steady pace (a real-time priority where
+the host allows it), recording stalls, its own gaps and the parent's marks, and, when
+asked, tails the guest's consoles; writes one JSON result when told to stop. The
+protocol and the meaning of the figures: :mod:`harness.evidence.sampler`."""
 from __future__ import annotations
 
 import argparse
@@ -12,13 +13,16 @@ import os
 import select
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from dataclasses import asdict
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from harness.evidence.sampler import DEFAULT_THRESHOLD_US, END, RELAX_WAIT_S, START
+from harness.evidence.sampler import DEFAULT_THRESHOLD_US, END, FAST_S, SLOW_S, START
 
-_CHECK_EVERY = 4096             # reads between looks at stdin and the clock (~0.5 ms)
 _MAX_RECORDED = 200_000         # stalls, sampler gaps, interval probes: bounded memory
+_TAIL_EVERY_NS = 1_000_000      # the consoles' tail: read both files every millisecond
 _TOP = 5
+_TOP_WINDOW = 4
+_DURATIONS = 2000
 _TRACE_EVERY_NS = 1_000_000     # the timeline: one (time, value) point a millisecond...
 _TRACE_POINTS = 1500            # ...thinned to this many in the result
 _SPAN_MIN_NS = 1_000_000        # stalls drawn on the timeline: at least 1 ms...
@@ -62,10 +66,31 @@ def _map_word(path: str, offset: int) -> Tuple[mmap.mmap, memoryview]:
     return mm, memoryview(mm)[rel:rel + 8].cast("Q")
 
 
-def _sample(word: memoryview, max_ns: int, thr_ns: int, stdin_fd: int) -> Dict[str, Any]:
-    """The hot loop. Returns the raw record; everything per read stays in locals."""
+def _commands(stdin_fd: int, inbuf: bytes) -> Tuple[List[Tuple[str, Optional[str],
+                                                                  Optional[int]]], bytes, bool]:
+    """The whole command lines waiting on stdin (and what is left of a partial one);
+    True when stdin reached EOF (the parent is gone)."""
+    data = os.read(stdin_fd, 1 << 16)
+    inbuf += data
+    cmds = []
+    while b"\n" in inbuf:
+        line, inbuf = inbuf.split(b"\n", 1)
+        cmds.append(_parse_command(line))
+    return cmds, inbuf, not data
+
+
+def _sample(word: memoryview, max_ns: int, thr_ns: int, stdin_fd: int,
+            idle: Optional[Callable[[float], bool]] = None) -> Dict[str, Any]:
+    """The paced loop: one read of the counter, its timestamp, then a wait of the pace
+    for a command (SLOW_S; FAST_S from ``fast`` until the counter moves again after
+    ``relax``). Returns the raw record; everything per read stays in locals.
+
+    ``idle(seconds)`` waits that long at most and says whether a command is waiting
+    (default: ``select`` on stdin; the self-tests play the host with their own)."""
     mono = time.monotonic_ns
-    poll = select.select
+    if idle is None:
+        def idle(seconds: float, _sel=select.select, _fd=stdin_fd) -> bool:
+            return bool(_sel([_fd], [], [], seconds)[0])
     v = word[0]
     t = mono()
     # A read comes before its timestamp, so the bounds of a stall take the timestamps one
@@ -79,25 +104,28 @@ def _sample(word: memoryview, max_ns: int, thr_ns: int, stdin_fd: int) -> Dict[s
     deadline = t0 + max_ns
     stalls: List[Tuple[int, int, Optional[int], int, int]] = []
     gaps: List[Tuple[int, int]] = []
-    probes: List[int] = []
+    probes: Dict[str, List[int]] = {"slow": [], "fast": []}
     steps: List[Tuple[int, int, int, str]] = []
     pending: Optional[Tuple[int, int, int]] = None   # a backward step not yet classified
     marks: List[Tuple[str, int]] = []
     trace: List[Tuple[int, int]] = []
-    trace_t = t0
+    trace_t = tail_t = t0
+    tail: Any = None       # the consoles' tail (console_tail._TailState), once asked
     dropped = changes = 0
     n = 1
-    mask = _CHECK_EVERY - 1
     inbuf = b""
     stopped_by = ""
-    gap_ns = thr_ns        # the sampler's own gaps recorded: longer than this
-    wait = 0.0             # stdin wait per look: 0 while fast, RELAX_WAIT_S once relaxed
+    pace, wait = "slow", SLOW_S
+    gap_ns = thr_ns + 4 * int(wait * 1e9)   # the sampler's own gaps recorded: longer
     relax_asked = False
-    relaxed_at = fast_samples = 0
+    relaxed_at = 0
     while True:
         v = word[0]
         t = mono()
-        if t - prev_t > gap_ns and len(gaps) < _MAX_RECORDED:
+        dt = t - prev_t
+        if len(probes[pace]) < _MAX_RECORDED:
+            probes[pace].append(dt)
+        if dt > gap_ns and len(gaps) < _MAX_RECORDED:
             gaps.append((prev_t, t))
         if v != last_v:
             if pending is not None:
@@ -115,50 +143,82 @@ def _sample(word: memoryview, max_ns: int, thr_ns: int, stdin_fd: int) -> Dict[s
             run_t = t
             last_v = v
             changes += 1
+            if relax_asked and pace == "fast":
+                # Relax only once the counter moves: a stall in progress (the
+                # switch-over's pause) is timed to its end at the fast pace.
+                relaxed_at, pace, wait = t, "slow", SLOW_S
+                gap_ns = thr_ns + 4 * int(wait * 1e9)
         n += 1
-        if not n & mask:
-            if not relaxed_at and len(probes) < _MAX_RECORDED:
-                probes.append(t - prev_t)
-            if relax_asked and not relaxed_at and t - run_t < thr_ns:
-                # Relax only while the counter moves: a stall in progress (the
-                # switch-over's pause) is timed to its end at full rate.
-                relaxed_at, fast_samples = t, n
-                mask, wait = 0, RELAX_WAIT_S
-                gap_ns = thr_ns + 4 * int(RELAX_WAIT_S * 1e9)
-            if t - trace_t >= _TRACE_EVERY_NS and len(trace) < _MAX_RECORDED:
-                trace.append((t, v))
-                trace_t = t
-            if t >= deadline:
-                stopped_by = "max_seconds"
-            elif poll([stdin_fd], [], [], wait)[0]:
-                data = os.read(stdin_fd, 1 << 16)
-                if not data:
-                    stopped_by = "eof"
-                inbuf += data
-                while b"\n" in inbuf and not stopped_by:
-                    line, inbuf = inbuf.split(b"\n", 1)
-                    cmd, label, t_ns = _parse_command(line)
-                    if cmd == "mark" and label:
-                        marks.append((label, int(t_ns) if t_ns else mono()))
-                    elif cmd == "stop":
-                        stopped_by = "stop"
-                    elif cmd == "relax":
-                        relax_asked = True
-                    elif cmd:
-                        sys.stderr.write(f"sampler: ignoring unknown command {line!r}\n")
-            if stopped_by:
-                break
+        if tail is not None and t - tail_t >= _TAIL_EVERY_NS:
+            tail.poll()
+            tail_t = t
+        if t - trace_t >= _TRACE_EVERY_NS and len(trace) < _MAX_RECORDED:
+            trace.append((t, v))
+            trace_t = t
+        if t >= deadline:
+            stopped_by = "max_seconds"
+        elif idle(wait):
+            cmds, inbuf, eof = _commands(stdin_fd, inbuf)
+            stopped_by = "eof" if eof else ""
+            for cmd, label, t_ns in cmds:
+                if cmd == "mark" and label:
+                    marks.append((label, int(t_ns) if t_ns else mono()))
+                elif cmd == "stop":
+                    stopped_by = stopped_by or "stop"
+                elif cmd == "fast":
+                    pace, wait, relax_asked = "fast", FAST_S, False
+                    gap_ns = thr_ns + 4 * int(wait * 1e9)
+                elif cmd == "relax":
+                    relax_asked = True
+                elif cmd == "console" and label:
+                    tail = _tail_of(label)
+                elif cmd:
+                    sys.stderr.write(f"sampler: ignoring unknown command {cmd!r}\n")
+        if stopped_by:
+            break
         pprev_t = prev_t
         prev_t = t
     if pending is not None:
         steps.append((pending[0], pending[1], pending[2], "reset"))
     if prev_t - run_t >= thr_ns:   # still stalled when told to stop
         stalls.append((run_t, prev_t, None, run_before_t, last_v))
+    console = None
+    if tail is not None:
+        tail.poll()
+        console = asdict(tail.result(t0, "asked", _TAIL_EVERY_NS / 1e9, 0.0))
+        tail.close()
     return {"stopped_by": stopped_by, "samples": n, "t0_ns": t0, "t_end_ns": t,
             "first_value": first_value, "last_value": last_v, "changes": changes,
             "stalls": stalls, "gaps": gaps, "probes": probes, "steps": steps,
             "marks": marks, "dropped": dropped, "trace": trace,
-            "relaxed_at_ns": relaxed_at or None, "fast_samples": fast_samples or n}
+            "relaxed_at_ns": relaxed_at or None, "console": console}
+
+
+def _tail_of(spec: str) -> Any:
+    """The consoles' tail a ``console`` command asks for (its label: JSON with ``src``,
+    ``dst``, ``regex``, ``boot``, ``period_ms``)."""
+    from harness.evidence.console import ConsoleFormat
+    from harness.evidence.console_tail import _TailState
+
+    d = json.loads(spec)
+    fmt = ConsoleFormat(d["regex"], d["boot"], int(d["period_ms"]))
+    return _TailState(fmt, {"source": d["src"], "target": d["dst"]})
+
+
+def _window(a: str, ta: int, b: str, tb: int, by_length: List[Any], gaps: List[Any],
+            stall_dict: Callable[[Any], Dict[str, Any]]) -> Dict[str, Any]:
+    """One window between two marks: its stalls (``by_length``: longest first)."""
+    inside = [s for s in by_length if s[0] <= tb and (s[1] if s[2] is None else s[2]) >= ta]
+    own_gaps = [g1 - g0 for g0, g1 in gaps if g0 <= tb and g1 >= ta]
+    clipped = [min(s[1], tb) - max(s[0], ta) for s in inside]
+    return {"start": a, "end": b, "start_ns": ta, "end_ns": tb,
+            "longest": stall_dict(inside[0]) if inside else None,
+            "stalls": len(inside), "max_sampler_gap_ns": max(own_gaps, default=0),
+            "stalled_ns": sum(max(0, d) for d in clipped),
+            "top": [stall_dict(s) for s in inside[:_TOP_WINDOW]],
+            # Each stall of at least a millisecond, clipped to the window, for the
+            # stutter's sum.
+            "durations_ns": [d for d in clipped if d >= 1_000_000][:_DURATIONS]}
 
 
 def _summarize(raw: Dict[str, Any], thr_ns: int) -> Dict[str, Any]:
@@ -180,25 +240,23 @@ def _summarize(raw: Dict[str, Any], thr_ns: int) -> Dict[str, Any]:
 
     stalls = raw["stalls"]
     by_length = sorted(stalls, key=lambda s: s[1] - s[0], reverse=True)
-    windows = []
-    for (a, ta), (b, tb) in zip(bounds, bounds[1:]):
-        inside = [s for s in stalls if s[0] <= tb and (s[1] if s[2] is None else s[2]) >= ta]
-        gaps = [g1 - g0 for g0, g1 in raw["gaps"] if g0 <= tb and g1 >= ta]
-        longest = max(inside, key=lambda s: s[1] - s[0], default=None)
-        windows.append({"start": a, "end": b, "start_ns": ta, "end_ns": tb,
-                        "longest": stall_dict(longest) if longest else None,
-                        "stalls": len(inside), "max_sampler_gap_ns": max(gaps, default=0)})
-    probes = sorted(raw["probes"])
+    windows = [_window(a, ta, b, tb, by_length, raw["gaps"], stall_dict)
+               for (a, ta), (b, tb) in zip(bounds, bounds[1:])]
+    slow, fast = sorted(raw["probes"]["slow"]), sorted(raw["probes"]["fast"])
+    every = slow + fast
     gap_max = max((g1 - g0 for g0, g1 in raw["gaps"]), default=0)
     relaxed_at = raw.get("relaxed_at_ns")
-    # The rate of the fast part: what the stalls before relaxing were timed with.
-    duration = max((relaxed_at or t_end) - t0, 1)
+    duration = max(t_end - t0, 1)
     return {
         "stopped_by": raw["stopped_by"], "samples": raw["samples"], "t0_ns": t0,
-        "t_end_ns": t_end, "rate_hz": raw.get("fast_samples", raw["samples"]) * 1e9 / duration,
+        "t_end_ns": t_end, "rate_hz": raw["samples"] * 1e9 / duration,
         "relaxed_at_ns": relaxed_at,
-        "median_interval_ns": probes[len(probes) // 2] if probes else 0,
-        "max_interval_ns": max(gap_max, probes[-1] if probes else 0),
+        "median_interval_ns": slow[len(slow) // 2] if slow else 0,
+        "fast_median_interval_ns": fast[len(fast) // 2] if fast else 0,
+        "max_interval_ns": max([gap_max] + every[-1:]),
+        "scheduling": raw.get("scheduling", ""),
+        "cpu_s": round(raw.get("cpu_s", 0.0), 3),
+        "console": raw.get("console"),
         "threshold_ns": thr_ns, "first_value": raw["first_value"],
         "last_value": raw["last_value"], "changes": raw["changes"],
         "reset": any(kind == "reset" for *_, kind in raw["steps"]),
@@ -221,10 +279,21 @@ def _thin(trace: List[Tuple[int, int]], t0: int) -> List[List[int]]:
     return [[t - t0, v] for t, v in trace[::step]]
 
 
+def _realtime() -> str:
+    """Run at the lowest real-time priority where the host allows it: a read then
+    happens when it is due, not when the busy host gets round to it (the pace's wait
+    ends; the loop never spins, so it takes a few per cent of a core, never more)."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+        return "SCHED_FIFO 1"
+    except (OSError, AttributeError) as exc:
+        return f"normal (SCHED_FIFO refused: {exc})"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m harness.evidence.sampler_child",
-        description="Read a u64 counter in a shared file in a tight loop; report stalls.")
+        description="Read a u64 counter in a shared file at a steady pace; report stalls.")
     ap.add_argument("--path", required=True,
                     help="the RAM backend file (/proc/PID/fd/N); '-': read "
                          '{"cmd": "map", "path": P, "offset": N} from stdin first')
@@ -261,8 +330,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sys.stderr.write(f"sampler: cannot map {args.path} at {args.offset:#x}: {e}\n")
         return 2
     thr_ns = int(args.threshold_us * 1000)
-    gc.disable()   # a collection in the hot loop would look like a sampler gap
+    scheduling = _realtime()
+    gc.disable()   # a collection in the loop would look like a sampler gap
+    cpu0 = time.process_time()
     raw = _sample(word, int(args.max_seconds * 1e9), thr_ns, sys.stdin.fileno())
+    raw["scheduling"], raw["cpu_s"] = scheduling, time.process_time() - cpu0
     if raw["stopped_by"] == "eof":
         sys.stderr.write("sampler: stdin closed (parent gone); exiting without a result\n")
         return 3

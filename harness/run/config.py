@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 from harness.core.cleanup import check_tmp_base
 from harness.core.errors import UsageError
 from harness.cpr import dialect as dialects
+from harness.evidence.pause import Budgets
 
 ROOT = Path(__file__).resolve().parents[2]
 ACCELS = ("auto", "kvm", "tcg")
@@ -27,9 +28,16 @@ DEFAULT_CASE_TIMEOUT = 240.0
 #: The observation window after each switch-over (seconds), and its floor.
 DEFAULT_OBSERVE_S = 1.0
 MIN_OBSERVE_S = 0.5
-#: The pause budget (ms) when neither the run nor the scenario sets one: chosen from the
-#: pauses of healthy cases on the 2-core reference host (docs/pause-budget.md).
-DEFAULT_MAX_PAUSE_MS = 1000.0
+#: What a case accepts of the guest's stalls when neither the run nor the scenario says
+#: otherwise, per accelerator: chosen from the stalls of healthy cases on the 2-core
+#: reference host under the heaviest load the project puts on it (docs/pause-budget.md).
+DEFAULT_BUDGETS = {
+    "kvm": Budgets(max_pause_ms=250.0, stall_floor_ms=50.0, stall_factor=2.0,
+                   max_stutter=0.25),
+    "tcg": Budgets(max_pause_ms=1000.0, stall_floor_ms=200.0, stall_factor=2.0,
+                   max_stutter=0.35),
+}
+DEFAULT_MAX_PAUSE_MS = DEFAULT_BUDGETS["kvm"].max_pause_ms
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,13 @@ def _positive_float(v: str) -> float:
     x = float(v)
     if not x > 0:
         raise ValueError("expected a number of seconds > 0")
+    return x
+
+
+def _share(v: str) -> float:
+    x = float(v)
+    if not 0 <= x <= 1:
+        raise ValueError("expected a share between 0 and 1")
     return x
 
 
@@ -141,9 +156,24 @@ OPTIONS: Tuple[Option, ...] = (
            "guest's counter moving, no reset/stop/shutdown/panic event, RAM intact at the "
            "end", _at_least(MIN_OBSERVE_S, "seconds")),
     Option("max_pause_ms", "--max-pause-ms", "CPRH_MAX_PAUSE_MS", None, "MS",
-           "the longest guest stall a case accepts (the switch-over and the observation "
-           "window); default: the scenario's own budget, else "
-           f"{DEFAULT_MAX_PAUSE_MS:g} ms (docs/pause-budget.md)", _at_least(1.0, "ms")),
+           "the longest pause a case accepts at the switch-over (and the most any stall "
+           "after it may reach); default: the scenario's own, else "
+           f"{DEFAULT_BUDGETS['kvm'].max_pause_ms:g} ms under KVM, "
+           f"{DEFAULT_BUDGETS['tcg'].max_pause_ms:g} under TCG (docs/pause-budget.md)",
+           _at_least(1.0, "ms")),
+    Option("stall_floor_ms", "--stall-floor-ms", "CPRH_STALL_FLOOR_MS", None, "MS",
+           "a stall after the switch-over up to this long is always accepted; default "
+           f"{DEFAULT_BUDGETS['kvm'].stall_floor_ms:g} ms under KVM, "
+           f"{DEFAULT_BUDGETS['tcg'].stall_floor_ms:g} under TCG", _at_least(1.0, "ms")),
+    Option("stall_factor", "--stall-factor", "CPRH_STALL_FACTOR", None, "X",
+           "...and up to this many times the longest stall of the guest's own baseline "
+           "before the transfer, if that is more (never above --max-pause-ms); default "
+           f"{DEFAULT_BUDGETS['kvm'].stall_factor:g}", _at_least(1.0, "times")),
+    Option("max_stutter", "--max-stutter", "CPRH_MAX_STUTTER", None, "SHARE",
+           "the share of the observation window the guest may spend stalled beyond its "
+           "baseline's share (0.25: 25 points more); default "
+           f"{DEFAULT_BUDGETS['kvm'].max_stutter:g} under KVM, "
+           f"{DEFAULT_BUDGETS['tcg'].max_stutter:g} under TCG", _share),
     Option("case_timeout", "--case-timeout", "CPRH_CASE_TIMEOUT", DEFAULT_CASE_TIMEOUT,
            "SECONDS", "every harness wait of one case ends by this deadline (keep it below "
            "the runner's own per-test limit, 300 s)", _positive_float),
@@ -166,8 +196,12 @@ class RunConfig:
     slow: bool = False
     soak_hops: int = 5
     observe_s: float = DEFAULT_OBSERVE_S
-    #: The run's pause budget (ms); None: each scenario's own, else the default.
+    #: The run's budgets (harness.evidence.pause.Budgets); None: each scenario's own,
+    #: else the accelerator's default.
     max_pause_ms: Optional[float] = None
+    stall_floor_ms: Optional[float] = None
+    stall_factor: Optional[float] = None
+    max_stutter: Optional[float] = None
     case_timeout: float = DEFAULT_CASE_TIMEOUT
     timeouts: Timeouts = field(default_factory=Timeouts)
 
@@ -193,11 +227,16 @@ class RunConfig:
     def with_(self, **changes: Any) -> "RunConfig":
         return replace(self, **changes)
 
-    def pause_budget_ms(self, scenario_budget: Optional[float]) -> float:
-        """The pause budget of a case: the run's, else the scenario's, else the default."""
-        if self.max_pause_ms is not None:
-            return self.max_pause_ms
-        return scenario_budget if scenario_budget is not None else DEFAULT_MAX_PAUSE_MS
+    def budgets(self, accel: str, scenario_max_pause_ms: Optional[float] = None) -> Budgets:
+        """A case's budgets: the run's, else the scenario's pause budget, else the
+        default of its accelerator."""
+        d = DEFAULT_BUDGETS["tcg" if accel == "tcg" else "kvm"]
+        pause = self.max_pause_ms if self.max_pause_ms is not None else \
+            scenario_max_pause_ms if scenario_max_pause_ms is not None else d.max_pause_ms
+        pick = lambda mine, default: default if mine is None else mine  # noqa: E731
+        return Budgets(pause, pick(self.stall_floor_ms, d.stall_floor_ms),
+                       pick(self.stall_factor, d.stall_factor),
+                       pick(self.max_stutter, d.max_stutter))
 
 
 def resolve(given: Optional[Mapping[str, Any]] = None,
@@ -219,7 +258,9 @@ def resolve(given: Optional[Mapping[str, Any]] = None,
                      accel=v["accel"], dialect=v["dialect"], reports=v["reports"],
                      expectations=v["expectations"], slow=v["slow"],
                      soak_hops=v["soak_hops"], observe_s=v["observe_s"],
-                     max_pause_ms=v["max_pause_ms"], case_timeout=v["case_timeout"])
+                     max_pause_ms=v["max_pause_ms"], stall_floor_ms=v["stall_floor_ms"],
+                     stall_factor=v["stall_factor"], max_stutter=v["max_stutter"],
+                     case_timeout=v["case_timeout"])
 
 
 def option_values(cfg: RunConfig) -> Dict[str, Any]:

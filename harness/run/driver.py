@@ -24,14 +24,17 @@ from typing import Iterator, List, Optional, Tuple
 from harness.core.errors import HarnessError, QMPConnectionLost, WaitTimeout
 from harness.core.observe import NULL_OBSERVER, Observer
 from harness.core.wait import case_deadline, sleep
-from harness.evidence.collector import FULL, M_RESUMED, M_WINDOW_END, EvidencePlan
+from harness.evidence.collector import FULL, EvidencePlan
+from harness.evidence.console import heartbeat_format
+from harness.evidence.pause import M_RESUMED, M_WINDOW_END
 from harness.qemu.process import QemuProcess
 from harness.qemu.states import Intent, RunState
 from harness.run import outcomes
 from harness.run.attempt import Attempt
 from harness.run.checks import FAMILIES, WatchContext
 from harness.run.handover import for_mode
-from harness.run.observe import Expectation, Window, source_expectation, target_expectation
+from harness.run.observe import (Expectation, Window, event_time, source_expectation,
+                                 target_expectation)
 from harness.run.pair import Hooks, Pair
 from harness.run.plan import VALID_KINDS, side_kinds
 from harness.run.records import Death, Role, Survival
@@ -93,9 +96,17 @@ class PairDriver(Pair):
         self.r.ram = self.ev.setup
         with self.phase("sampler", "start the pause sampler on the guest's counter"):
             self.ev.start_sampler()
-        if self.ev.samplers and self.plan.noise_s > 0:
-            with self.phase("noise", "noise floor on the idle pair"):
-                self.ev.noise_window()
+        if self.ev.samplers and self.plan.baseline_s > 0:
+            with self.phase("baseline", f"the guest's baseline for "
+                                        f"{self.plan.baseline_s:g} s before the transfer"):
+                self.ev.baseline(self.watch_baseline if self.plan.observe else None)
+
+    def watch_baseline(self, seconds: float) -> None:
+        """What the observation window does, on the source before the transfer: the
+        guest's baseline is taken under the same harness activity."""
+        w = Window([(self.source, Expectation("baseline", RunState.RUNNING, ()))], seconds,
+                   self.window_death, self.g, self.t.settle, self.artifacts)
+        w.watch()
 
     def transfer(self) -> None:
         """The first attempt, then (after a refusal) survival checks and the retry."""
@@ -132,6 +143,12 @@ class PairDriver(Pair):
 
     def attempt(self, a: Attempt, kinds: tuple) -> None:
         """One hand-over to a new target; a completed one is verified."""
+        fmt = heartbeat_format(self.setup.guest)
+        if fmt is not None and self.ev.samplers:
+            # The consoles' heartbeats stamped on the pause sampler's clock, from now.
+            self.ev.tail_consoles(fmt, self.serial_of(self.source) or "",
+                                  os.path.join(self.artifacts,
+                                               f"{self.name_of('dst', a.tag)}.serial"))
         with outcomes.qemu_waits(self, a):
             self.handover.attempt(a, kinds)
         if a.observed is Observed.COMPLETED and not a.fault:
@@ -177,11 +194,28 @@ class PairDriver(Pair):
         if self.hooks.before_stop_samplers is not None:
             self.hooks.before_stop_samplers(self)
         a.pause = self.ev.stop_samplers(a.query_migrate,
-                                        self.cfg.pause_budget_ms(self.sc.max_pause_ms))
+                                        self.cfg.budgets(self.bins.accel, self.sc.max_pause_ms),
+                                        self.switch_ns())
         self.r.artifacts.update(self.ev.files)
         a.pattern = self.verify_ram()
         if window is not None:
             a.window = window.finish(a.counter_after)
+
+    def switch_ns(self) -> Optional[Tuple[int, int]]:
+        """When QEMU says the source stopped for the switch-over (its last STOP) and the
+        target resumed the guest (its first RESUME), on the monotonic clock; None when
+        either event is missing."""
+        def events(vm: Optional[QemuProcess], name: str) -> List[float]:
+            qmp = vm.qmp if vm is not None else None
+            return [event_time(e) for e in (qmp.all_events if qmp is not None else [])
+                    if e.get("event") == name]
+
+        resumes = events(self.dst, "RESUME")
+        stops = [t for t in events(self.src, "STOP") if resumes and t <= resumes[0]]
+        if not resumes or not stops:
+            return None
+        to_mono = time.monotonic_ns() - time.time_ns()
+        return int(stops[-1] * 1e9) + to_mono, int(resumes[0] * 1e9) + to_mono
 
     def verify_ram(self):
         """The pattern through the target's RAM fd; if the target died (even meanwhile),
@@ -200,12 +234,11 @@ class PairDriver(Pair):
         watches: List[Tuple[QemuProcess, Expectation]] = [
             (self.target, target_expectation(self.sc.paused))]
         if self.sc.mode == "cpr-transfer":
-            watches.append((self.source, source_expectation(
-                self.r.artifacts.get(f"{self.source.side}.serial"))))
+            watches.append((self.source, source_expectation(self.serial_of(self.source))))
         ctx = WatchContext(self.sc, self.source, self.target, self.g, self.artifacts,
                            self.seen_running_ns.get(a.tag, time.monotonic_ns()),
-                           {k[:-len(".serial")]: v for k, v in self.r.artifacts.items()
-                            if k.endswith(".serial")})
+                           {"src": self.serial_of(self.source) or "",
+                            "dst": self.serial_of(self.target) or ""})
         devices = {fam.name: w for fam in FAMILIES
                    for w in [fam.watcher(ctx)] if w is not None}
         return Window(watches, self.cfg.observe_s, self.window_death, self.g,

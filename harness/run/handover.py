@@ -23,7 +23,6 @@ from harness.cpr import channels
 from harness.cpr.channels import Channel
 from harness.cpr.faults import BAD_DEVICE_ARGS, Action, Fault, Stage
 from harness.cpr.relay import Relay
-from harness.evidence.collector import M_TRANSFER
 from harness.evidence.memory import find_ram_fd
 from harness.qemu.states import RunState
 from harness.run import outcomes
@@ -126,7 +125,8 @@ class CprTransfer(HandOver):
         sockdir = os.path.join(d.workdir, a.tag)
         machine = d.bins.target_machine(retry=not a.first)
         with d.phase("launch-dst", f"start dst ({a.tag})"):
-            dst = d.launch("dst", d.vm_args("dst", sockdir, machine) + extra + incoming, a.tag,
+            dst = d.launch("dst", d.vm_args("dst", sockdir, machine, a.tag) + extra + incoming,
+                           a.tag,
                            ln.dst_main.dst_pass_fds + ln.dst_cpr.dst_pass_fds, sockdir)
             for c in (ln.dst_main, ln.dst_cpr):  # our copies of fds handed over now live there
                 if c.dst_pass_fds and not c.src_getfd:
@@ -185,7 +185,7 @@ class CprTransfer(HandOver):
             for c in d.dialect.source_prepare(ln.src_cpr):
                 sq.cmd(c.name, c.args)
             migrate = d.dialect.source_migrate(ln.src_main, ln.src_cpr)
-            d.ev.mark(M_TRANSFER)
+            d.ev.mark_transfer()
             sq.cmd(migrate.name, migrate.args)
         except QMPCommandFailed as exc:
             refused(a, sq, exc)
@@ -266,7 +266,7 @@ class Precopy(HandOver):
             d.ev.start_sampler("dst", find_ram_fd(dst.pid, d.ev.size, d.ev.hint).path)
         sq = d.source.qmp
         d.r.extra["max_bandwidth"] = sq.cmd("query-migrate-parameters").get("max-bandwidth")
-        d.ev.mark(M_TRANSFER)
+        d.ev.mark_transfer()
         sq.cmd("migrate", {"channels": [main.qapi()]})
         d.mark(f"{a.tag}_migrate_issued")
         _await_completed(d, a)
@@ -286,7 +286,7 @@ class CprReboot(HandOver):
         src = d.source
         for name, args in self.SETUP:
             src.qmp.cmd(name, args)
-        d.ev.mark(M_TRANSFER)
+        d.ev.mark_transfer()
         src.qmp.cmd("migrate", {"uri": f"file:{state}"})
         d.mark(f"{a.tag}_migrate_issued")
         status = outcomes.wait_migration(d, src.qmp)
@@ -335,7 +335,7 @@ class CprExec(HandOver):
         src = d.source
         try:
             src.qmp.cmd("migrate-set-parameters", {"cpr-exec-command": dst.cmdline})
-            d.ev.mark(M_TRANSFER)
+            d.ev.mark_transfer()
             src.qmp.cmd("migrate", {"channels": [{"channel-type": "main", "addr": {
                 "transport": "file", "filename": state, "offset": 0}}]})
         except QMPCommandFailed as exc:

@@ -150,12 +150,23 @@ class Pair(Aftermath):
         assert self.dst is not None, "no target"
         return self.dst
 
+    @staticmethod
+    def name_of(side: str, tag: str = "first") -> str:
+        """A QEMU's artifact name: ``src``, ``dst``, ``dst-retry``, ``dst-hop002``."""
+        return side if tag == "first" else f"{side}-{tag}"
+
+    def serial_of(self, vm: QemuProcess) -> Optional[str]:
+        """The guest's console file of ``vm`` (each QEMU writes its own: QEMU truncates a
+        chardev file it opens, so a shared one would lose the previous QEMU's output)."""
+        return self.r.artifacts.get(f"{vm.name}.serial")
+
     def vm_args(self, side: str, sockdir: Optional[str] = None,
-                machine: Optional[str] = None) -> List[str]:
+                machine: Optional[str] = None, tag: str = "first") -> List[str]:
         """One side's command line without its ``-incoming``: the scenario's, the
         guest's, and what each registered check family adds (the same on both sides)."""
-        serial = os.path.join(self.artifacts, f"{side}.serial")
-        self.r.artifacts[f"{side}.serial"] = serial
+        name = self.name_of(side, tag)
+        serial = os.path.join(self.artifacts, f"{name}.serial")
+        self.r.artifacts[f"{name}.serial"] = serial
         ctx = ArgsContext(self.sc, sockdir or self.workdir, self.artifacts)
         extra = [a for fam in FAMILIES for a in fam.qemu_args(ctx, Side(side))]
         return render_vm_args(self.sc, self.dialect, self.mem, self.bins.accel,
@@ -165,7 +176,7 @@ class Pair(Aftermath):
     def launch(self, side: str, args: List[str], tag: str = "first",
                pass_fds: tuple = (), sockdir: Optional[str] = None) -> QemuProcess:
         """Start one side's QEMU; its command line and log are recorded under its name."""
-        name = side if tag == "first" else f"{side}-{tag}"
+        name = self.name_of(side, tag)
         binary = self.cfg.qemu_src if side == "src" else self.cfg.qemu_dst
         caps = self.bins.src if side == "src" else self.bins.dst
         # Where the binary has it, QEMU exits with its parent by itself (PDEATHSIG and
@@ -186,8 +197,8 @@ class Pair(Aftermath):
         """The QEMU a cpr-exec source will exec into: its command line (the dst binary,
         the shared arguments, its own monitor), not launched: the source becomes it."""
         machine = self.bins.target_machine(retry=not a.first)
-        name = "dst" if a.first else f"dst-{a.tag}"
-        vm = QemuProcess("dst", self.cfg.qemu_dst, self.vm_args("dst", sockdir, machine)
+        name = self.name_of("dst", a.tag)
+        vm = QemuProcess("dst", self.cfg.qemu_dst, self.vm_args("dst", sockdir, machine, a.tag)
                          + incoming, sockdir, self.artifacts, log_name=f"{name}.log",
                          epoch=self.epoch, exit_with_parent=self.bins.dst.has_exit_with_parent)
         self.r.cmdlines[name] = vm.cmdline

@@ -25,19 +25,12 @@ MSG_NOT_CPR_COMPATIBLE = "is not compatible with CPR"
 MSG_SHARE_REQUIRED = "share=on is required for memory-backend objects"
 MSG_MACHINE_TYPE = "Machine type received is"
 
-#: The pause budget of TCG cases (ms): a TCG vCPU thread on a loaded 2-core host stalls
-#: longer than a KVM one (docs/pause-budget.md); KVM cases keep the run's default.
-TCG_MAX_PAUSE_MS = 2000.0
-
-
 def _transfer(main: str = "unix", cpr: str = "unix", backend: str = "memfd",
               incoming: str = "immediate", machine: str = "q35", tag: str = "",
               **kw: object) -> Scenario:
     sid = f"transfer/{main}-{cpr}-{backend}-{incoming}-{machine}" + (f"-{tag}" if tag else "")
     title = (f"main {main}, cpr {cpr}, {backend}, incoming {incoming}, {machine}"
              + (f", {tag}" if tag else ""))
-    if kw.get("accel") == "tcg":
-        kw.setdefault("max_pause_ms", TCG_MAX_PAUSE_MS)
     return Scenario(id=sid, title=title, main=main, cpr=cpr, backend=backend,
                     incoming=incoming, machine=machine, area="transfer",
                     requires=("cpr-incoming-fd",) if cpr == "fd" else (),

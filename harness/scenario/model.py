@@ -148,7 +148,7 @@ class Scenario:
     #: The case needs two different QEMU versions (a skip on a same-version run).
     cross_version: bool = False
     #: This scenario's pause budget (ms) where its method costs more (TCG, prealloc...);
-    #: None: the run's default (harness.run.config.DEFAULT_MAX_PAUSE_MS).
+    #: None: the run's default for its accelerator (harness.run.config.DEFAULT_BUDGETS).
     max_pause_ms: Optional[float] = None
     area: str = "transfer"        # report grouping: transfer, channel, memory, ...
     expect: Outcome = field(default_factory=Outcome)

@@ -48,9 +48,20 @@ def wrapper(tmp_path, mode):
     return str(path)
 
 
+#: Checks a busy host can fail on its own (the guest's stalls are the host's too): a
+#: self-test of another check asks that nothing *else* failed. The pause checks have
+#: self-tests of their own (freeze, late-freeze, stutter, a budget below every pause).
+LOAD_DEPENDENT = {"pause.switch-over", "pause.stalls", "pause.stutter"}
+
+
 def failed_checks(result):
     """The failed checks by id."""
     return {m.id: m for m in failed(judge(result))}
+
+
+def defects(result):
+    """The failed checks a busy host cannot explain, by id."""
+    return sorted(set(failed_checks(result)) - LOAD_DEPENDENT)
 
 
 def text_of(check):
@@ -73,12 +84,13 @@ def test_a_broken_qemu_fails_and_names_its_defect(tmp_path, mode):
     it: never a pass, never a harness error."""
     r = run_scenario(BASE, broken_config(tmp_path, mode), str(tmp_path / "a"))
     bad = failed_checks(r)
-    name, words = DEFECTS[mode]
-    assert name in bad, (mode, {k: text_of(v) for k, v in bad.items()})
+    ids, words = DEFECTS[mode]
+    named = [i for i in ((ids,) if isinstance(ids, str) else ids) if i in bad]
+    assert named, (mode, {k: text_of(v) for k, v in bad.items()})
     for w in words:
-        assert w in text_of(bad[name]), (mode, text_of(bad[name]))
+        assert w in text_of(bad[named[0]]), (mode, text_of(bad[named[0]]))
     msg = str(ConformanceFailure(BASE.id, list(bad.values())))
-    assert name in msg
+    assert f"[{named[0]}]" in msg
 
 
 def test_a_wrapper_whose_monitor_comes_up_after_resume_still_acts(tmp_path, monkeypatch):
@@ -106,14 +118,19 @@ def test_a_frozen_target_names_both_pause_figures(tmp_path):
     r = run_scenario(BASE, RunConfig(qemu_dst=wrapper(tmp_path, "freeze")), str(tmp_path / "a"))
     pause = r.first.evidence.pause
     # The freeze falls in the switch-over's pause or just after it, in the window.
-    stall = max(pause.guest_pause_ms, pause.window_stall_ms)
+    stall = max(pause.switch_ms, pause.window.longest_ms)
     assert stall >= 1400, pause
     assert pause.qemu_downtime_ms < 500, pause
-    c = failed_checks(r)["pause.budget"]
-    assert f"the guest stalled {stall:.0f} ms" in c.detail
-    # What was seen sets the stall beside QEMU's own figure and the noise floor.
-    assert c.observed.startswith(f"{stall:g} ms ")
-    assert f"QEMU's downtime {pause.qemu_downtime_ms:g} ms" in c.observed
+    bad = failed_checks(r)
+    if stall == pause.switch_ms:
+        c = bad["pause.switch-over"]
+        assert f"the guest stood still at least {stall:g} ms" in c.detail
+        # What was seen: the interval, beside QEMU's own figure.
+        assert c.observed.startswith(pause.interval())
+        assert f"QEMU's downtime {pause.qemu_downtime_ms:g} ms" in c.observed
+    else:
+        c = bad["pause.stalls"]
+        assert f"longest {stall:g} ms" in c.observed and "baseline allows" in c.detail
 
 
 def test_harness_corrupting_one_page_fails_and_names_it(tmp_path):
@@ -125,21 +142,20 @@ def test_harness_corrupting_one_page_fails_and_names_it(tmp_path):
 
     r = run_scenario(BASE, RunConfig(), str(tmp_path / "a"), hooks=Hooks(before_verify=corrupt))
     bad = failed_checks(r)
-    assert list(bad) == ["ram.pattern"], bad
+    assert defects(r) == ["ram.pattern"], bad
     msg = str(ConformanceFailure(BASE.id, list(bad.values())))
     assert "1 page(s) changed" in msg and "0x1234000" in msg, msg
 
 
 def test_a_target_that_changes_one_page_fails_only_that_check(tmp_path):
     r = run_scenario(BASE, RunConfig(qemu_dst=wrapper(tmp_path, "page")), str(tmp_path / "a"))
-    bad = failed_checks(r)
-    assert list(bad) == ["ram.pattern"], bad
+    assert defects(r) == ["ram.pattern"], failed_checks(r)
 
 
 def test_an_unbroken_wrapper_passes(tmp_path):
     """Control: the wrapper itself (no tampering mode) does not break anything."""
     r = run_scenario(BASE, RunConfig(qemu_dst=wrapper(tmp_path, "none")), str(tmp_path / "a"))
-    assert failed(judge(r)) == []
+    assert defects(r) == [], failed_checks(r)
     target = r.window.target
     assert r.window.observed_s >= 1.0 and [s for s, _ in target.polls] == ["running"]
     assert [s for s, _ in r.window.source.polls] == ["postmigrate"]
@@ -158,7 +174,7 @@ def test_a_qemu_that_dies_after_the_window_fails_the_case(tmp_path):
     r = run_scenario(BASE, RunConfig(), str(tmp_path / "a"),
                      hooks=Hooks(after_transfer=kill_source))
     bad = failed_checks(r)
-    assert list(bad) == ["deaths"], bad
+    assert defects(r) == ["deaths"], bad
     detail = bad["deaths"].observed
     assert detail.startswith("src QEMU was killed by signal 9 (SIGKILL)"), detail
     assert "s after the switch-over" in detail and "src.log" in detail
@@ -187,8 +203,8 @@ def test_every_qmp_event_and_the_negotiation_are_in_the_transcripts(tmp_path):
 def test_a_run_budget_below_every_pause_fails_the_stall_check(tmp_path):
     r = run_scenario(BASE, RunConfig(max_pause_ms=1.0), str(tmp_path / "a"))
     bad = failed_checks(r)
-    assert list(bad) == ["pause.budget"], bad
-    assert "budget 1 ms" in bad["pause.budget"].detail
+    assert "pause.switch-over" in bad and set(bad) <= {"pause.switch-over", "pause.stalls"}, bad
+    assert "budget 1 ms" in bad["pause.switch-over"].detail
 
 
 def test_a_target_dying_while_its_evidence_is_read_is_a_verdict(tmp_path, monkeypatch):

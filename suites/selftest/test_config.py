@@ -4,7 +4,7 @@ import pytest
 
 from harness.core.errors import UsageError
 from harness.run import config
-from harness.run.config import DEFAULT_MAX_PAUSE_MS, RunConfig, resolve
+from harness.run.config import DEFAULT_BUDGETS, RunConfig, resolve
 
 pytestmark = pytest.mark.selftest
 
@@ -32,9 +32,13 @@ def test_bad_values_name_the_option(given, env, needle):
 
 
 def test_the_pause_budget_is_the_runs_else_the_scenarios_else_the_default():
-    assert RunConfig().pause_budget_ms(None) == DEFAULT_MAX_PAUSE_MS
-    assert RunConfig().pause_budget_ms(900.0) == 900.0
-    assert RunConfig(max_pause_ms=50.0).pause_budget_ms(900.0) == 50.0
+    assert RunConfig().budgets("kvm") == DEFAULT_BUDGETS["kvm"]
+    assert RunConfig().budgets("tcg") == DEFAULT_BUDGETS["tcg"]
+    assert RunConfig().budgets("kvm", 900.0).max_pause_ms == 900.0
+    assert RunConfig(max_pause_ms=50.0).budgets("kvm", 900.0).max_pause_ms == 50.0
+    b = RunConfig(stall_floor_ms=20.0, max_stutter=0.1).budgets("tcg")
+    assert (b.stall_floor_ms, b.max_stutter, b.stall_factor) == \
+        (20.0, 0.1, DEFAULT_BUDGETS["tcg"].stall_factor)
 
 
 def test_every_adapter_declares_the_same_options():

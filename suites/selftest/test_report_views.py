@@ -35,7 +35,7 @@ def _result():
     from harness.core.sides import Side
     from harness.evidence.memory import Region, SameMemfdEvidence
     from harness.evidence.pattern import PatternReport
-    from harness.evidence.pause import PauseFigures
+    from harness.evidence.pause import Budgets, PauseFigures, StallStats
     from harness.evidence.stream import StreamFigures
     from harness.qemu.states import RunState
     from harness.run.records import (AttemptEvidence, AttemptRecord, GuestSeen, Role,
@@ -58,9 +58,11 @@ def _result():
                       counter_reference=192057, counter_after=226714, boots_after=1,
                       counter_moved=True, window=window, evidence=AttemptEvidence(
                           True, True, same, StreamFigures(0, 0, 77719), pattern,
-                          pause=PauseFigures(guest_pause_ms=9.88, qemu_downtime_ms=5,
-                                             noise_floor_ms=4.0, window_stall_ms=4.0,
-                                             budget_ms=1000.0)))
+                          pause=PauseFigures(
+                              switch_ms=9.88, switch_max_ms=10.41, switch_at_ms=402.5,
+                              qemu_downtime_ms=5, baseline=StallStats(0.5, 4.0, 0.0, 0, (4.0,)),
+                              window=StallStats(1.05, 4.0, 0.0, 0, (4.0, 2.1)),
+                              budgets=Budgets(250.0, 50.0, 2.0, 0.2))))
     r = PairResult(catalogue.get("transfer/unix-unix-memfd-immediate-q35"),
                    src_state_before=RunState.RUNNING, counter_before=192057, boots_before=1,
                    attempts=[a], artifacts={"src.log": "src.log", "timeline": "timeline.png"})
@@ -98,8 +100,10 @@ def test_the_digest_says_the_evidence_in_labelled_lines():
     assert h["guest counter"].startswith("192057 before -> 226714 on the target")
     assert h["RAM file"].endswith("inode 474; dst inode 474: the same file"), h
     assert h["main stream"].startswith("0 RAM pages")
-    assert "switch-over 9.88 ms" in h["guest pause"] and "QEMU downtime 5 ms" in h["guest pause"]
-    assert "noise floor 4 ms" in h["guest pause"]
+    assert "switch-over 9.88..10.41 ms" in h["guest pause"], h["guest pause"]
+    assert "QEMU's downtime 5 ms" in h["guest pause"]
+    assert h["baseline before the transfer"].startswith("0 stall(s) in 0.5 s")
+    assert "longest 4, 2.1 ms" in h["stalls after the switch-over"]
     assert h["window on the target"].startswith("1.01 s, query-status running x21")
     assert h["window on the source"].startswith("1.01 s, query-status postmigrate x21")
     assert "vCPU threads ran 0 ms" in h["window on the source"]
@@ -276,15 +280,22 @@ def test_the_timeline_picture_is_drawn(tmp_path):
     tl = {"t0_ns": 0, "trace": [[i * ms, i * 10 if i < 100 or i > 110 else 1000]
                                 for i in range(300)],
           "spans": [[5 * ms, 7 * ms, 50], [100 * ms, 110 * ms, 1000]],
-          "marks": [{"label": "transfer", "t_ns": 80 * ms}, {"label": "resumed", "t_ns": 115 * ms},
+          "marks": [{"label": "transfer", "t_ns": 80 * ms},
+                    {"label": "src-stop", "t_ns": 101 * ms},
+                    {"label": "dst-resume", "t_ns": 109 * ms},
+                    {"label": "resumed", "t_ns": 115 * ms},
                     {"label": "window-end", "t_ns": 290 * ms}], "threshold_ns": 50_000}
-    assert timeline.switch_over_span(tl) == (100.0, 110.0)
-    assert timeline.zoom_range(tl["marks"], 299.0) == (50.0, 235.0)
-    written = timeline.write(tl, {"guest_pause_ms": 10.0, "qemu_downtime_ms": 8},
-                             str(tmp_path / "t.json"), str(tmp_path / "t.png"), "case")
+    # Time zero is the source's migrate: the pause is drawn where the check says it is.
+    pause = {"switch_ms": 10.0, "switch_max_ms": 10.4, "switch_span_ms": [20.0, 30.0],
+             "switch_max_span_ms": [19.8, 30.2], "qemu_downtime_ms": 8}
+    assert timeline.switch_spans(pause) == ((20.0, 30.0), (19.8, 30.2))
+    assert timeline.zoom_range(tl, pause, -80.0, 219.0) == pytest.approx((-20.2, 190.2))
+    written = timeline.write(tl, pause, str(tmp_path / "t.json"), str(tmp_path / "t.png"),
+                             "case")
     assert written == [str(tmp_path / "t.json"), str(tmp_path / "t.png")]
     assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert json.loads((tmp_path / "t.json").read_text())["pause"]["guest_pause_ms"] == 10.0
+    assert json.loads((tmp_path / "t.json").read_text())["pause"]["switch_ms"] == 10.0
+    assert timeline.caption(pause).startswith("switch-over pause 10..10.4 ms")
     # Nothing to draw: the series only.
     assert timeline.write({**tl, "trace": []}, {}, str(tmp_path / "e.json"),
                           str(tmp_path / "e.png")) == [str(tmp_path / "e.json")]

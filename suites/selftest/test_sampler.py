@@ -116,8 +116,10 @@ def test_measures_a_50ms_stall_between_marks(counter):
         if r.max_interval_ns < 10e6:
             break
     assert r.stopped_by == "stop"
-    assert r.rate_hz > 100_000, r.describe()         # well above 1 kHz
-    assert 0 < r.median_interval_ns < 100_000
+    # Paced: one read every SLOW_S or so (its real spacing is reported, not judged here:
+    # a loaded host stretches it), at a real-time priority where the host allows it.
+    assert r.median_interval_ns > 0 and r.samples > 10, r.describe()
+    assert r.scheduling, r.describe()
     # Still busy after three runs: the bounds widen by what the sampler says it could
     # not see, never more: at each end of the stall, two of its longest gaps (the read
     # before the change and the read after it).
@@ -146,8 +148,8 @@ def test_measures_a_50ms_stall_between_marks(counter):
     assert back == dataclasses.replace(r, trace=(), spans=())
     tl = r.timeline()
     times = [t for t, _ in tl["trace"]]
-    # A point a millisecond at most, looked at every 4096 reads: ~350 here on a quiet
-    # host, a few dozen when the host starves the sampler (seen: 35 under load 6).
+    # A point a millisecond at most: ~350 here on a quiet host, fewer when the host
+    # starves the sampler.
     assert len(times) > 10 and times == sorted(times)
     # The 50 ms stall is drawn: the very stall measured between the marks (a starved
     # sampler may see it start late, hence no fixed length here beyond the bounds above).
@@ -203,8 +205,9 @@ def test_a_sampler_losing_the_core_between_a_read_and_its_clock_still_brackets_t
     monkeypatch.setattr(sampler_child, "_emit", lambda obj: None)
     r_fd, w_fd = os.pipe()
     try:
-        os.write(w_fd, b"stop\n")          # seen at the first look, after 4096 reads
-        raw = sampler_child._sample(host.word, 10**12, 50_000, r_fd)
+        os.write(w_fd, b"stop\n")          # read once the host says so: after 4096 reads
+        raw = sampler_child._sample(host.word, 10**12, 50_000, r_fd,
+                                    idle=lambda wait: host.reads >= 4096)
     finally:
         os.close(r_fd)
         os.close(w_fd)
@@ -338,32 +341,32 @@ def test_bad_arguments():
         Sampler("/dev/null", 0, 0)
 
 
-def test_relaxed_it_still_times_a_stall_and_frees_the_core(counter):
-    # After "relax" the child reads at a few kHz: a 100 ms stall is still timed (to
-    # ~RELAX_WAIT_S), and the child spends a small part of a core, not all of it.
+def test_paced_it_times_a_stall_and_leaves_the_core_free(counter):
+    # The child never spins: at the slow pace it takes a small part of a core; fast
+    # across a "switch-over", back to slow once the counter moves after relax, and a
+    # 100 ms stall is timed at either pace.
     import psutil
 
     path, writer = counter
     with Sampler(path, OFFSET, max_seconds=30) as s:
         s.start()
-        time.sleep(0.1)
-        s.relax()
-        time.sleep(0.1)                      # it relaxes at the counter's next move
         child = psutil.Process(s._proc.pid)
         cpu0 = sum(child.cpu_times()[:2])
         time.sleep(1.0)
         cpu = sum(child.cpu_times()[:2]) - cpu0
+        s.fast()
         s.mark("pause-start")
         writer.pause(0.100)
         s.mark("pause-done")
-        time.sleep(0.05)
+        s.relax()
+        time.sleep(0.1)                      # it relaxes at the counter's next move
         r = s.stop()
-    assert r.relaxed_at_ns is not None and r.t0_ns < r.relaxed_at_ns < r.marks[0].t_ns
-    assert cpu < 0.5, f"relaxed, the sampler used {cpu:.2f} s of CPU in 1 s"
+    assert cpu < 0.5, f"paced, the sampler used {cpu:.2f} s of CPU in 1 s"
+    assert r.relaxed_at_ns is not None and r.marks[1].t_ns < r.relaxed_at_ns, r
+    assert r.fast_median_interval_ns > 0 and r.median_interval_ns > 0, r.describe()
     paused = r.longest_between("pause-start", "pause-done")
     slack = max(10e6, 4 * r.max_interval_ns)     # as in the 50 ms test above
     assert 100e6 - slack <= paused.duration_ns <= paused.max_ns <= 300e6 + slack, paused
     assert paused.max_ns >= 99e6, paused
-    assert r.rate_hz > 100_000, r.describe()   # the fast part's rate, not the whole run's
     back = SamplerResult.from_dict(json.loads(json.dumps(r.to_dict())))
-    assert back.relaxed_at_ns == r.relaxed_at_ns
+    assert back.relaxed_at_ns == r.relaxed_at_ns and back.scheduling == r.scheduling

@@ -61,27 +61,46 @@ def _ram_rows(ev: Mapping[str, Any], res: Mapping[str, Any]) -> List[Row]:
     return rows
 
 
+def _stall_words(st: Mapping[str, Any]) -> str:
+    top = ", ".join(_fmt(x) for x in st.get("top_ms") or []) or "none"
+    secs = st.get("seconds") or 0
+    share = (st.get("stalled_ms") or 0) / (secs * 1000.0) if secs else 0.0
+    return (f"{st.get('count')} stall(s) in {_fmt(secs)} s, {_fmt(st.get('stalled_ms'))} ms "
+            f"in all ({share:.0%}), longest {top} ms")
+
+
 def _pause_rows(ev: Mapping[str, Any]) -> List[Row]:
     p = ev.get("pause") or {}
     if not p:
         return []
     if p.get("error"):
         return [("pause", "not measured: " + str(p["error"]))]
-    figures = [f"switch-over {_fmt(p['guest_pause_ms'])} ms"
-               if p.get("guest_pause_ms") is not None else "",
-               f"QEMU downtime {_fmt(p['qemu_downtime_ms'])} ms"
+    hi = p.get("switch_max_ms")
+    figures = [f"switch-over {_fmt(p['switch_ms'])}.." + (f"{_fmt(hi)} ms" if hi is not None
+                                                          else "? ms")
+               if p.get("switch_ms") is not None else "",
+               f"began {_fmt(p['switch_at_ms'])} ms after migrate"
+               if p.get("switch_at_ms") is not None else "",
+               f"QEMU's downtime {_fmt(p['qemu_downtime_ms'])} ms"
                if p.get("qemu_downtime_ms") is not None else "",
-               f"window {_fmt(p['window_stall_ms'])} ms"
-               if p.get("window_stall_ms") is not None else "",
-               f"noise floor {_fmt(p['noise_floor_ms'])} ms"
-               if p.get("noise_floor_ms") is not None else "",
-               f"budget {_fmt(p['budget_ms'])} ms" if p.get("budget_ms") is not None else ""]
+               f"console silent {_fmt(round(p['console_gap']['gap_ms'], 1))} ms"
+               if (p.get("console_gap") or {}).get("gap_ms") is not None else ""]
     rows = [("guest pause", "; ".join(f for f in figures if f))]
+    if p.get("baseline"):
+        rows.append(("baseline before the transfer", _stall_words(p["baseline"])))
+    if p.get("window"):
+        rows.append(("stalls after the switch-over", _stall_words(p["window"])))
+    b = p.get("budgets") or {}
+    if b:
+        rows.append(("budgets", f"pause <= {_fmt(b.get('max_pause_ms'))} ms; a stall after "
+                                f"it <= {_fmt(b.get('stall_floor_ms'))} ms or "
+                                f"{_fmt(b.get('stall_factor'))}x the baseline's longest; "
+                                f"stalled <= the baseline's share + "
+                                f"{_fmt(b.get('max_stutter'))}"))
     if p.get("samples"):
-        rows.append(("sampler", f"{p['samples']} reads at {_fmt(p.get('sample_rate_hz'))} Hz, "
-                                f"median interval {_fmt(p.get('median_interval_us'))} us"))
-    if p.get("window_stall"):
-        rows.append(("longest stall after the switch-over", str(p["window_stall"])))
+        rows.append(("sampler", f"{p['samples']} reads, one every {_fmt(p.get('read_every_us'))}"
+                                f" us ({_fmt(p.get('fast_read_every_us'))} us across the "
+                                f"switch-over), {p.get('scheduling') or 'scheduling unknown'}"))
     return rows
 
 

@@ -73,13 +73,13 @@ def key_figures(r: Mapping[str, Any]) -> str:
     def find(suffix: str) -> Any:
         return next((v for k, v in ev.items() if k.endswith(suffix)), None)
 
-    pause, pause_max = find("guest_pause_ms"), find("guest_pause_max_ms")
+    pause, pause_max = find("pause.switch_ms"), find("pause.switch_max_ms")
     if pause is not None:
-        out.append(f"guest pause {_fmt(pause)} ms"
-                   + (f" (at most {_fmt(pause_max)})" if pause_max is not None else ""))
-    noise = find("noise_floor_ms")
-    if noise is not None:
-        out.append(f"noise floor {_fmt(noise)} ms")
+        out.append(f"guest pause {_fmt(pause)}.." + (f"{_fmt(pause_max)} ms"
+                                                     if pause_max is not None else "? ms"))
+    after = find("pause.window.longest_ms")
+    if after is not None:
+        out.append(f"longest stall after it {_fmt(after)} ms")
     checked, bad = find("pattern.pages_checked"), find("pattern.bad_page_count")
     if checked is not None:
         out.append(f"{checked} pages verified" + (f", {bad} changed" if bad else ""))

@@ -14,6 +14,11 @@ event, or query-status saying running when that monitor came up after the event)
     reset       system_reset right at RESUME
     page        flip one byte of guest RAM (guest-physical TAMPER_GPA) right at RESUME
     freeze      SIGSTOP the QEMU process right at RESUME, SIGCONT after FREEZE_S
+    late-freeze SIGSTOP it for LATE_FREEZE_S (300 ms: QEMU's own default downtime limit
+                for a whole precopy migration), LATE_S after RESUME
+    stutter     SIGSTOP it STUTTER_S (40 ms) out of every 2 * STUTTER_S, STUTTER_TIMES
+                times, from LATE_S after RESUME: each stall under the floor a single
+                stall is judged by, their sum half the window
     late-kill   SIGKILL QEMU LATE_S after RESUME
     late-reset  system_reset LATE_S after RESUME
     late-stop   stop (pause the guest) LATE_S after RESUME
@@ -58,22 +63,29 @@ import traceback
 TAMPER_GPA = 0x200000
 LATE_S = 0.3
 FREEZE_S = 1.5
+LATE_FREEZE_S = 0.3
+STUTTER_S, STUTTER_TIMES = 0.04, 40
 #: Wait this long before connecting our monitor (a self-test sets it so the monitor comes
 #: up after the guest resumed, as it can on a loaded host).
 CONNECT_AFTER_S = float(os.environ.get("TAMPER_CONNECT_AFTER_S") or 0)
 QEMU = os.environ.get("TAMPER_QEMU") or shutil.which("qemu-system-x86_64")
-MODES = ("none", "paused", "reset", "page", "freeze", "late-kill", "late-reset",
+MODES = ("none", "paused", "reset", "page", "freeze", "late-freeze", "stutter", "late-kill",
+         "late-reset",
          "late-stop", "late-page", "src-cont", "src-hang", "dst-hang")
 #: Modes that act on the source (a QEMU without -incoming that runs a guest).
 SOURCE_MODES = ("src-cont", "src-hang")
-#: What each mode breaks, as the harness must name it: the id of a check that must fail,
-#: and words its message must hold (the self-tests assert exactly this, under pytest and
-#: avocado).
+#: What each mode breaks, as the harness must name it: the id of a check that must fail
+#: (or ids, any of which: a freeze at RESUME falls in the switch-over's pause or just
+#: after it), and words its message must hold (the self-tests assert exactly this, under
+#: pytest and avocado).
 DEFECTS = {
     "paused": ("states.target", ["paused"]),
     "reset": ("window.boots", ["2"]),
     "page": ("ram.pattern", ["0x200000"]),
-    "freeze": ("pause.budget", ["the guest stalled", "budget 1000 ms", "QEMU's downtime"]),
+    "freeze": (("pause.switch-over", "pause.stalls"), ["the guest stood still", "ms"]),
+    "late-freeze": ("pause.stalls", ["the guest stalled", "after the switch-over",
+                                     "baseline allows"]),
+    "stutter": ("pause.stutter", ["stuttering target", "of the window"]),
     "late-kill": ("window.alive", ["killed by signal 9 (SIGKILL)", "after the switch-over"]),
     "late-reset": ("window.events", ["RESET"]),
     "late-stop": ("window.run-state", ["paused"]),
@@ -168,8 +180,15 @@ def damage(mode, f, qemu_pid):
         os.kill(qemu_pid, signal.SIGKILL)
     elif kind == "freeze":
         os.kill(qemu_pid, signal.SIGSTOP)
-        time.sleep(FREEZE_S)
+        time.sleep(LATE_FREEZE_S if mode == "late-freeze" else FREEZE_S)
         os.kill(qemu_pid, signal.SIGCONT)
+    elif kind == "stutter":
+        time.sleep(LATE_S)
+        for _ in range(STUTTER_TIMES):
+            os.kill(qemu_pid, signal.SIGSTOP)
+            time.sleep(STUTTER_S)
+            os.kill(qemu_pid, signal.SIGCONT)
+            time.sleep(STUTTER_S)
 
 
 def tamperer(sock_path, mode, qemu_pid, hold):

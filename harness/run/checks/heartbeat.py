@@ -1,0 +1,63 @@
+"""The guest's console carries on across the live update: the bare-metal guests print a
+numbered heartbeat every few ms of their own time (docs/guest.md), and the target's
+console must continue the source's sequence with nothing lost, repeated, out of order
+or garbled, the source printing nothing more once it is stopped.
+
+The worked example of a device check (docs/architecture.md): it adds nothing to the
+command line (the guest's console is there already), its watcher takes the size of the
+source's console file when the window opens (the source is stopped by then: what it
+prints later is printed after the switch-over) and reads both files when the window
+closes, and it judges the record that makes. The console's silence across the
+switch-over, timed from the host, is read by the pause sampler and shown with the
+pause (checks/pause.py)."""
+from __future__ import annotations
+
+from typing import Iterable, List, Optional
+
+from harness.core.errors import Check
+from harness.evidence.console import (ConsoleContinuity, ConsoleFormat, console_continuity,
+                                      heartbeat_format, serial_bytes, serial_size)
+from harness.run.checks.base import Family, WatchContext, define
+from harness.run.records import AttemptRecord
+from harness.run.result import PairResult
+
+CONTINUES = define("console.continues", "the guest's console continues on the target",
+                   "device")
+
+
+class ConsoleWatch:
+    """One window's watch of the consoles (see the module's docstring)."""
+
+    def __init__(self, fmt: ConsoleFormat, src: str, dst: str):
+        self.fmt, self.src, self.dst = fmt, src, dst
+        self.offset = serial_size(src)
+
+    def poll(self) -> None:
+        pass
+
+    def finish(self) -> ConsoleContinuity:
+        src = serial_bytes(self.src)
+        return console_continuity(self.fmt, src, serial_bytes(self.dst),
+                                  min(self.offset, len(src)))
+
+
+class Heartbeat(Family):
+    name = "heartbeat"
+
+    def watcher(self, ctx: WatchContext) -> Optional[ConsoleWatch]:
+        fmt = heartbeat_format(ctx.guest.image)
+        if fmt is None or ctx.scenario.paused or not ctx.serial.get("src") \
+                or not ctx.serial.get("dst"):
+            return None
+        return ConsoleWatch(fmt, ctx.serial["src"], ctx.serial["dst"])
+
+    def judge(self, r: PairResult, a: AttemptRecord) -> Iterable[Check]:
+        c = a.window.devices.get(self.name) if a.window is not None else None
+        if not isinstance(c, ConsoleContinuity):
+            return []
+        out: List[Check] = [CONTINUES(
+            c.unbroken, "the source's heartbeats continued on the target: nothing lost, "
+                        "repeated or out of order, the source silent after the switch-over",
+            c.describe(), "the guest's console did not carry on across the live update",
+            a.label)]
+        return out
