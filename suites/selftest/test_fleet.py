@@ -55,6 +55,14 @@ def test_a_bad_entry_is_one_line(change, needle):
         job.entry_from_env({**ENTRY, **change})
 
 
+def test_local_stand_in_is_said_and_leads_nowhere_made_up():
+    env = {"CI_JOB_NAME": "cprh:run: [kvm]", "CI_JOB_URL": "https://gitlab.com/fallback/-/jobs/1"}
+    assert job.ci_facts(env)["job_url"] == env["CI_JOB_URL"]
+    local = job.ci_facts({**env, "CPRH_FLEET_LOCAL": "1"})
+    assert "job_url" not in local and local["job"] == "cprh:run: [kvm]"
+    assert local["local_standin"].startswith("gitlab-ci-local on this machine")
+
+
 def test_job_command_line_bad_input_and_dry_run():
     p = harness("fleet", "job", "--dry-run", env={**ENTRY, "CPRH_SRC": ""})
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr

@@ -198,6 +198,8 @@ def ci_facts(env: Mapping[str, str]) -> Dict[str, Any]:
     if env.get("CPRH_FLEET_LOCAL") == "1":
         facts["local_standin"] = ("gitlab-ci-local on this machine: runner tags are not "
                                   "emulated, every host class ran here")
+        for made_up in ("job_url", "pipeline_url"):  # gitlab-ci-local's, leading nowhere
+            facts.pop(made_up, None)
     return facts
 
 

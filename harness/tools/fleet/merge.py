@@ -148,7 +148,9 @@ def merged_matrix(runs: Sequence[Run], env: Mapping[str, str]) -> Dict[str, Any]
                           "reason": c.get("reason") or ""})
     meta = {"fleet": [run_facts(r) for r in runs], "host": socket.gethostname(),
             "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "pipeline_url": env.get("CI_PIPELINE_URL"), "pipeline_id": env.get("CI_PIPELINE_ID")}
+            "pipeline_id": env.get("CI_PIPELINE_ID")}
+    if env.get("CI_PIPELINE_URL") and env.get("CPRH_FLEET_LOCAL") != "1":
+        meta["pipeline_url"] = env["CI_PIPELINE_URL"]  # gitlab-ci-local's lead nowhere
     return {"schema": 1, "kind": "fleet", "meta": meta, "counts": counts(cases), "cases": cases}
 
 
