@@ -33,12 +33,16 @@ fi
 
 stamp=$root/node_modules/.cprh-installed
 want=$(sha256sum "$root/package-lock.json" | cut -d' ' -f1)
+# One npm ci at a time (xdist workers, allure-report.sh): a lock on the lock file itself.
+exec 9<"$root/package-lock.json"
+flock -w 600 9 || { say "waited 10 min for another npm ci in $root"; exit 1; }
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || [ ! -e "$root/node_modules/.bin/gitlab-ci-local" ]; then
     say "installing the npm tools (npm ci: allure-commandline, gitlab-ci-local)"
     (cd "$root" && npm ci --no-audit --no-fund --loglevel=error >&2) ||
         { say "npm ci failed (is the npm registry reachable?)"; exit 1; }
     echo "$want" > "$stamp"
 fi
+exec 9<&-
 
 if node_ok "$(command -v node || echo node)"; then
     dirname "$(command -v node)"

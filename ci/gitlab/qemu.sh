@@ -45,7 +45,7 @@ for v in "$@"; do
     set -e
     wait  # tee
     if [ "$rc" -ne 0 ]; then
-        why=$(grep '^get-qemu:' "$err" | tail -n1 | sed 's/^get-qemu: //')
+        why=$(grep '^get-qemu:' "$err" | tail -n1 | sed 's/^get-qemu: //' || true)
         case "$rc:$why" in
             124:*|137:*) say "QEMU $v: the fetch took over ${LIMIT} s (CPRH_FETCH_TIMEOUT): an infrastructure failure, retried"; exit 75 ;;
             *"cannot reach"*|*"waited 2 h for the lock"*) say "QEMU $v: $why (retried)"; exit 75 ;;

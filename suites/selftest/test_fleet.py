@@ -4,6 +4,7 @@ merged matrix, compare, the baseline kept only after a good night, lost coverage
 Allure results made one report, and the local nightly keeping its baseline by itself."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -266,3 +267,76 @@ def test_local_nightly_keeps_the_last_good_night_as_its_baseline(tmp_path):
                 env={"CPRH_BASELINE": str(pinned)})
     assert p.returncode == 0 and "kept as it is" in p.stdout, p.stdout
     assert kept.read_text() == matrix("xpass")
+
+
+# --------------------------------------------------------------------------- ci/gitlab/qemu.sh
+
+
+@pytest.fixture
+def qemu_script(tmp_path):
+    """ci/gitlab/qemu.sh in a copy of the repository's layout, with a fake get-qemu.sh
+    (FAKE decides what it does) and a private get-qemu cache; returns a runner."""
+    repo = tmp_path / "repo"
+    (repo / "ci" / "gitlab").mkdir(parents=True)
+    (repo / "scripts").mkdir()
+    (repo / "ci" / "gitlab" / "qemu.sh").write_text((ROOT / "ci" / "gitlab" / "qemu.sh").read_text())
+    (repo / "scripts" / "get-qemu.sh").write_text(
+        "#!/usr/bin/env bash\nset -eu\nv=$1\n"
+        'case "${FAKE:-ok}" in\n'
+        '  ok) d=$CPRH_QEMU_CACHE/$v/x86_64; if [ ! -s "$d/stamp" ]; then mkdir -p "$d/bin"; '
+        'echo "QEMU $v" > "$d/bin/qemu"; echo "path=$d/bin/qemu" > "$d/stamp"; '
+        'echo "get-qemu: fetched $v" >&2; fi; echo "$d/bin/qemu" ;;\n'
+        '  host) echo /usr/bin/qemu-system-x86_64 ;;\n'
+        '  unknown) echo "get-qemu: no QEMU $v in Debian\'s archive (binaries: 11.1.3)" >&2; exit 1 ;;\n'
+        '  offline) echo "get-qemu: cannot reach deb.debian.org: Temporary failure resolving" >&2; exit 1 ;;\n'
+        '  broken) echo "get-qemu: make failed: error" >&2; exit 1 ;;\n'
+        '  slow) sleep 600 & echo $! > "$PIDS"; wait ;;\n'
+        "esac\n")
+    cache = tmp_path / "cache"
+
+    def run(*args, **env):
+        full = dict(os.environ, CPRH_QEMU_CACHE=str(cache), PIDS=str(tmp_path / "pids"), **env)
+        return subprocess.run(["bash", "ci/gitlab/qemu.sh", *args], cwd=str(repo), env=full,
+                              capture_output=True, text=True, timeout=120)
+    run.repo, run.cache, run.pids = repo, cache, tmp_path / "pids"
+    return run
+
+
+@pytest.mark.parametrize("fake,code,needle", [
+    ("unknown", 2, "no QEMU 9.9.9 in Debian's archive"),
+    ("offline", 75, "cannot reach deb.debian.org"),
+    ("broken", 1, "make failed"),
+])
+def test_qemu_script_sorts_failures_for_retry(qemu_script, fake, code, needle):
+    p = qemu_script("9.9.9", FAKE=fake)
+    assert p.returncode == code and needle in p.stderr, (p.returncode, p.stderr)
+    assert p.stderr.strip().splitlines()[-1].startswith("qemu: QEMU 9.9.9: ")
+
+
+def test_qemu_script_bad_input_and_timeout(qemu_script):
+    p = qemu_script("")
+    assert p.returncode == 2 and p.stderr.strip() == (
+        "qemu: an empty QEMU version: the matrix entry must name one (e.g. 11.1.3)")
+    p = qemu_script("11.1.3", CPRH_FETCH_TIMEOUT="soon")
+    assert p.returncode == 2 and "CPRH_FETCH_TIMEOUT 'soon'" in p.stderr
+    p = qemu_script("11.1.3", FAKE="slow", CPRH_FETCH_TIMEOUT="1")
+    assert p.returncode == 75 and "took over 1 s" in p.stderr, p.stderr
+    child = int(qemu_script.pids.read_text())
+    stat = Path(f"/proc/{child}/stat")
+    assert not stat.exists() or stat.read_text().split(") ")[1].startswith("Z"), child
+
+
+def test_qemu_script_packs_for_gitlab_and_unpacks_on_another_host(qemu_script):
+    p = qemu_script("--save", "11.1.3")
+    assert p.returncode == 0 and "packed for GitLab's cache" in p.stderr, p.stderr
+    tar = qemu_script.repo / ".cprh-qemu-cache" / "11.1.3.tar"
+    assert tar.is_file()
+    p = qemu_script("--save", "11.1.3")  # the cache has this very build: left alone
+    assert "already holds this build" in p.stderr and "fetched" not in p.stderr, p.stderr
+    shutil.rmtree(qemu_script.cache)  # a host without it, GitLab's cache restored
+    p = qemu_script("11.1.3")
+    assert p.returncode == 0 and "unpacking GitLab's cached build" in p.stderr, p.stderr
+    assert "fetched" not in p.stderr  # get-qemu found it in place
+    p = qemu_script("--save", "10.0.2", FAKE="host")
+    assert p.returncode == 0 and "is the host's own" in p.stderr, p.stderr
+    assert not (qemu_script.repo / ".cprh-qemu-cache" / "10.0.2.tar").exists()
