@@ -124,21 +124,36 @@ def cmd_report(args: argparse.Namespace) -> int:
     paths = report.default_paths(reports)
     current_path = Path(args.current) if args.current else paths["json"]
     baseline = args.baseline
+    kept = reports / "baseline.json"
     if baseline == "auto":
         env = os.environ.get("CPRH_BASELINE")
         if env:
             baseline = env
-        elif (reports / "baseline.json").is_file():
-            baseline = str(reports / "baseline.json")
+        elif kept.is_file():
+            baseline = str(kept)
         else:
             current = report.load_matrix(current_path)
+            if args.keep_baseline:
+                _keep_baseline(report, current_path, kept)
+                print(f"no baseline: compare skipped (first night); "
+                      f"{report.summary_line(current['cases'])}")
+                return 0
             print(f"no baseline: compare skipped (set CPRH_BASELINE=FILE or put "
-                  f"{report.relpath(reports / 'baseline.json')} in place); "
+                  f"{report.relpath(kept)} in place); "
                   f"{report.summary_line(current['cases'])}")
             return 0
     if baseline:
-        return _compare(report, Path(baseline), current_path,
+        code = _compare(report, Path(baseline), current_path,
                         Path(args.output) if args.output else paths["regressions"])
+        if args.keep_baseline:
+            if Path(baseline).resolve() != kept.resolve():
+                print(f"baseline {baseline} was given (CPRH_BASELINE or --baseline): kept "
+                      f"as it is, {report.relpath(kept)} not written")
+            elif code == 0:
+                _keep_baseline(report, current_path, kept)
+            else:
+                print(f"baseline: {report.relpath(kept)} stays the last good night's")
+        return code
     from harness.tools.report import runs
 
     current = report.load_matrix(current_path)
@@ -155,6 +170,15 @@ def cmd_report(args: argparse.Namespace) -> int:
         if status == report.ALLURE_FAILED:
             return 1
     return 0
+
+
+def _keep_baseline(report, current_path: Path, kept: Path) -> None:
+    """This night's matrix becomes the next night's baseline (atomically)."""
+    tmp = kept.with_name(kept.name + ".tmp")
+    shutil.copyfile(current_path, tmp)
+    tmp.replace(kept)
+    print(f"baseline: {report.relpath(kept)} now holds this night's matrix for the next "
+          f"night (reset: rm {report.relpath(kept)})")
 
 
 def _compare(report, baseline: Path, current_path: Path, out: Path) -> int:
@@ -237,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("versions", help="the core matrix on each QEMU build and on every ordered "
                                     "pair (upgrades, downgrades), then the grid (options: "
                                     "python -m harness versions --help)", add_help=False)
+    sub.add_parser("fleet", help="the nightly across hosts (docs/fleet.md): 'fleet job' runs "
+                                 "one CI matrix entry, 'fleet merge' the cross-host grid and "
+                                 "the compare with the last good night", add_help=False)
     sub.add_parser("repro", help="write a standalone script (bash + python3's standard "
                                  "library) that reproduces one scenario outside the harness, "
                                  "for a QEMU bug report (options: python -m harness repro "
@@ -256,6 +283,10 @@ def _report_parsers(sub: argparse._SubParsersAction) -> None:
                     help="compare with this older conformance.json: list verdict changes, "
                          "write REPORTS/regressions.md, exit 1 on a regression. 'auto': "
                          "$CPRH_BASELINE, else REPORTS/baseline.json, else no compare")
+    rp.add_argument("--keep-baseline", action="store_true",
+                    help="with --baseline auto: when nothing regressed (or there was no "
+                         "baseline yet), this matrix becomes REPORTS/baseline.json for the "
+                         "next night")
     rp.add_argument("--output", metavar="FILE",
                     help="where the comparison goes (default: REPORTS/regressions.md)")
     rp.add_argument("--no-allure-html", action="store_true",
@@ -290,6 +321,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if argv[:1] == ["repro"]:
         from harness.tools import repro
         return int(repro.main(argv[1:]) or 0)
+    if argv[:1] == ["fleet"]:
+        from harness.tools import fleet
+        return fleet.main(argv[1:])
     if argv[:1] == ["versions"]:
         from harness.tools import versions
         try:

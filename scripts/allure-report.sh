@@ -29,6 +29,8 @@ command -v java >/dev/null 2>&1 ||
 allure=$root/node_modules/.bin/allure
 stamp=$root/node_modules/.cprh-installed
 want=$(sha256sum "$root/package-lock.json" | cut -d' ' -f1)
+exec 9<"$root/package-lock.json"   # one npm ci at a time (scripts/setup-node.sh too)
+flock -w 600 9 || fail "waited 10 min for another npm ci in $root"
 if [ ! -x "$allure" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     command -v npm >/dev/null 2>&1 ||
         skip "npm not found (apt-get install npm); the matrix reports are still written"
@@ -37,6 +39,7 @@ if [ ! -x "$allure" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
         fail "npm ci did not install allure-commandline (is the npm registry reachable?)"
     echo "$want" > "$stamp"
 fi
+exec 9<&-
 
 if [ -d "$out/history" ]; then
     rm -rf "$results/history"

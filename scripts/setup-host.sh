@@ -9,8 +9,9 @@ QEMU_MIN="10.0"
 APT_PKGS_BACKPORTS=(qemu-system-x86 qemu-system-arm qemu-utils)
 # The linux-x86 guest needs no package here: images/build.py fetches its kernel and
 # busybox with `apt-get download` and unpacks them with dpkg-deb (both always on Debian).
-# gdb: the backtrace of a QEMU that crashes (harness/qemu/crash.py).
-APT_PKGS=(binutils binutils-aarch64-linux-gnu python3-venv python3-pip procps gdb)
+# gdb: the backtrace of a QEMU that crashes (harness/qemu/crash.py). rsync and git:
+# gitlab-ci-local's runs of the fleet pipeline (tox -e gitlab, docs/fleet.md).
+APT_PKGS=(binutils binutils-aarch64-linux-gnu python3-venv python3-pip procps gdb rsync git)
 BACKPORTS_FILE=/etc/apt/sources.list.d/bookworm-backports.sources
 
 say() { printf 'setup-host: %s\n' "$*" >&2; }
@@ -28,7 +29,7 @@ qemu_ok() {
 }
 
 tools_ok() {
-    command -v gdb >/dev/null &&
+    command -v gdb >/dev/null && command -v rsync >/dev/null && command -v git >/dev/null &&
     command -v as >/dev/null && command -v ld >/dev/null && command -v objcopy >/dev/null &&
         command -v aarch64-linux-gnu-as >/dev/null && command -v aarch64-linux-gnu-ld >/dev/null &&
         command -v aarch64-linux-gnu-objcopy >/dev/null && command -v dpkg-deb >/dev/null

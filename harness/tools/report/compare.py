@@ -3,7 +3,7 @@ regressions."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Mapping, Optional
+from typing import Any, Callable, List, Mapping, Optional
 
 from harness.tools.report.records import _BAD, _one_line
 from harness.tools.report.render import _md_cell, facts_line
@@ -120,15 +120,18 @@ def render_comparison_text(cmp: Comparison, baseline_name: str, current_name: st
     return "\n".join(lines)
 
 
-def render_comparison_md(cmp: Comparison, baseline_name: str, current_name: str) -> str:
+def render_comparison_md(cmp: Comparison, baseline_name: str, current_name: str,
+                         describe: Callable[[Mapping[str, Any]], str] = facts_line) -> str:
+    """The compare in Markdown; ``describe`` says in one line which run a matrix's meta
+    is (a merged fleet matrix has its own)."""
     bm, cm = cmp.baseline.get("meta", {}), cmp.current.get("meta", {})
     r = cmp.regressions
     lines = ["# cpr-transfer conformance: changes since the baseline", "",
              f"**{len(r)} regression(s)**, {len(cmp.of('fix'))} fix(es), "
              f"{len(cmp.changes)} change(s), {cmp.unchanged} unchanged", "",
              "| | file | run |", "|---|---|---|",
-             f"| baseline | `{baseline_name}` | {_md_cell(facts_line(bm))} |",
-             f"| current | `{current_name}` | {_md_cell(facts_line(cm))} |", ""]
+             f"| baseline | `{baseline_name}` | {_md_cell(describe(bm))} |",
+             f"| current | `{current_name}` | {_md_cell(describe(cm))} |", ""]
     for kind in CHANGE_KINDS:
         cs = cmp.of(kind)
         if not cs:
