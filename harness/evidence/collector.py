@@ -131,6 +131,8 @@ class RamEvidence:
         self.src_fd: Optional[RamFd] = None
         #: Files this evidence wrote, by artifact name (the timeline...).
         self.files: Dict[str, str] = {}
+        #: Called when the transfer is marked (the driver reads its clocks then).
+        self.on_transfer: Optional[Callable[[], None]] = None
 
     # -- before the transfer --------------------------------------------------------
 
@@ -187,7 +189,9 @@ class RamEvidence:
 
     def mark_transfer(self) -> None:
         """The source's ``migrate`` goes out now: read at the fast pace until the guest
-        runs again, and mark it."""
+        runs again, and mark it (``on_transfer`` is told too)."""
+        if self.on_transfer is not None:
+            self.on_transfer()
         for s in self.samplers.values():
             if s.running():
                 s.fast()

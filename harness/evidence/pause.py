@@ -91,6 +91,9 @@ class PauseFigures:
     stalled_at_end: bool = False
     qemu_downtime_ms: Optional[float] = None
     qemu_total_time_ms: Optional[float] = None
+    #: From the source's STOP to the target's RESUME, as QEMU stamped them: the guest
+    #: surely stood still that long (the measured interval must reach it).
+    qemu_span_ms: Optional[float] = None
     baseline: Optional[StallStats] = None
     window: Optional[StallStats] = None
     budgets: Optional[Budgets] = None
@@ -110,6 +113,14 @@ class PauseFigures:
     @property
     def measured(self) -> bool:
         return not self.error and self.switch_ms is not None
+
+    @property
+    def covers_qemu_span(self) -> bool:
+        """The measured pause reaches from QEMU's STOP to its RESUME (0.5 ms slack for
+        reading two clocks): else the sampler missed part of it."""
+        if self.qemu_span_ms is None or self.switch_max_ms is None:
+            return True
+        return self.switch_max_ms + 0.5 >= self.qemu_span_ms
 
     def interval(self) -> str:
         """``3.97..4.21 ms``: the switch-over's pause as the interval it was measured."""
@@ -192,6 +203,7 @@ def pause_figures(res: Any, query_migrate: Mapping[str, Any], budgets: Optional[
         stalled_at_end=pause is not None and pause.end_ns is None,
         qemu_downtime_ms=query_migrate.get("downtime"),
         qemu_total_time_ms=query_migrate.get("total-time"),
+        qemu_span_ms=_ms(marks[M_DST_RESUME] - marks[M_SRC_STOP]) if events else None,
         baseline=base, window=after, budgets=budgets, samples=res.samples,
         read_every_us=round(res.median_interval_ns / 1e3, 1),
         fast_read_every_us=round(res.fast_median_interval_ns / 1e3, 1) or None,

@@ -45,6 +45,10 @@ from harness.run.config import RunConfig
 
 __all__ = ["run_scenario", "PairDriver", "Hooks"]
 
+#: A wall clock that moved this much against the monotonic one between the migrate and
+#: the target seen running was stepped: QEMU's event times cannot be placed.
+CLOCK_STEP_NS = 2_000_000
+
 
 def run_scenario(sc: Scenario, cfg: RunConfig, artifacts_dir: str,
                  observer: Observer = NULL_OBSERVER, hooks: Hooks = Hooks(),
@@ -70,7 +74,10 @@ class PairDriver(Pair):
         super().__init__(setup, artifacts, workdir, shm_dir, observer, hooks, plan)
         #: When the target was first seen in its final run state, per attempt (ns).
         self.seen_running_ns: dict = {}
+        #: Monotonic minus wall-clock ns, read around the first switch-over.
+        self.clock_offsets: List[int] = []
         self.handover = for_mode(self.sc.mode, self)
+        self.ev.on_transfer = self.clock_offset
 
     # -- the run --------------------------------------------------------------------
 
@@ -212,10 +219,18 @@ class PairDriver(Pair):
 
         resumes = events(self.dst, "RESUME")
         stops = [t for t in events(self.src, "STOP") if resumes and t <= resumes[0]]
-        if not resumes or not stops:
+        offsets = self.clock_offsets
+        # QEMU stamps events on the wall clock, which a host may step: convert with the
+        # offsets read just before the migrate and when the target was seen running;
+        # if the wall clock stepped in between, the events cannot be placed.
+        if not resumes or not stops or len(offsets) < 2 or \
+                abs(offsets[0] - offsets[-1]) > CLOCK_STEP_NS:
             return None
-        to_mono = time.monotonic_ns() - time.time_ns()
-        return int(stops[-1] * 1e9) + to_mono, int(resumes[0] * 1e9) + to_mono
+        return int(stops[-1] * 1e9) + offsets[0], int(resumes[0] * 1e9) + offsets[-1]
+
+    def clock_offset(self) -> None:
+        """Note monotonic minus wall-clock time now (see :meth:`switch_ns`)."""
+        self.clock_offsets.append(time.monotonic_ns() - time.time_ns())
 
     def verify_ram(self):
         """The pattern through the target's RAM fd; if the target died (even meanwhile),
@@ -305,6 +320,7 @@ class PairDriver(Pair):
         assert dst.qmp is not None
         a.dst_state = outcomes.wait_status(dst, want, self.t.settle)
         self.seen_running_ns[a.tag] = time.monotonic_ns()
+        self.clock_offset()
         self.resumed_at = self.resumed_at or time.monotonic()
         self.mark(f"{a.tag}_dst_{want}")
         a.dst_query_migrate = dst.qmp.cmd("query-migrate")

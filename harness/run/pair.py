@@ -31,7 +31,7 @@ from harness.qemu.process import QemuProcess
 from harness.run.aftermath import Aftermath
 from harness.run.attempt import Attempt
 from harness.run.checks import FAMILIES, ArgsContext
-from harness.run.plan import render_vm_args
+from harness.run.plan import render_extra_args, render_vm_args
 from harness.run.result import PairResult
 from harness.run.setup import CaseSetup
 
@@ -171,7 +171,15 @@ class Pair(Aftermath):
         extra = [a for fam in FAMILIES for a in fam.qemu_args(ctx, Side(side))]
         return render_vm_args(self.sc, self.dialect, self.mem, self.bins.accel,
                               self.g.qemu_args(side, serial, sockdir or self.workdir) + extra,
-                              side, machine=machine or self.bins.machine)
+                              side, machine=machine or self.bins.machine,
+                              extra=render_extra_args(self.sc, side, self.shared_dir, name))
+
+    @property
+    def shared_dir(self) -> str:
+        """The directory both sides' extra options may name (``{dir}``)."""
+        path = os.path.join(self.workdir, "shared")
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        return path
 
     def launch(self, side: str, args: List[str], tag: str = "first",
                pass_fds: tuple = (), sockdir: Optional[str] = None) -> QemuProcess:

@@ -6,23 +6,31 @@ import json
 import os
 import shlex
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from harness.cpr import backends, channels
 from harness.cpr.dialect import Dialect
 from harness.scenario.model import Scenario
 
 
+def render_extra_args(sc: Scenario, side: str, shared_dir: str, name: str = "") -> List[str]:
+    """The scenario's extra options for ``side`` (``{dir}``: the directory both sides
+    share; ``{name}``: the QEMU's own name)."""
+    return [a.replace("{dir}", shared_dir).replace("{name}", name or side)
+            for a in sc.args_of(side)]
+
+
 def render_vm_args(sc: Scenario, dialect: Dialect, mem: backends.MemoryArgs, accel: str,
-                   guest_args: List[str], side: str, machine: Optional[str] = None
-                   ) -> List[str]:
+                   guest_args: List[str], side: str, machine: Optional[str] = None,
+                   extra: Sequence[str] = ()) -> List[str]:
     """The QEMU command line both sides share (the target adds its -incoming).
 
-    ``machine``: the machine type to run (default: the scenario's)."""
+    ``machine``: the machine type to run (default: the scenario's); ``extra``: the
+    scenario's extra options, rendered (:func:`render_extra_args`)."""
     m = (machine or sc.machine) + mem.machine_props + dialect.machine_suffix(sc.aux_ram_share)
     return ["-name", f"cprh-{side},debug-threads=on", "-nodefaults", "-display", "none",
             "-machine", m, "-accel", accel, "-smp", str(sc.smp),
-            "-m", f"{sc.ram_mb}M", *mem.object_args, *guest_args]
+            "-m", f"{sc.ram_mb}M", *mem.object_args, *guest_args, *extra]
 
 
 def render_channels(src_main: str, dst_main: str, src_cpr: str, dst_cpr: str,
@@ -96,8 +104,11 @@ def render_plan(sc: Scenario, dialect: Dialect, workdir: str, accel: str = "kvm"
         if sc.incoming == "defer":
             c = dialect.target_migrate_incoming(dm)
             dst_cmds.append({"execute": c.name, "arguments": c.args})
-        src_args = render_vm_args(sc, dialect, mem, accel, gargs, "src")
-        dst_args = render_vm_args(sc, dialect, mem, accel, gargs, "dst") + \
+        shared = os.path.join(workdir, "shared")
+        src_args = render_vm_args(sc, dialect, mem, accel, gargs, "src",
+                                  extra=render_extra_args(sc, "src", shared))
+        dst_args = render_vm_args(sc, dialect, mem, accel, gargs, "dst",
+                                  extra=render_extra_args(sc, "dst", shared)) + \
             dialect.target_incoming(dm, dc, sc.incoming == "defer")
         return Plan(dialect.name, src_args, dst_args, cmds, dst_cmds)
     finally:

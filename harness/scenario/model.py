@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Dict, FrozenSet, Optional
+from typing import Any, Dict, FrozenSet, Optional, Tuple
 
 from harness.core.errors import HarnessError, UsageError
 from harness.cpr.faults import Fault
@@ -152,6 +152,14 @@ class Scenario:
     max_pause_ms: Optional[float] = None
     area: str = "transfer"        # report grouping: transfer, channel, memory, ...
     expect: Outcome = field(default_factory=Outcome)
+    #: Options a user puts on a QEMU command line, the same on both sides ("the same
+    #: arguments plus -incoming"): ``{dir}`` is a directory both sides share, ``{name}``
+    #: the QEMU's own name (src, dst, dst-retry...).
+    extra_args: Tuple[str, ...] = ()
+    #: What a management layer gives the target instead (None: the same as the source).
+    dst_extra_args: Optional[Tuple[str, ...]] = None
+    #: What the option must keep doing across the update (harness.run.checks.args).
+    arg_checks: Tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -168,6 +176,12 @@ class Scenario:
 
     def side_cpr(self, side: str) -> str:
         return (self.src_cpr if side == "src" else self.dst_cpr) or self.cpr
+
+    def args_of(self, side: str) -> Tuple[str, ...]:
+        """The extra options of ``side``'s command line, before templating."""
+        if side != "src" and self.dst_extra_args is not None:
+            return self.dst_extra_args
+        return self.extra_args
 
     def with_(self, **changes: Any) -> "Scenario":
         return replace(self, **changes)

@@ -23,19 +23,23 @@ STUTTER = define("pause.stutter", "time stalled after the switch-over within the
 
 
 def downtime_words(p: PauseFigures) -> str:
-    """QEMU's own figure beside the measured interval, and whether they agree."""
-    d = p.qemu_downtime_ms
+    """QEMU's own figure beside the measured interval, and why they may disagree
+    (docs/downtime.md: the measured interval never has to contain QEMU's downtime)."""
+    d, e = p.qemu_downtime_ms, p.qemu_span_ms
     if d is None:
         return "QEMU reports no downtime"
     lo, hi = p.switch_ms or 0.0, p.switch_max_ms if p.switch_max_ms is not None else 0.0
+    resumed = f", which resumed it {e:g} ms after the source's STOP" if e is not None else ""
     if d > hi + 1.0:  # QEMU's figure is in whole ms
-        return (f"QEMU's downtime {d:g} ms is longer: it counts from the source's stop to "
-                f"its own completion, which ends after the target already runs the guest "
-                f"(docs/downtime.md)")
+        return (f"QEMU's downtime ({d:g} ms) is the source's own clock, from just before it "
+                f"stops the vCPUs until its migration thread has sent the last device state "
+                f"and taken the BQL back: it also counts the source finishing after the "
+                f"guest already ran on the target{resumed}")
     if d < lo - 1.0:
-        return (f"QEMU's downtime {d:g} ms is shorter: it ends when the source has sent the "
-                f"device state, before the target has loaded it and resumed the guest "
-                f"(docs/downtime.md)")
+        span = f" (RESUME {e:g} ms after the source's STOP)" if e is not None else ""
+        return (f"QEMU's downtime ({d:g} ms) ends when the source has sent the device "
+                f"state; the target loading it and resuming the guest{span} and the host "
+                f"scheduling the vCPU are not in it")
     return f"QEMU's downtime {d:g} ms agrees"
 
 
@@ -85,11 +89,17 @@ class Pause(Family):
         if r.scenario.paused or not ev.pattern_applicable or ev.pause is None:
             return []
         p = ev.pause
-        out = [MEASURED(p.measured, "a stall measured by the host-side sampler",
+        covers = p.covers_qemu_span
+        out = [MEASURED(p.measured and covers, "a stall measured by the host-side sampler, "
+                                               "reaching from QEMU's STOP to its RESUME",
                         p.error or "no stall figure" if not p.measured else
                         f"{p.interval()} at the switch-over ({p.samples} reads, one every "
                         f"{p.read_every_us:g} us, {p.fast_read_every_us or p.read_every_us:g}"
-                        f" us across the switch-over; {p.scheduling})")]
+                        f" us across the switch-over; {p.scheduling})"
+                        + ("" if covers else f"; QEMU stopped the guest from the source's "
+                                             f"STOP to the target's RESUME for "
+                                             f"{p.qemu_span_ms:g} ms: the sampler missed "
+                                             f"part of the pause"))]
         if not p.measured:
             return out
         out.append(MONOTONIC(p.counter_went_back is False, "never",
