@@ -45,8 +45,9 @@ class BareMetalDriver(GuestDriver):
         assert image.layout is not None
         self.layout = image.layout
 
-    def qemu_args(self, side: str, serial_path: str, sockdir: str) -> List[str]:
-        return self.image.qemu_args(serial_path)
+    def qemu_args(self, side: str, serial_path: str, sockdir: str,
+                  append: bool = False) -> List[str]:
+        return self.image.qemu_args(serial_path, append)
 
     def read(self, vm: Any) -> WorkArea:
         return read_work_area_qmp(vm.qmp, self.layout)

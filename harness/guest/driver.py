@@ -34,7 +34,10 @@ class GuestDriver:
         self.image = image
         self.workdir = workdir
 
-    def qemu_args(self, side: str, serial_path: str, sockdir: str) -> List[str]:
+    def qemu_args(self, side: str, serial_path: str, sockdir: str,
+                  append: bool = False) -> List[str]:
+        """The guest's part of ``side``'s command line; its console goes to
+        ``serial_path`` (``append``: appended to, not truncated)."""
         raise NotImplementedError
 
     def read(self, vm: Any) -> WorkArea:

@@ -62,9 +62,11 @@ class GuestImage:
     heartbeat_period_ms: int = 0
     heartbeat_regex: str = ""
 
-    def qemu_args(self, serial_path: str) -> List[str]:
+    def qemu_args(self, serial_path: str, append: bool = False) -> List[str]:
+        """``append``: the console file is appended to, not truncated, when QEMU opens it."""
+        opts = ",append=on" if append else ""
         args = ["-bios", self.path,
-                "-chardev", f"file,id=ser0,path={serial_path}", "-serial", "chardev:ser0"]
+                "-chardev", f"file,id=ser0,path={serial_path}{opts}", "-serial", "chardev:ser0"]
         return (["-cpu", self.cpu] if self.cpu else []) + args
 
 

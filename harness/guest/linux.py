@@ -76,12 +76,13 @@ class LinuxDriver(GuestDriver):
 
     # -- command line -----------------------------------------------------------------
 
-    def qemu_args(self, side: str, serial_path: str, sockdir: str) -> List[str]:
+    def qemu_args(self, side: str, serial_path: str, sockdir: str,
+                  append: bool = False) -> List[str]:
         sock = os.path.join(sockdir, f"{side}.con")
         self.serial[side], self.console[side] = serial_path, sock
         return [*self.image.manifest["qemu_args"],
                 "-chardev", f"socket,id=ser0,path={sock},server=on,wait=off,"
-                            f"logfile={serial_path}",
+                            f"logfile={serial_path}" + (",logappend=on" if append else ""),
                 "-serial", "chardev:ser0",
                 "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0",
                 "-blockdev", f"driver=file,filename={self.disk},node-name=d0",

@@ -31,7 +31,7 @@ from harness.qemu.process import QemuProcess
 from harness.qemu.states import Intent, RunState
 from harness.run import outcomes
 from harness.run.attempt import Attempt
-from harness.run.checks import FAMILIES, WatchContext
+from harness.run.checks import FAMILIES, PrepareContext, WatchContext
 from harness.run.handover import for_mode
 from harness.run.observe import (Expectation, Window, event_time, source_expectation,
                                  target_expectation)
@@ -156,14 +156,22 @@ class PairDriver(Pair):
             self.ev.tail_consoles(fmt, self.serial_of(self.source) or "",
                                   os.path.join(self.artifacts,
                                                f"{self.name_of('dst', a.tag)}.serial"))
-        with outcomes.qemu_waits(self, a):
-            self.handover.attempt(a, kinds)
-        if a.observed is Observed.COMPLETED and not a.fault:
-            self.mark(f"{a.tag}_completed")
-            with self.phase("verify", "verify the transfer on the target"):
-                self.after_completion(a)
-            if self.hooks.after_transfer is not None:
-                self.hooks.after_transfer(self, a)
+        ctx = PrepareContext(self.sc, self.source, self.g, self.artifacts, self.shared_dir,
+                             a.tag, self.name_of("dst", a.tag))
+        prepared = {fam.name: fam.prepare(ctx) for fam in FAMILIES}
+        try:
+            with outcomes.qemu_waits(self, a):
+                self.handover.attempt(a, kinds)
+            if a.observed is Observed.COMPLETED and not a.fault:
+                self.mark(f"{a.tag}_completed")
+                with self.phase("verify", "verify the transfer on the target"):
+                    self.after_completion(a, prepared)
+                if self.hooks.after_transfer is not None:
+                    self.hooks.after_transfer(self, a)
+        finally:
+            for p in prepared.values():
+                if hasattr(p, "close"):
+                    p.close()
 
     def retry(self) -> None:
         """After a refusal: a valid transfer from the same source must still work."""
@@ -181,14 +189,15 @@ class PairDriver(Pair):
 
     # -- after the transfer -----------------------------------------------------------
 
-    def after_completion(self, a: Attempt) -> None:
+    def after_completion(self, a: Attempt, prepared: Optional[dict] = None) -> None:
         """States, the guest moving on the target, then the observation window on both
         QEMUs with the in-place RAM evidence gathered inside it, and the RAM verified at
         its end."""
         self.settle_states(a)
         self.ev.mark(M_RESUMED)
         self.ev.relax()
-        window = self.open_window(a) if self.plan.observe and a.hang is None else None
+        window = self.open_window(a, prepared or {}) \
+            if self.plan.observe and a.hang is None else None
         title = f"observe the target for {self.cfg.observe_s:g} s" if window else "evidence"
         with self.phase("observe", title):
             with self.unless_target_died():
@@ -243,19 +252,23 @@ class PairDriver(Pair):
                                             self.hooks.before_verify)
         return None
 
-    def open_window(self, a: Attempt) -> Window:
+    def open_window(self, a: Attempt, prepared: dict) -> Window:
         """The window on this attempt's target and its source (the old QEMU), with the
         registered check families' watchers."""
         watches: List[Tuple[QemuProcess, Expectation]] = [
             (self.target, target_expectation(self.sc.paused))]
         if self.sc.mode == "cpr-transfer":
             watches.append((self.source, source_expectation(self.serial_of(self.source))))
-        ctx = WatchContext(self.sc, self.source, self.target, self.g, self.artifacts,
-                           self.seen_running_ns.get(a.tag, time.monotonic_ns()),
-                           {"src": self.serial_of(self.source) or "",
-                            "dst": self.serial_of(self.target) or ""})
-        devices = {fam.name: w for fam in FAMILIES
-                   for w in [fam.watcher(ctx)] if w is not None}
+        serial = {"src": self.serial_of(self.source) or "",
+                  "dst": self.serial_of(self.target) or ""}
+        devices = {}
+        for fam in FAMILIES:
+            w = fam.watcher(WatchContext(
+                self.sc, self.source, self.target, self.g, self.artifacts,
+                self.seen_running_ns.get(a.tag, time.monotonic_ns()), serial,
+                self.shared_dir, prepared.get(fam.name)))
+            if w is not None:
+                devices[fam.name] = w
         return Window(watches, self.cfg.observe_s, self.window_death, self.g,
                       self.t.settle, self.artifacts, devices)
 

@@ -166,11 +166,14 @@ class Pair(Aftermath):
         guest's, and what each registered check family adds (the same on both sides)."""
         name = self.name_of(side, tag)
         serial = os.path.join(self.artifacts, f"{name}.serial")
+        if self.sc.console:  # both sides on one file, as a user's command line has it
+            serial = os.path.join(self.artifacts, "console.log")
         self.r.artifacts[f"{name}.serial"] = serial
         ctx = ArgsContext(self.sc, sockdir or self.workdir, self.artifacts)
         extra = [a for fam in FAMILIES for a in fam.qemu_args(ctx, Side(side))]
         return render_vm_args(self.sc, self.dialect, self.mem, self.bins.accel,
-                              self.g.qemu_args(side, serial, sockdir or self.workdir) + extra,
+                              self.g.qemu_args(side, serial, sockdir or self.workdir,
+                                               self.sc.console == "file-append") + extra,
                               side, machine=machine or self.bins.machine,
                               extra=render_extra_args(self.sc, side, self.shared_dir, name))
 

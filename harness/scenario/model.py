@@ -160,8 +160,14 @@ class Scenario:
     dst_extra_args: Optional[Tuple[str, ...]] = None
     #: What the option must keep doing across the update (harness.run.checks.args).
     arg_checks: Tuple[str, ...] = ()
+    #: Where the guest's console goes: "" each QEMU its own file (the harness's way);
+    #: "file" both in one file (``console.log`` in the case's directory), as a user gives "the same
+    #: arguments"; "file-append" the same with ``append=on``.
+    console: str = ""
 
     def __post_init__(self) -> None:
+        if self.console not in ("", "file", "file-append"):
+            raise UsageError(f"unknown console {self.console!r}; known: file, file-append")
         if self.mode not in MODES:
             raise UsageError(f"unknown mode {self.mode!r}; known: {', '.join(MODES)}")
         if self.fault is not None and not isinstance(self.fault, Fault):

@@ -6,6 +6,10 @@ filed under. A *family* (:class:`Family`) is one module's checks and what they n
 
 * ``qemu_args(ctx, side)``: what it adds to each side's command line (a device, a
   chardev); the same on both sides, as cpr-transfer's contract says;
+* ``prepare(ctx)``: before each attempt's target starts (the source runs the guest):
+  what must be taken or started before the hand-over (a file's content, a stream's
+  receiver); its result reaches the watcher as ``ctx.prepared``, and is closed (when it
+  has a ``close()``) when the attempt ends, whatever happens;
 * ``watcher(ctx)``: for a check that watches over time, a :class:`Watcher` the
   observation window polls with every QEMU it watches, and ends into a frozen record
   (kept under the family's name in :attr:`WindowRecord.devices`);
@@ -132,9 +136,24 @@ class ArgsContext:
 
 
 @dataclass(frozen=True)
+class PrepareContext:
+    """What a family may use before an attempt's target starts: the source, the guest,
+    the case's directories (``shared``: the one both sides' options name as ``{dir}``),
+    the attempt's tag and the name its target will have."""
+    scenario: "Scenario"
+    source: "QemuProcess"
+    guest: "GuestDriver"
+    artifacts: str
+    shared: str
+    tag: str
+    target_name: str
+
+
+@dataclass(frozen=True)
 class WatchContext:
     """What a family may use to watch one attempt's window: both QEMUs, the guest, the
-    case's directories, and when the target was first seen running (monotonic ns)."""
+    case's directories, when the target was first seen running (monotonic ns), the
+    consoles' files, and what the family prepared before the hand-over."""
     scenario: "Scenario"
     source: "QemuProcess"
     target: "QemuProcess"
@@ -142,6 +161,8 @@ class WatchContext:
     artifacts: str
     switchover_ns: int
     serial: Mapping[str, str]
+    shared: str = ""
+    prepared: Any = None
 
 
 class Family:
@@ -150,6 +171,9 @@ class Family:
 
     def qemu_args(self, ctx: ArgsContext, side: Side) -> List[str]:
         return []
+
+    def prepare(self, ctx: PrepareContext) -> Any:
+        return None
 
     def watcher(self, ctx: WatchContext) -> Optional[Watcher]:
         return None
