@@ -34,7 +34,7 @@ from harness.evidence.layout import WorkArea, offset_of_gpa
 from harness.evidence.memory import (GuestRam, RamFd, Region, SameMemfdEvidence,
                                      compare_mappings, find_ram_fd, mapped_regions, open_ram)
 from harness.evidence.pattern import PatternReport, fill_pattern, verify_pattern
-from harness.evidence.pause import (M_BASELINE, M_BASELINE_END, M_DST_RESUME, M_RESUMED,
+from harness.evidence.pause import (M_BASELINE, M_BASELINE_END, M_DST_RESUME, M_RESUMED,  # noqa: F401
                                     M_SRC_STOP, M_TRANSFER, M_WINDOW_END, Budgets,
                                     PauseFigures, pause_figures)
 from harness.evidence.sampler import Sampler, SamplerResult

@@ -126,8 +126,7 @@ class PairDriver(Pair):
             with self.phase("transfer", "transfer"):
                 self.attempt(first, side_kinds(self.sc))
         self.keep(first)
-        if first.observed in (Observed.COMPLETED, Observed.SRC_CRASHED, Observed.SRC_LOST) \
-                or (first.hang is not None and first.hang.side == "src"):
+        if not outcomes.source_must_carry_on(first):
             return
         with self.phase("survival", "check the source survived the refusal"):
             self.check_src_survived()

@@ -32,6 +32,18 @@ MIGRATION_ENDS = ("completed", "failed", "cancelled")
 STATE_SETTLED_S = 1.0
 
 
+def source_must_carry_on(a: Attempt) -> bool:
+    """After this first attempt the source must still run its guest: it refused, the
+    target refused, the transfer failed or hung on the target's side, or a fault killed
+    the target and the source called the migration completed anyway (it then holds a
+    guest nobody runs: its state shows it)."""
+    if a.hang is not None and a.hang.side == "src":
+        return False
+    if a.observed is Observed.COMPLETED:
+        return bool(a.fault)
+    return a.observed not in (Observed.SRC_CRASHED, Observed.SRC_LOST)
+
+
 def source_mode_readback(qmp: Any, mode: str) -> None:
     """Set the migration mode and read it back. :raise HarnessError: it did not stick."""
     qmp.cmd("migrate-set-parameters", {"mode": mode})
@@ -196,9 +208,10 @@ def after_fault(p: Pair, a: Attempt, f: Fault) -> None:
             sq.try_cmd("migrate_cancel")
             return
         a.query_migrate = sq.cmd("query-migrate")
+        desc = str(a.query_migrate.get("error-desc") or "")
         a.settle(Observed.FAILED if status != "completed" else Observed.COMPLETED,
-                 f"{f.name}: source migration {status}: "
-                 + str(a.query_migrate.get("error-desc", "")))
+                 f"{f.name}: the source's migration {status}" + (f": {desc}" if desc else
+                                                                 " (the source said no more)"))
         return
     dst = p.target
     try:

@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence
 
-from harness.core.errors import UsageError
 from harness.scenario import catalogue
 from harness.scenario.model import Scenario
 

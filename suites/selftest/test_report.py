@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-import importlib.util
 
-from harness.core.errors import (Check, ConformanceFailure, QMPConnectionLost, VMLaunchFailure,
+from harness.core.errors import (ConformanceFailure, QMPConnectionLost, VMLaunchFailure,
                                  WaitTimeout)
 from harness.tools import report
 import harness.run.checks as C

@@ -18,20 +18,21 @@ from harness.scenario.model import Expect, Observed
 
 OUTCOME = define("outcome", "outcome", "refused-valid")
 MESSAGE = define("refusal.message", "error message", "message")
-SURVIVES = define("survival.state", "source survives refusal", "run-state")
-SURVIVES_PROGRESS = define("survival.progress", "source guest progress after refusal",
+SURVIVES = define("survival.state", "source carries on after the refused or failed transfer",
+                  "run-state")
+SURVIVES_PROGRESS = define("survival.progress",
+                           "source guest progress after the refused or failed transfer",
                            "guest-stalled")
-SURVIVES_RAM = define("survival.ram", "source RAM intact after refusal", "ram-content")
+SURVIVES_RAM = define("survival.ram", "source RAM intact after the refused or failed transfer",
+                      "ram-content")
 RETRY = define("retry.completes", "retry of a valid transfer", "retry")
 
-#: Outcomes after which the source must carry on (it was not killed, crashed or hung).
-SURVIVABLE = (Observed.SRC_REFUSED, Observed.DST_REFUSED, Observed.FAILED, Observed.HUNG)
 
 
 def source_lives_on(r: PairResult) -> bool:
-    """After this first attempt the source must still run its guest."""
-    a = r.first
-    return a is not None and a.observed in SURVIVABLE and not (a.hang and a.hang.side == "src")
+    """After this first attempt the source must still run its guest (the driver looked:
+    harness.run.outcomes.source_must_carry_on)."""
+    return r.survival is not None
 
 
 def judge_outcome(r: PairResult) -> Check:
@@ -66,7 +67,10 @@ def judge_survival(r: PairResult) -> List[Check]:
     state = s.src_state if s is not None else RunState.UNKNOWN
     seen = (state or "not read") + (f"; {s.hang.describe()}" if s and s.hang else "")
     out = [SURVIVES(state == want, want, seen,
-                    "after a refused transfer the source must carry on")]
+                    "after a refused or failed transfer the source must carry on running the "
+                    "guest" + (" (it called the migration completed to a target that died: "
+                               "the guest runs nowhere until 'cont' on the source)"
+                               if state == RunState.POSTMIGRATE else ""))]
     if not sc.paused:
         counter = s.counter_after if s is not None else None
         out.append(SURVIVES_PROGRESS(counter is not None, f"> {text(r.counter_before)}",
