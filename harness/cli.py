@@ -291,6 +291,12 @@ def _report_parsers(sub: argparse._SubParsersAction) -> None:
                     help="where the comparison goes (default: REPORTS/regressions.md)")
     rp.add_argument("--no-allure-html", action="store_true",
                     help="do not build the Allure HTML report")
+    pp = sub.add_parser("pauses", help="the guest's stalls over many cases, from their "
+                                       "result.json files: what the pause budgets are set "
+                                       "from (docs/pause-budget.md)")
+    pp.add_argument("dirs", nargs="+", metavar="DIR", help="directories searched for "
+                                                            "result.json")
+    pp.add_argument("--json", action="store_true", help="every case's figures as JSON")
     pg = sub.add_parser("grid", help="scenarios by builds and pairs, from result directories "
                                      "(grid.html, grid.md)")
     pg.add_argument("runs", nargs="+", metavar="RUNDIR",
@@ -308,8 +314,22 @@ def cmd_grid(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pauses(args: argparse.Namespace) -> int:
+    from harness.tools import pauses
+
+    missing = [d for d in args.dirs if not Path(d).is_dir()]
+    if missing:
+        return _err(f"pauses: no such directory: {', '.join(missing)}")
+    found = pauses.rows(args.dirs)
+    if args.json:
+        print(json.dumps({"summary": pauses.summary(found), "cases": found}, indent=1))
+    else:
+        print(pauses.table(found))
+    return 0
+
+
 COMMANDS = {"probe": cmd_probe, "list": cmd_list, "report": cmd_report, "plan": cmd_plan,
-            "sizes": cmd_sizes, "grid": cmd_grid}
+            "sizes": cmd_sizes, "grid": cmd_grid, "pauses": cmd_pauses}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

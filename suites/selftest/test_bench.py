@@ -280,3 +280,11 @@ def test_quick_bench_writes_every_method_json_and_png(tmp_path):
     ov = doc["overhead"]
     assert ov["full_case_s"] and ov["bare_pair_s"] and "overhead_s" in ov
     assert "guest pause ms" in p.stdout and "bench.png" in p.stdout
+    # The bench's cpr-transfer pause is the conformance case's: the same record (the
+    # stall across QEMU's STOP and RESUME, harness.evidence.pause), not a second reading.
+    rounds = [r for r in doc["rounds"] if r["method"] == "cpr-transfer" and r["status"] == "ok"]
+    assert rounds
+    for r in rounds:
+        rec = r["extra"]["pause_record"]
+        assert r["guest_pause_ms"] == rec["switch_ms"], r
+        assert r["guest_pause_max_ms"] == rec["switch_max_ms"], r

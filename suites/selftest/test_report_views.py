@@ -327,3 +327,25 @@ def test_grid_tiles_say_what_the_axes_do_not():
     assert area_grid.tile_label(r) == "file-shm-q35-linux"
     assert area_grid.render("memory", [rec("skip", sid="memory/epc")]) == ""  # one cell
     assert digest.HOP_COLUMNS[0] == "hop"
+
+
+def test_the_pause_distribution_reads_result_records(tmp_path):
+    """`harness pauses` (what the budgets are set from) reads the records a run writes;
+    a case failing another check is left out (its stalls are not the host's)."""
+    from harness.tools import pauses
+
+    good = dict(RESULT, accel="kvm", checks=[c for c in CHECKS if c["ok"]])
+    bad = dict(RESULT, accel="kvm", id="transfer/x")
+    for name, rec in (("a", good), ("b", bad)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "result.json").write_text(json.dumps(rec))
+    found = pauses.rows([str(tmp_path)])
+    assert [r["id"] for r in found] == [RESULT["id"]]
+    r = found[0]
+    assert r["switch_ms"] == 9.88 and r["width_ms"] == pytest.approx(0.53)
+    assert r["window_longest_ms"] == 4.0 and r["share_over_baseline"] == 0.0
+    text = pauses.table(found)
+    assert text.startswith("kvm: 1 case(s), 0 failing a pause check"), text
+    p = subprocess.run([sys.executable, "-m", "harness", "pauses", str(tmp_path / "nope")],
+                       cwd=str(ROOT), capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "no such directory" in p.stderr
