@@ -6,7 +6,8 @@ instead of exec'ing, temp dirs holding sockets) is covered by a *janitor*: a sma
 process started once per runner process, reading registrations from a pipe whose write
 end only the runner holds. When the runner exits for any reason, including
 ``kill -9``, the janitor reads EOF, kills the registered processes (checked against
-their start time so a recycled pid is never hit) and removes the registered paths.
+their start time so a recycled pid is never hit), removes the registered paths and
+deletes the registered network namespaces (:mod:`harness.core.netns`).
 
 The janitor is started in its own session so a Ctrl-C in the terminal does not kill
 it before it has cleaned up.
@@ -66,6 +67,14 @@ class Janitor:
 
     def unwatch_path(self, path: str) -> None:
         self._send(f"unpath {path}")
+
+    def watch_netns(self, name: str) -> None:
+        """Delete network namespace ``name`` (``cprh-*`` only) if the runner dies, after
+        its processes are killed (harness.core.netns)."""
+        self._send(f"netns {name}")
+
+    def unwatch_netns(self, name: str) -> None:
+        self._send(f"unnetns {name}")
 
     def watch_hugepages(self, size_kb: int, pages: int) -> None:
         """Give ``pages`` huge pages back if the runner dies (harness.core.hugepages)."""
@@ -226,6 +235,18 @@ def _kill_tree(pid: int, starttime: int) -> None:
     psutil.wait_procs(procs, timeout=5)
 
 
+def _delete_namespaces(names: set) -> None:
+    """``ip netns del`` each registered namespace (``cprh-*`` names only)."""
+    for name in names:
+        if name.startswith(TMP_PREFIX) and "/" not in name:
+            try:
+                subprocess.run([shutil.which("ip") or "/usr/sbin/ip", "netns", "del", name],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+
+
 def _main(argv: list) -> int:
     # Only the runner's end of the pipe ends a janitor: a `pkill -f python` or a Ctrl-C
     # sent to every process would otherwise take it down before the runner it cleans
@@ -234,6 +255,7 @@ def _main(argv: list) -> int:
         signal.signal(sig, signal.SIG_IGN)
     pids: dict = {}
     paths: set = set()
+    namespaces: set = set()
     huge: dict = {}  # size_kb -> pages reserved
     for raw in sys.stdin.buffer:
         parts = raw.decode(errors="replace").rstrip("\n").split(" ", 2)
@@ -245,6 +267,10 @@ def _main(argv: list) -> int:
             paths.add(" ".join(parts[1:]))
         elif parts[0] == "unpath" and len(parts) >= 2:
             paths.discard(" ".join(parts[1:]))
+        elif parts[0] == "netns" and len(parts) == 2:
+            namespaces.add(parts[1])
+        elif parts[0] == "unnetns" and len(parts) == 2:
+            namespaces.discard(parts[1])
         elif parts[0] in ("huge", "unhuge") and len(parts) == 3:
             sign = 1 if parts[0] == "huge" else -1
             huge[int(parts[1])] = huge.get(int(parts[1]), 0) + sign * int(parts[2])
@@ -254,6 +280,7 @@ def _main(argv: list) -> int:
     for path in paths:
         if os.path.basename(path).startswith(TMP_PREFIX) or "/" + TMP_PREFIX in path:
             shutil.rmtree(path, ignore_errors=True)
+    _delete_namespaces(namespaces)  # after the kills: the QEMUs held their taps
     for size_kb, pages in huge.items():  # the QEMUs holding them are gone now
         if pages > 0:
             try:
