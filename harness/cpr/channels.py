@@ -12,8 +12,9 @@ import os
 import select
 import socket
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+from harness.core import netns
 from harness.core.errors import UsageError
 from harness.core.wait import budget, wait_until
 
@@ -106,34 +107,39 @@ class Channel:
                    show=lambda _v: "not listening")
 
 
+def _proc_net(table: str) -> Iterator[str]:
+    """The lines (header skipped) of ``/proc/net/<table>`` as this process sees it, then
+    as each network namespace this runner made sees it: a QEMU started inside one
+    (harness.core.netns) listens where the host's view does not show it."""
+    views = []
+    try:
+        with open(f"/proc/net/{table}") as f:
+            views.append(f.read())
+    except OSError:
+        pass
+    views += [ns.proc_net(table) for ns in netns.active()]
+    for text in views:
+        yield from text.splitlines()[1:]
+
+
 def unix_listening(path: str) -> bool:
     """True if some process listens on the unix socket ``path``."""
-    try:
-        with open("/proc/net/unix") as f:
-            next(f)
-            for line in f:
-                parts = line.split()
-                # Num RefCount Protocol Flags Type St Inode Path; flag 0x10000 = ACCEPTCON
-                if len(parts) >= 8 and parts[-1] == path and int(parts[3], 16) & 0x10000:
-                    return True
-    except OSError:
-        return False
+    for line in _proc_net("unix"):
+        parts = line.split()
+        # Num RefCount Protocol Flags Type St Inode Path; flag 0x10000 = ACCEPTCON
+        if len(parts) >= 8 and parts[-1] == path and int(parts[3], 16) & 0x10000:
+            return True
     return False
 
 
 def tcp_listening(port: int) -> bool:
     """True if some socket listens on TCP ``port`` (IPv4)."""
-    try:
-        with open("/proc/net/tcp") as f:
-            next(f)
-            for line in f:
-                parts = line.split()
-                # sl local_address rem_address st ...; st 0A = LISTEN
-                if len(parts) > 3 and parts[3] == "0A" and \
-                        int(parts[1].rsplit(":", 1)[1], 16) == port:
-                    return True
-    except OSError:
-        return False
+    for line in _proc_net("tcp"):
+        parts = line.split()
+        # sl local_address rem_address st ...; st 0A = LISTEN
+        if len(parts) > 3 and parts[3] == "0A" and \
+                int(parts[1].rsplit(":", 1)[1], 16) == port:
+            return True
     return False
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from harness.core import netns
 from harness.core.errors import Unsupported
+from harness.cpr.channels import unix_listening
 
 pytestmark = pytest.mark.selftest
 
@@ -89,6 +90,24 @@ def test_sockets_tap_fds_and_processes_live_inside():
                 p.wait(5)
         finally:
             os.unlink(wrapper)
+
+
+@needs_netns
+def test_a_listener_inside_a_namespace_is_seen_listening(tmp_path):
+    """The cpr channel's listener check reads /proc/net/unix: a target QEMU inside a
+    namespace listens where the host's own view does not show it."""
+    path = str(tmp_path / "l.sock")
+    with netns.Namespace.create("st") as ns:
+        s = ns.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.bind(path)
+            assert not unix_listening(path)
+            s.listen(1)
+            assert unix_listening(path)
+            with open("/proc/net/unix") as f:
+                assert path not in f.read()  # the host's view alone would miss it
+        finally:
+            s.close()
 
 
 RUNNER = textwrap.dedent("""
