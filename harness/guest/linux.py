@@ -121,8 +121,9 @@ class LinuxDriver(GuestDriver):
     # -- after the transfer -------------------------------------------------------------
 
     def command(self, side: str, cmd: str, timeout: float) -> Dict[str, str]:
-        """Send ``cmd`` on ``side``'s console; return the answer's named groups."""
-        pattern = self.commands[cmd]
+        """Send ``cmd`` (a command word and its arguments: ``net MAC ADDR ...``) on
+        ``side``'s console; return the named groups of its answer, a whole line."""
+        pattern = self.commands[cmd.split()[0]]
         timeout = budget(timeout)
         deadline = time.monotonic() + timeout
         buf = b""
@@ -139,7 +140,8 @@ class LinuxDriver(GuestDriver):
                 if not chunk:
                     break
                 buf += chunk
-                for line in buf.decode(errors="replace").replace("\r", "").splitlines():
+                # whole lines only: a reply read half-way could match a shorter answer
+                for line in buf.decode(errors="replace").replace("\r", "").split("\n")[:-1]:
                     m = pattern.match(line)
                     if m:
                         return m.groupdict()
