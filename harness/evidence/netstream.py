@@ -182,10 +182,12 @@ class EchoClient:
     @classmethod
     def connect(cls, addr: str, port: int, ns: Any = None, timeout: float = 20.0,
                 **kw: Any) -> "EchoClient":
-        """Connect (from inside namespace ``ns`` when given), retrying while the guest's
-        server is not listening yet.
+        """Connect (from inside namespace ``ns`` when given) and see a first line come
+        back, retrying while the guest's server is not there yet: slirp's ``hostfwd``
+        accepts on the host before it reaches the guest, and resets the connection when
+        nothing listens there.
 
-        :raise harness.core.errors.WaitTimeout: it never accepted.
+        :raise harness.core.errors.WaitTimeout: no connection echoed.
         """
         def attempt() -> Optional[socket.socket]:
             s = ns.socket(socket.AF_INET, socket.SOCK_STREAM) if ns is not None else \
@@ -193,10 +195,19 @@ class EchoClient:
             s.settimeout(2.0)
             try:
                 s.connect((addr, port))
-                return s
+                s.sendall(b"hello\n")
+                got = b""
+                while not got.endswith(b"\n"):
+                    chunk = s.recv(64)
+                    if not chunk:
+                        raise ConnectionResetError("closed at once")
+                    got += chunk
+                if got == b"hello\n":
+                    return s
             except OSError:
-                s.close()
-                return None
+                pass
+            s.close()
+            return None
 
         waited = wait_until(attempt, what=f"the guest's echo server at {addr}:{port}",
                             timeout=timeout, goal=lambda s: s is not None, interval=0.2,
@@ -291,6 +302,9 @@ class Gap:
     end_s: Optional[float]
     after_seq: int
     before_seq: int
+    #: How far the guest's own clock moved between the two datagrams (None: unknown or
+    #: no datagram after): what the guest spent running; the rest it was not running.
+    guest_ms: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -310,8 +324,12 @@ class StreamRecord:
     period_ms: float
     longest_gap: Gap
     #: The longest jump of the guest's own uptime between two consecutive seqs received:
-    #: how long the guest itself was away, apart from the network.
+    #: how long the guest itself was away, apart from the network; after which seq.
     guest_gap_ms: float
+    guest_gap_after_seq: int = 0
+    #: The gap that holds the switch-over: the last arrival before it to the first after
+    #: (None: no switch-over given, or no arrival on one side of it).
+    switch_gap: Optional[Gap] = None
     tcp: Optional[TcpRecord] = None
     #: The receiver hit its bounds (time or count) before it was stopped.
     truncated: bool = False
@@ -324,10 +342,15 @@ class StreamRecord:
             told = f" of {self.sent} the guest sent" if self.sent is not None else ""
             parts = [f"no datagram received{told}"]
         else:
-            parts = [self._counts(), self._gap()]
+            parts = [self._counts()]
+            if self.switch_gap is not None:
+                parts.append(_gap_words("across the switch-over", self.switch_gap))
+            if self.switch_gap is None or self.longest_gap != self.switch_gap:
+                parts.append(_gap_words("longest gap", self.longest_gap))
             if self.guest_gap_ms > 0:
                 parts.append(f"the guest's own clock moved at most {self.guest_gap_ms:.0f} ms "
-                             "between two consecutive datagrams")
+                             f"between two consecutive datagrams (after seq "
+                             f"{self.guest_gap_after_seq})")
         parts.append(self.tcp.describe() if self.tcp is not None
                      else "no TCP connection measured")
         if self.truncated:
@@ -342,15 +365,18 @@ class StreamRecord:
                 f"{self.reordered} reordered, {self.bytes} bytes); usual interval "
                 f"{self.period_ms:.0f} ms")
 
-    def _gap(self) -> str:
-        g = self.longest_gap
-        when = ""
-        if g.start_s is not None and g.end_s is not None:
-            when = f", from {_when(g.start_s)} to {_when(g.end_s)}"
-        if g.before_seq == 0:
-            return (f"longest gap {g.ms:.0f} ms at the end: nothing after seq {g.after_seq}"
-                    f"{when}")
-        return f"longest gap {g.ms:.0f} ms{when} (seq {g.after_seq}, then seq {g.before_seq})"
+
+
+def _gap_words(name: str, g: Gap) -> str:
+    when = ""
+    if g.guest_ms is not None:
+        when = f" (the guest's own clock moved {g.guest_ms:.0f} ms of it)"
+    if g.start_s is not None and g.end_s is not None:
+        when += f", from {_when(g.start_s)} to {_when(g.end_s)}"
+    if g.before_seq == 0:
+        return (f"{name} {g.ms:.0f} ms at the end: nothing after seq {g.after_seq}"
+                f"{when}")
+    return f"{name} {g.ms:.0f} ms{when} (seq {g.after_seq}, then seq {g.before_seq})"
 
 
 def analyse(arrivals: Sequence[Arrival], sent: Optional[int] = None,
@@ -358,7 +384,8 @@ def analyse(arrivals: Sequence[Arrival], sent: Optional[int] = None,
             tcp: Optional[TcpRecord] = None, truncated: bool = False) -> StreamRecord:
     """Pure: the :class:`StreamRecord` of ``arrivals`` (in arrival order). ``sent``: the
     guest's count; ``switch_ns``: the switch-over (host monotonic ns) every time is told
-    against; ``stopped_ns``: when the receiver stopped (a silent tail counts as a gap)."""
+    against; ``stopped_ns``: when the stream was to end (the guest told to stop): a
+    silence from the last arrival to then counts as a gap."""
     seen: Dict[int, int] = {}
     duplicated = reordered = 0
     top = 0
@@ -373,34 +400,63 @@ def analyse(arrivals: Sequence[Arrival], sent: Optional[int] = None,
     missing = [s for s in range(1, upto + 1) if s not in seen]
     times = [a.t_ns for a in arrivals]
     intervals = [(b - a) / 1e6 for a, b in zip(times, times[1:])]
+    guest_ms, guest_after = _guest_gap(arrivals)
     return StreamRecord(
         sent=sent, received=len(seen), datagrams=len(arrivals), lost=len(missing),
         lost_seqs=_as_ranges(missing), duplicated=duplicated, reordered=reordered,
         bytes=sum(a.size for a in arrivals),
         period_ms=round(statistics.median(intervals), 1) if intervals else 0.0,
         longest_gap=_longest_gap(arrivals, switch_ns, stopped_ns),
-        guest_gap_ms=_guest_gap(arrivals), tcp=tcp, truncated=truncated)
+        switch_gap=_switch_gap(arrivals, switch_ns, stopped_ns),
+        guest_gap_ms=guest_ms, guest_gap_after_seq=guest_after, tcp=tcp, truncated=truncated)
 
 
 def _longest_gap(arrivals: Sequence[Arrival], switch_ns: Optional[int],
                  stopped_ns: Optional[int]) -> Gap:
     best: Tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)  # ns, start, end, after, before
+    guest = None
     for a, b in zip(arrivals, arrivals[1:]):
         if b.t_ns - a.t_ns > best[0]:
             best = (b.t_ns - a.t_ns, a.t_ns, b.t_ns, a.seq, b.seq)
+            guest = round((b.uptime - a.uptime) * 1000, 1) \
+                if min(a.uptime, b.uptime) >= 0 else None
+    # the silence from the last arrival to the end of the stream (``stopped_ns``: when
+    # the guest was told to stop), if the stream went quiet before that
     if arrivals and stopped_ns is not None and stopped_ns - arrivals[-1].t_ns > best[0]:
         last = arrivals[-1]
         best = (stopped_ns - last.t_ns, last.t_ns, stopped_ns, last.seq, 0)
+        guest = None
     ns, start, end, after, before = best
     return Gap(ms=round(ns / 1e6, 1), start_s=_rel(start, switch_ns) if ns else None,
                end_s=_rel(end, switch_ns) if ns else None, after_seq=after,
-               before_seq=before)
+               before_seq=before, guest_ms=guest)
 
 
-def _guest_gap(arrivals: Sequence[Arrival]) -> float:
+def _switch_gap(arrivals: Sequence[Arrival], switch_ns: Optional[int],
+                stopped_ns: Optional[int]) -> Optional[Gap]:
+    if switch_ns is None:
+        return None
+    before = [a for a in arrivals if a.t_ns <= switch_ns]
+    after = [a for a in arrivals if a.t_ns > switch_ns]
+    if not before:
+        return None
+    a = before[-1]
+    if not after:
+        if stopped_ns is None or stopped_ns <= switch_ns:
+            return None
+        return Gap(round((stopped_ns - a.t_ns) / 1e6, 1), _rel(a.t_ns, switch_ns),
+                   _rel(stopped_ns, switch_ns), a.seq, 0)
+    b = after[0]
+    guest = round((b.uptime - a.uptime) * 1000, 1) if min(a.uptime, b.uptime) >= 0 else None
+    return Gap(round((b.t_ns - a.t_ns) / 1e6, 1), _rel(a.t_ns, switch_ns),
+               _rel(b.t_ns, switch_ns), a.seq, b.seq, guest)
+
+
+def _guest_gap(arrivals: Sequence[Arrival]) -> Tuple[float, int]:
     by_seq = {a.seq: a.uptime for a in arrivals if a.uptime >= 0}
-    jumps = [(by_seq[s + 1] - by_seq[s]) * 1000 for s in by_seq if s + 1 in by_seq]
-    return round(max(jumps, default=0.0), 1)
+    jumps = [((by_seq[s + 1] - by_seq[s]) * 1000, s) for s in by_seq if s + 1 in by_seq]
+    ms, after = max(jumps, default=(0.0, 0))
+    return round(ms, 1), after
 
 
 def _rel(t_ns: int, switch_ns: Optional[int]) -> Optional[float]:

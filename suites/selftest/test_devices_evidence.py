@@ -26,7 +26,7 @@ def stream(seqs, period_ms=50, start=10_000 * MS, gaps=None):
     out, t = [], start
     for i, s in enumerate(seqs):
         t += (gaps or {}).get(i, 0) * MS
-        out.append(Arrival(t, s, 5.0 + i * period_ms / 1000, 44))
+        out.append(Arrival(t, s, 5.0 + s * period_ms / 1000, 44))  # the guest's clock
         t += period_ms * MS
     return out
 
@@ -55,7 +55,18 @@ def test_the_switch_over_gap_losses_and_their_place_are_told():
     assert g.start_s == -0.02 and g.end_s == 0.33
     text = plain(rec.describe())
     assert "5 lost: seq 40-44" in text
-    assert "longest gap 350 ms, from 0.02 s before the switch-over to 0.33 s after" in text
+    assert rec.switch_gap == g  # the longest gap is the switch-over's: said once
+    assert g.guest_ms == 300.0  # six periods of the guest's clock: it ran, packets lost
+    assert "across the switch-over 350 ms (the guest's own clock moved 300 ms of it), from " \
+        "0.02 s before the switch-over to 0.33 s after the switch-over (seq 39, then seq 45)" \
+        in text
+    assert "longest gap" not in text
+    # a longer gap elsewhere is said beside the switch-over's
+    arr2 = stream(range(1, 101), gaps={39: 100, 70: 900})
+    rec2 = analyse(arr2, sent=100, switch_ns=arr2[39].t_ns - 10 * MS)
+    assert rec2.switch_gap.ms == 150.0 and rec2.longest_gap.ms == 950.0
+    text2 = plain(rec2.describe())
+    assert "across the switch-over 150 ms" in text2 and "longest gap 950 ms" in text2
 
 
 def test_duplicates_reordering_and_an_unknown_count():
@@ -81,7 +92,8 @@ def test_nothing_received_is_said_plainly():
 def test_the_guest_gap_is_its_own_clock_between_consecutive_seqs():
     arr = stream(range(1, 6))
     arr[3] = Arrival(arr[3].t_ns, 4, arr[2].uptime + 0.9, 44)
-    assert analyse(arr).guest_gap_ms == 900.0
+    rec = analyse(arr)
+    assert (rec.guest_gap_ms, rec.guest_gap_after_seq) == (900.0, 3)
 
 
 def test_tcp_records_say_whether_the_connection_survived():
