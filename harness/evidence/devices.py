@@ -141,9 +141,9 @@ class LockWatch:
                  interval_s: float = 0.01, max_seconds: float = 600.0):
         self.image, self.pids = image, pids
         self.interval_s, self.max_seconds = interval_s, max_seconds
-        #: (host monotonic ns, side, lock bytes) at every change.
-        self.changes: List[Tuple[int, str, Tuple[int, ...]]] = []
-        self._last: Dict[str, Tuple[int, ...]] = {}
+        #: (host monotonic ns, side, lock bytes or None: image not open) at every change.
+        self.changes: List[Tuple[int, str, Optional[Tuple[int, ...]]]] = []
+        self._last: Dict[str, Optional[Tuple[int, ...]]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="cprh-locks", daemon=True)
 
@@ -154,7 +154,7 @@ class LockWatch:
     def sample(self) -> None:
         for side, pid in self.pids().items():
             held = diskseq.image_locks(pid, self.image)
-            if self._last.get(side) != held:
+            if side not in self._last or self._last[side] != held:
                 self._last[side] = held
                 self.changes.append((time.monotonic_ns(), side, held))
 
@@ -166,7 +166,7 @@ class LockWatch:
             except Exception:  # noqa: BLE001 - a process gone between listdir and read
                 pass
 
-    def stop(self) -> List[Tuple[int, str, Tuple[int, ...]]]:
+    def stop(self) -> List[Tuple[int, str, Optional[Tuple[int, ...]]]]:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(5.0)

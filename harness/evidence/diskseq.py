@@ -254,14 +254,16 @@ _LOCK = re.compile(r"^lock:\s+\d+:\s+(?P<kind>\S+)\s+\S+\s+(?P<mode>\S+)\s+\S+\s
                    r"(?P<start>\d+)\s+(?P<end>\d+|EOF)")
 
 
-def image_locks(pid: int, image: str) -> Tuple[int, ...]:
-    """The lock bytes process ``pid`` holds on ``image`` (through any of its fds)."""
+def image_locks(pid: int, image: str) -> Optional[Tuple[int, ...]]:
+    """The lock bytes process ``pid`` holds on ``image`` (through any of its fds);
+    None when it does not have the image open."""
     real = os.path.realpath(image)
     held: set = set()
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:
-        return ()
+        return None
+    opened = False
     for fd in fds:
         try:
             if os.readlink(f"/proc/{pid}/fd/{fd}") != real:
@@ -270,19 +272,22 @@ def image_locks(pid: int, image: str) -> Tuple[int, ...]:
                 text = f.read()
         except OSError:
             continue
+        opened = True
         for line in text.splitlines():
             m = _LOCK.match(line)
             if m and m["end"] != "EOF":
                 held.update(range(int(m["start"]), int(m["end"]) + 1))
-    return tuple(sorted(held))
+    return tuple(sorted(held)) if opened else None
 
 
-def describe_locks(held: Sequence[int]) -> str:
+def describe_locks(held: Optional[Sequence[int]]) -> str:
     """QEMU's lock bytes in words: what the process uses and what it does not share."""
+    if held is None:
+        return "does not have the image open"
     uses = [PERMISSIONS[b - 100] for b in held if 100 <= b < 100 + len(PERMISSIONS)]
     denies = [PERMISSIONS[b - 200] for b in held if 200 <= b < 200 + len(PERMISSIONS)]
     if not uses and not denies:
-        return "holds no lock on the image"
+        return "has the image open and holds no lock on it"
     words = []
     if uses:
         words.append("uses " + ", ".join(uses))

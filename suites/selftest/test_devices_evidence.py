@@ -284,4 +284,31 @@ def test_lock_bytes_read_from_fdinfo_and_said_in_words(tmp_path):
     assert held == (100, 101, 201)
     assert diskseq.describe_locks(held) == \
         "uses consistent-read, write; does not share write"
-    assert diskseq.describe_locks(()) == "holds no lock on the image"
+    assert diskseq.describe_locks(()) == "has the image open and holds no lock on it"
+    assert diskseq.image_locks(os.getpid(), str(img)) is None  # closed now
+    assert diskseq.describe_locks(None) == "does not have the image open"
+
+
+def test_the_lock_watch_records_each_change_in_words(tmp_path):
+    import fcntl
+    import struct
+
+    from harness.evidence.devices import LockWatch
+
+    img = tmp_path / "img"
+    img.write_bytes(bytes(4096))
+    watch = LockWatch(str(img), lambda: {"src": os.getpid()})
+    watch.sample()                      # not open yet
+    fd = os.open(img, os.O_RDWR)
+    try:
+        watch.sample()                  # open, no lock
+        fcntl.fcntl(fd, 37, struct.pack("hhqqi", fcntl.F_RDLCK, 0, 101, 1, 0))
+        watch.sample()
+        watch.sample()                  # no change: not recorded again
+    finally:
+        os.close(fd)
+    assert [held for _t, _side, held in watch.changes] == [None, (), (101,)]
+    lines = watch.describe(switch_ns=watch.changes[0][0])
+    assert lines[0] == "+0.000 s: src does not have the image open"
+    assert lines[1].endswith("src has the image open and holds no lock on it")
+    assert lines[2].endswith("src uses write")
