@@ -21,12 +21,16 @@ One line per case on stdout, the records as JSON with --json. Nothing is judged 
 from __future__ import annotations
 
 import argparse
+import array
+import fcntl
 import json
 import os
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -36,6 +40,7 @@ from harness.core.errors import Unsupported  # noqa: E402
 from harness.core.logs import tail  # noqa: E402
 from harness.cpr import netdevs  # noqa: E402
 from harness.evidence import devices  # noqa: E402
+from harness.evidence.diskseq import DiskRecord  # noqa: E402
 from harness.guest.linux import LinuxDriver  # noqa: E402
 from harness.qemu.process import QemuProcess  # noqa: E402
 from harness.run import driver as driver_mod  # noqa: E402
@@ -44,6 +49,8 @@ from harness.scenario.catalogue import SCENARIOS  # noqa: E402
 from harness.scenario.model import Observed  # noqa: E402
 
 SCENARIO = "transfer/unix-unix-memfd-immediate-q35-linux"
+#: TUNGETVNETHDRSZ (<linux/if_tun.h>): the tap device's virtio-net header size.
+TUNGETVNETHDRSZ = 0x800454D7
 #: Seconds of stream before the transfer, so its usual interval is known.
 LEAD_IN_S = 2.0
 
@@ -67,6 +74,28 @@ def qemu_class(base: type) -> type:
     return WithDevices
 
 
+class HeaderWatch(threading.Thread):
+    """With fd=, the harness holds the tap fd too: the device's vnet header size, read
+    every 2 ms, with each change's time (the target's start-up resets it)."""
+
+    def __init__(self, fd: int):
+        super().__init__(name="cprh-vnethdr", daemon=True)
+        self.fd, self.changes, self.halt = fd, [], threading.Event()
+
+    def run(self) -> None:
+        last = None
+        end = time.monotonic() + 600
+        while not self.halt.wait(0.002) and time.monotonic() < end:
+            buf = array.array("i", [0])
+            try:
+                fcntl.ioctl(self.fd, TUNGETVNETHDRSZ, buf, True)
+            except OSError:
+                return
+            if buf[0] != last:
+                last = buf[0]
+                self.changes.append((time.monotonic_ns(), last))
+
+
 def patch() -> None:
     """Add the devices to the driver's phases (see the module's doc)."""
     qemu_args = LinuxDriver.qemu_args
@@ -81,6 +110,10 @@ def patch() -> None:
         d.cprh_disk = devices.DiskProbe(d.g.disk, d.g.lay)
         d.cprh_disk.prepare()
         start_src(d)
+        fds = Case.setup.side_fds("src") if Case.setup is not None else ()
+        d.cprh_hdr = HeaderWatch(fds[0]) if fds else None
+        if d.cprh_hdr is not None:
+            d.cprh_hdr.start()
         d.cprh_locks = devices.LockWatch(d.g.disk, lambda: {
             vm.side: vm.pid for vm in (d.src, d.dst) if vm is not None and vm.is_running()
         }).start()
@@ -100,6 +133,8 @@ def patch() -> None:
             d.cprh_net.abandon()  # idempotent: a case that failed before stop_probes
         if getattr(d, "cprh_locks", None) is not None:
             d.cprh_locks.stop()
+        if getattr(d, "cprh_hdr", None) is not None:
+            d.cprh_hdr.halt.set()
         teardown(d)
         if getattr(d, "cprh_disk", None) is not None and d.cprh_disk.started:
             Case.out["disk"] = d.cprh_disk.verify()
@@ -136,6 +171,11 @@ def stop_probes(d: Any) -> None:
         net.abandon()
         d.cprh_locks.stop()
         Case.out["locks"] = d.cprh_locks.describe(switch_ns)
+        if getattr(d, "cprh_hdr", None) is not None:
+            d.cprh_hdr.halt.set()
+            d.cprh_hdr.join(5)
+            Case.out["vnet_hdr"] = [(round((t - (switch_ns or 0)) / 1e9, 3), n)
+                                    for t, n in d.cprh_hdr.changes]
 
 
 def words(vm_log: str, n: int = 4) -> str:
@@ -181,7 +221,63 @@ def line(o: Dict[str, Any]) -> str:
         parts.append(f"[disk] {disk.describe()}")
     for ln in o.get("locks") or []:
         parts.append(f"[lock] {ln}")
+    if o.get("vnet_hdr"):
+        parts.append("[tap] vnet header size: " + ", ".join(
+            f"{n} at {t:+.3f} s" for t, n in o["vnet_hdr"]))
     return "\n  ".join(parts)
+
+
+def _span(values: List[float], unit: str = "") -> str:
+    if not values:
+        return "-"
+    lo, hi = min(values), max(values)
+    return f"{lo:.0f}{unit}" if lo == hi else f"{lo:.0f}-{hi:.0f}{unit}"
+
+
+def _cell(runs: List[Dict[str, Any]]) -> List[str]:
+    """One table row's cells for the runs of one arrangement on one build."""
+    first = runs[0]
+    said = first.get("message", "") if first["observed"] != "completed" else ""
+    nets = [o["net"] for o in runs if o.get("net") is not None]
+    gaps = [n.switch_gap for n in nets if n.switch_gap is not None]
+    tcp = [n.tcp.survived for n in nets if n.tcp is not None]
+    disks = [o["disk"] for o in runs if o.get("disk") is not None]
+    ran = [g.guest_ms for g in gaps if getattr(g, "guest_ms", None) is not None]
+    return [
+        f"{first['observed']} ({len(runs)})" + (f": `{said}`" if said else ""),
+        _span([g.ms for g in gaps], " ms") + (f" (guest ran {_span(ran, ' ms')})" if ran else ""),
+        _span([n.lost for n in nets]) + " / " + _span([n.duplicated for n in nets]),
+        f"{sum(tcp)} of {len(tcp)}" if tcp else "not measured",
+        "intact" if disks and all(d.intact for d in disks) else
+        ("; ".join(d.describe() for d in disks if not d.intact) or "-"),
+        _span([o["downtime_ms"] for o in runs if o.get("downtime_ms") is not None], " ms"),
+    ]
+
+
+def summary(out: List[Dict[str, Any]]) -> str:
+    """A markdown table: arrangement x build, over every run of each."""
+    rows = ["| arrangement | QEMU | outcome (runs) | gap across the switch-over | lost / dup | "
+            "TCP survived | disk | QEMU downtime |", "|---|---|---|---|---|---|---|---|"]
+    keys: Dict[Any, List[Dict[str, Any]]] = {}
+    for o in out:
+        keys.setdefault((o["arrangement"], o.get("versions") or o["qemu"]), []).append(o)
+    for (arr, ver), runs in keys.items():
+        rows.append(f"| {arr} | {ver.split(' ')[0]} | " + " | ".join(_cell(runs)) + " |")
+    return "\n".join(rows)
+
+
+def _loaded(o: Dict[str, Any]) -> Dict[str, Any]:
+    """A record read back from --json: attribute access, the disk record whole again."""
+    def ns(x: Any) -> Any:
+        if isinstance(x, dict):
+            return SimpleNamespace(**{k: ns(v) for k, v in x.items()})
+        return x
+    o = dict(o)
+    if isinstance(o.get("net"), dict):
+        o["net"] = ns(o["net"])
+    if isinstance(o.get("disk"), dict):
+        o["disk"] = DiskRecord(**o["disk"])
+    return o
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -189,15 +285,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--qemu", action="append", help="a QEMU build (both sides); repeatable")
     ap.add_argument("--arrangement", action="append", choices=list(netdevs.ARRANGEMENTS))
     ap.add_argument("--observe", type=float, default=5.0, help="observation window, s")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each case")
     ap.add_argument("--json", type=Path, help="write every record here")
+    ap.add_argument("--table-from", type=Path, nargs="+", metavar="JSON",
+                    help="only print the table of earlier --json files")
     args = ap.parse_args(argv)
+    if args.table_from:
+        print(summary([_loaded(o) for f in args.table_from for o in json.loads(f.read_text())]))
+        return 0
     patch()
     out = []
     for qemu in args.qemu or ["qemu-system-x86_64"]:
         for arr in args.arrangement or list(netdevs.ARRANGEMENTS):
-            o = run_case(qemu, arr, args.observe)
-            print(line(o), flush=True)
-            out.append(o)
+            for _ in range(args.repeat):
+                o = run_case(qemu, arr, args.observe)
+                print(line(o), flush=True)
+                out.append(o)
+    print(summary(out))
     if args.json:
         args.json.write_text(json.dumps(out, indent=1, default=lambda x: x.to_dict()
                                         if hasattr(x, "to_dict") else str(x)) + "\n")
