@@ -91,9 +91,8 @@ class NetProbe:
 
     def abandon(self) -> None:
         """Stop the host's side without asking the guest (teardown after an error)."""
-        if self.echo is not None and self.echo.sock.fileno() != -1:
-            self.echo._stop.set()
-            self.echo.sock.close()
+        if self.echo is not None:
+            self.echo.close()
         if self.receiver is not None:
             self.receiver.stop()
 

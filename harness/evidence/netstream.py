@@ -258,6 +258,14 @@ class EchoClient:
         if not self.broke_how:
             self.broke_how, self.broke_ns = how, time.monotonic_ns()
 
+    def close(self) -> None:
+        """Stop the periodic lines and close the connection, without a last line
+        (an error path); idempotent."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(budget(5.0))
+        self.sock.close()
+
     def finish(self, timeout: float = 5.0, switch_ns: Optional[int] = None) -> TcpRecord:
         """Stop the periodic lines, send a last one on the same connection and wait (at
         most ``timeout``) for its echo; close; the :class:`TcpRecord`."""

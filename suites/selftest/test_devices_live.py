@@ -124,8 +124,7 @@ def test_a_transfer_on_a_bridge_keeps_the_stream_the_connection_and_the_disk(mea
     assert o["stopped_on"] == "dst" and arrivals_after(o), net.describe()
     assert net.duplicated == 0 and net.tcp.survived, net.describe()
     assert disk.intact and disk.written > 0, disk.describe()
-    assert not netns.leftovers() or all(n.split("-")[2] != str(os.getpid())
-                                         for n in netns.leftovers())
+    assert not [n for n in netns.leftovers() if f"-{os.getpid()}-" in n]
 
 
 @needs_all

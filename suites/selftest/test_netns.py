@@ -111,12 +111,15 @@ def test_a_listener_inside_a_namespace_is_seen_listening(tmp_path):
 
 
 RUNNER = textwrap.dedent("""
-    import sys, time
+    import subprocess, sys, time
     sys.path.insert(0, {root!r})
+    from harness.core.cleanup import popen_guarded
     from harness.core.netns import Namespace
     ns = Namespace.create("k9")
     ns.add_tap("tap0")
-    print(ns.name, flush=True)
+    # a process inside, as a QEMU on the namespace's tap would be
+    p = popen_guarded(ns.exec_prefix() + ["sleep", "120"], stdin=subprocess.DEVNULL)
+    print(ns.name, p.pid, flush=True)
     time.sleep(120)
 """)
 
@@ -126,12 +129,16 @@ def test_kill9_of_the_runner_removes_its_namespace():
     runner = subprocess.Popen([sys.executable, "-c", RUNNER.format(root=str(ROOT))],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
-        name = runner.stdout.readline().strip()
+        name, pid = runner.stdout.readline().split()
         assert name.startswith("cprh-k9-") and name in listed()
+        inside = os.stat(f"/run/netns/{name}").st_ino
+        wait_until(lambda: os.stat(f"/proc/{pid}/ns/net").st_ino == inside, 15,
+                   "the process to enter the namespace (nsenter)")
     finally:
         runner.send_signal(signal.SIGKILL)
         runner.wait(10)
     wait_until(lambda: name not in listed(), 15, f"namespace {name} to be removed")
+    wait_until(lambda: not os.path.exists(f"/proc/{pid}"), 15, "the process inside to die")
 
 
 def test_no_root_is_a_reason_not_a_failure(monkeypatch):
