@@ -8,7 +8,7 @@ It runs the library's own pair driver (harness.run.driver.run_scenario) on the L
 guest's scenario and adds the devices from the outside, without changing harness/run/:
 
 - each side's extra QEMU arguments and fds, and the namespace a tap arrangement's QEMU
-  must run in, through the driver's QemuProcess (a subclass put in its place);
+  must run in, through the pair's QemuProcess (a subclass put in its place);
 - the probes (harness.evidence.devices) started after the source's guest is up and
   stopped after the observation window, on the side that runs then;
 - the disk image verified after teardown, before the case's temp dir goes.
@@ -44,6 +44,7 @@ from harness.evidence.diskseq import DiskRecord  # noqa: E402
 from harness.guest.linux import LinuxDriver  # noqa: E402
 from harness.qemu.process import QemuProcess  # noqa: E402
 from harness.run import driver as driver_mod  # noqa: E402
+from harness.run import pair as pair_mod  # noqa: E402
 from harness.run.config import resolve  # noqa: E402
 from harness.scenario.catalogue import SCENARIOS  # noqa: E402
 from harness.scenario.model import Observed  # noqa: E402
@@ -102,9 +103,9 @@ def patch() -> None:
     start_src, transfer = driver_mod.PairDriver.start_src, driver_mod.PairDriver.transfer
     teardown = driver_mod.PairDriver.teardown
 
-    def args(self: LinuxDriver, side: str, serial: str, sockdir: str) -> List[str]:
+    def args(self: LinuxDriver, side: str, *a: Any, **kw: Any) -> List[str]:
         extra = Case.setup.side_args(side) if Case.setup is not None else []
-        return qemu_args(self, side, serial, sockdir) + extra
+        return qemu_args(self, side, *a, **kw) + extra
 
     def start(d: Any) -> None:
         d.cprh_disk = devices.DiskProbe(d.g.disk, d.g.lay)
@@ -143,7 +144,18 @@ def patch() -> None:
     driver_mod.PairDriver.start_src = start
     driver_mod.PairDriver.transfer = transfer_then_stop
     driver_mod.PairDriver.teardown = teardown_then_verify
-    driver_mod.QemuProcess = qemu_class(QemuProcess)
+    pair_mod.QemuProcess = qemu_class(QemuProcess)
+
+
+def switch_over_ns(d: Any) -> Optional[int]:
+    """The switch-over on the monotonic clock: QEMU's own STOP on the source (the
+    driver places it, harness.run.driver.PairDriver.switch_ns), else the harness's mark
+    of the completed migration; None: the transfer did not complete."""
+    placed = d.switch_ns() if d.dst is not None else None
+    if placed is not None:
+        return placed[0]
+    t = d.r.timings.get("first_completed")
+    return int((d.epoch + t) * 1e9) if t is not None else None
 
 
 def stop_probes(d: Any) -> None:
@@ -153,8 +165,8 @@ def stop_probes(d: Any) -> None:
         return
     side = "dst" if d.dst is not None and d.dst.is_running() else \
         "src" if d.src is not None and d.src.is_running() else ""
-    t = d.r.timings.get("first_completed")
-    switch_ns = int((d.epoch + t) * 1e9) if t is not None else None
+    switch_ns = switch_over_ns(d)
+    t = None if switch_ns is None else switch_ns / 1e9 - d.epoch
     console = (lambda cmd: d.g.command(side, cmd, devices.COMMAND_S)) if side else None
     Case.out["stopped_on"] = side or "no side runs"
     Case.out["timings"] = {k: round(v - t, 3) for k, v in d.r.timings.items()} \
@@ -191,10 +203,13 @@ def run_case(qemu: str, arrangement: str, observe: float) -> Dict[str, Any]:
             Case.setup = setup
             cfg = resolve({"qemu_src": qemu, "qemu_dst": qemu, "observe_s": observe})
             r = driver_mod.run_scenario(SCENARIOS[SCENARIO], cfg, art)
+        first = r.first
         Case.out.update(
             versions=f"{r.qemu_src_version}", observed=r.observed.value if r.observed else "",
-            message=r.observed_message, src_after=r.src_status_after,
-            dst_after=r.dst_status_after, downtime_ms=r.query_migrate.get("downtime"),
+            message=r.observed_message,
+            src_after=first.src_state.value if first else "",
+            dst_after=first.dst_state.value if first else "",
+            downtime_ms=first.query_migrate.get("downtime") if first else None,
             dst_log=words(os.path.join(art, "dst.log")),
             src_log=words(os.path.join(art, "src.log")))
     except Unsupported as exc:
