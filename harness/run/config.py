@@ -32,7 +32,7 @@ MIN_OBSERVE_S = 0.5
 #: otherwise, per accelerator: chosen from the stalls of healthy cases on the 2-core
 #: reference host under the heaviest load the project puts on it (docs/pause-budget.md).
 DEFAULT_BUDGETS = {
-    "kvm": Budgets(max_pause_ms=250.0, stall_floor_ms=50.0, stall_factor=2.0,
+    "kvm": Budgets(max_pause_ms=250.0, stall_floor_ms=150.0, stall_factor=2.0,
                    max_stutter=0.25),
     "tcg": Budgets(max_pause_ms=1000.0, stall_floor_ms=200.0, stall_factor=2.0,
                    max_stutter=0.35),

@@ -17,8 +17,8 @@ event, or query-status saying running when that monitor came up after the event)
     late-freeze SIGSTOP it for LATE_FREEZE_S (300 ms: QEMU's own default downtime limit
                 for a whole precopy migration), LATE_S after RESUME
     stutter     SIGSTOP it STUTTER_S (40 ms) out of every 2 * STUTTER_S, STUTTER_TIMES
-                times, from LATE_S after RESUME: each stall under the floor a single
-                stall is judged by, their sum half the window
+                times (6 s), from LATE_S after RESUME: each stall under the floor a
+                single stall is judged by, their sum most of the window
     late-kill   SIGKILL QEMU LATE_S after RESUME
     late-reset  system_reset LATE_S after RESUME
     late-stop   stop (pause the guest) LATE_S after RESUME
@@ -64,7 +64,7 @@ TAMPER_GPA = 0x200000
 LATE_S = 0.3
 FREEZE_S = 1.5
 LATE_FREEZE_S = 0.3
-STUTTER_S, STUTTER_TIMES = 0.04, 40
+STUTTER_S, STUTTER_TIMES = 0.04, 75
 #: Wait this long before connecting our monitor (a self-test sets it so the monitor comes
 #: up after the guest resumed, as it can on a loaded host).
 CONNECT_AFTER_S = float(os.environ.get("TAMPER_CONNECT_AFTER_S") or 0)
