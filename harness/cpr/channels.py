@@ -107,19 +107,23 @@ class Channel:
                    show=lambda _v: "not listening")
 
 
-def _proc_net(table: str) -> Iterator[str]:
-    """The lines (header skipped) of ``/proc/net/<table>`` as this process sees it, then
-    as each network namespace this runner made sees it: a QEMU started inside one
-    (harness.core.netns) listens where the host's view does not show it."""
-    views = []
+def host_proc_net(table: str) -> List[str]:
+    """The lines (header skipped) of ``/proc/net/<table>`` as this process sees it (stdlib
+    only: the reproducer carries it verbatim)."""
     try:
         with open(f"/proc/net/{table}") as f:
-            views.append(f.read())
+            return f.read().splitlines()[1:]
     except OSError:
-        pass
-    views += [ns.proc_net(table) for ns in netns.active()]
-    for text in views:
-        yield from text.splitlines()[1:]
+        return []
+
+
+def _proc_net(table: str) -> Iterator[str]:
+    """``host_proc_net``, then the table as each network namespace this runner made sees
+    it: a QEMU started inside one (harness.core.netns) listens where the host's view does
+    not show it."""
+    yield from host_proc_net(table)
+    for ns in netns.active():
+        yield from ns.proc_net(table).splitlines()[1:]
 
 
 def unix_listening(path: str) -> bool:

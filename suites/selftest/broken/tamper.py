@@ -76,13 +76,15 @@ MODES = ("none", "paused", "reset", "page", "freeze", "late-freeze", "stutter", 
 SOURCE_MODES = ("src-cont", "src-hang")
 #: What each mode breaks, as the harness must name it: the id of a check that must fail
 #: (or ids, any of which: a freeze at RESUME falls in the switch-over's pause or just
-#: after it), and words its message must hold (the self-tests assert exactly this, under
-#: pytest and avocado).
+#: after it), and words its message must hold, or per id where the ids differ (the
+#: self-tests assert exactly this, under pytest and avocado).
 DEFECTS = {
     "paused": ("states.target", ["paused"]),
     "reset": ("window.boots", ["2"]),
     "page": ("ram.pattern", ["0x200000"]),
-    "freeze": (("pause.switch-over", "pause.stalls"), ["the guest stood still", "ms"]),
+    "freeze": (("pause.switch-over", "pause.stalls"),
+               {"pause.switch-over": ["the guest stood still", "at the switch-over"],
+                "pause.stalls": ["the guest stalled", "after the switch-over"]}),
     "late-freeze": ("pause.stalls", ["the guest stalled", "after the switch-over",
                                      "baseline allows"]),
     "stutter": ("pause.stutter", ["stuttering target", "of the window"]),
