@@ -1,16 +1,20 @@
 """Interface dialects: how a scenario becomes commands for one generation of QEMU.
 
 Scenarios stay the same; a dialect renders the machine properties, the source's QMP
-commands and the target's ``-incoming`` arguments.
+commands and the target's ``-incoming`` arguments, and says in its own QEMU's words
+what an error path must print where those differ from the released ones.
 
 ``released-10x`` (QEMU >= 10.0): ``-machine aux-ram-share=on``; the cpr channel is a
 second entry in ``migrate``'s ``channels`` (``"channel-type": "cpr"``) and a second
 ``-incoming`` with a JSON ``MigrationChannel`` on the target.
 
-``rfc-v1`` (the 2024 RFC patch series): ``-machine anon-alloc=memfd``; the cpr channel
-is the ``cpr-uri`` migration parameter on the source and ``-cpr-uri URI`` on the
-target; channels are URIs. No binary of this dialect is available to run here: it is
-covered by self-tests of what it renders, never by live runs.
+``rfc-v1`` (the 2024 RFC patch this project started from, and the "Live update:
+cpr-transfer" series that continued it, v3 of 2024-11-01): ``-machine anon-alloc=memfd``;
+the cpr channel is the ``cpr-uri`` migration parameter on the source and ``-cpr-uri
+URI`` on the target; channels are URIs. It runs live on the series' own build
+(``scripts/get-qemu.sh rfc-v3 --from ...``, QEMU 9.1.50): its messages below are that
+build's, read in its source and seen in its runs (docs/versions.md). A cpr channel
+passed as an fd has no URI form there, so such cases are skips.
 
 A dialect is chosen from the probed capabilities (QMP schema), never from a version
 number; ``--dialect`` overrides.
@@ -61,6 +65,9 @@ class Dialect:
     requirement_text: Dict[str, str] = {}
     #: Whether QEMU's error messages are known for this dialect (checked if so).
     messages_known = True
+    #: Per requirement (scenario id, without an ``-aarch64`` suffix), the words this
+    #: dialect's QEMU says it in, where they differ from the scenario's.
+    messages: Dict[str, str] = {}
 
     def machine_suffix(self, aux_ram_share: bool) -> str:
         raise NotImplementedError
@@ -80,6 +87,12 @@ class Dialect:
 
     def describe(self, scenario_id: str, default: str) -> str:
         return self.requirement_text.get(scenario_id, default)
+
+    def message(self, scenario_id: str, default: str) -> str:
+        """The substring QEMU's error must contain for ``scenario_id`` in this dialect."""
+        base = scenario_id[:-len("-aarch64")] if scenario_id.endswith("-aarch64") \
+            else scenario_id
+        return self.messages.get(base, default)
 
 
 class Released(Dialect):
@@ -106,9 +119,22 @@ class Released(Dialect):
         return Command("migrate-incoming", {"channels": [main.dst_qapi()]})
 
 
+#: The series' words (v3: migration/migration.c, migration/cpr-transfer.c): a missing
+#: cpr-uri, and a cpr-uri that is not unix: on either side ("bad cpr-uri tcp:...; must
+#: be unix:").
+MSG_RFC_CPR_URI_MISSING = "cpr-transfer mode requires setting cpr-uri"
+MSG_RFC_CPR_URI_UNIX = "; must be unix:"
+
+
 class RfcV1(Dialect):
     name = RFC_V1
-    messages_known = False
+    messages = {
+        "channel/cpr-missing": MSG_RFC_CPR_URI_MISSING,
+        "channel/cpr-inet-src": MSG_RFC_CPR_URI_UNIX,
+        "channel/cpr-file-src": MSG_RFC_CPR_URI_UNIX,
+        "channel/cpr-inet-dst": MSG_RFC_CPR_URI_UNIX,
+        "channel/cpr-file-dst": MSG_RFC_CPR_URI_UNIX,
+    }
     requirement_text = {
         "channel/cpr-missing": "no cpr-uri migration parameter set",
         "memory/no-aux-ram-share": "-machine without anon-alloc=memfd",

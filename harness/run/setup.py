@@ -6,6 +6,7 @@ for every adapter), the report's run facts and the adapters' labels.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple
@@ -51,7 +52,8 @@ class Binaries:
         return expectations.RunInfo(
             qemu_src=".".join(map(str, self.src.version)),
             qemu_dst=".".join(map(str, self.dst.version)),
-            accel=self.accel, machine=self.scenario.machine, arch=self.arch)
+            accel=self.accel, machine=self.scenario.machine, arch=self.arch,
+            dialect=self.dialect.name)
 
     def target_machine(self, retry: bool) -> str:
         """What a target runs: the case's machine; a retry after an unpinned refusal
@@ -114,14 +116,19 @@ def choose_dialect(cfg: RunConfig, src: Capabilities, dst: Capabilities) -> Dial
     return dialects.choose(src.dialect, cfg.dialect)
 
 
+def in_dialect(sc: Scenario, dialect: Dialect) -> Scenario:
+    """``sc`` with the error message it requires in ``dialect``'s QEMU's words."""
+    message = dialect.message(sc.id, sc.expect.message)
+    if message == sc.expect.message:
+        return sc
+    return sc.with_(expect=dataclasses.replace(sc.expect, message=message))
+
+
 def _mode_problems(caps: Capabilities, sc: Scenario, dialect: Dialect) -> Sequence[str]:
     if sc.mode != "cpr-transfer":
         mode = "normal" if sc.mode == "precopy" else sc.mode
         return [] if mode in caps.mig_modes else [f"MigMode has no {mode!r}"]
-    problems = caps.cpr_transfer_problems()
-    if dialect.name == dialects.RFC_V1:
-        problems = [] if caps.has_cpr_transfer else problems
-    return problems
+    return caps.dialect_problems(dialect.name)
 
 
 def check_supported(caps: Capabilities, sc: Scenario, dialect: Dialect,
@@ -185,6 +192,7 @@ def resolve_binaries(sc: Scenario, cfg: RunConfig) -> Binaries:
                           f"sides): pass --qemu-src and --qemu-dst of different versions, "
                           f"or use 'python -m harness versions'")
     dialect = choose_dialect(acfg, src, dst)
+    sc = in_dialect(sc, dialect)
     check_supported(src, sc, dialect, "src")
     check_supported(dst, sc, dialect, "dst")
     accel = resolve_accel(acfg.accel, sc, src, dst)
@@ -223,8 +231,8 @@ def check_binaries(cfg: RunConfig) -> None:
             caps = probe(binary)
         except HarnessError as exc:
             raise UsageError(f"--qemu-{side}: {exc}") from None
-        problems = caps.cpr_transfer_problems()
-        if problems and not (cfg.dialect == dialects.RFC_V1 and caps.has_cpr_transfer):
+        problems = caps.dialect_problems("" if cfg.dialect == "auto" else cfg.dialect)
+        if problems:
             raise UsageError(
                 f"--qemu-{side}: {caps.path} ({caps.version_str}) does not support "
                 f"cpr-transfer: {'; '.join(problems)}. Install QEMU >= 10.0 "
