@@ -418,7 +418,6 @@ class _Prober:
                                           _tail(tail(vm.log_path)) or None) from None
                     shown = f"{command} {args['typename']}" if args and "typename" in args \
                         else name
-                    errors[name] = f"QEMU {death}"
                     self.notes.append(f"{shown} killed the probe QEMU: it {death}"
                                       + ("; the rest asked of a fresh QEMU" if pending else ""))
                     return

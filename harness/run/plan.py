@@ -19,7 +19,8 @@ def render_vm_args(sc: Scenario, dialect: Dialect, mem: backends.MemoryArgs, acc
     """The QEMU command line both sides share (the target adds its -incoming).
 
     ``machine``: the machine type to run (default: the scenario's)."""
-    m = (machine or sc.machine) + mem.machine_props + dialect.machine_suffix(sc.aux_ram_share)
+    m = (machine or sc.machine) + mem.machine_props + \
+        dialect.for_side(side).machine_suffix(sc.aux_ram_share)
     return ["-name", f"cprh-{side},debug-threads=on", "-nodefaults", "-display", "none",
             "-machine", m, "-accel", accel, "-smp", str(sc.smp),
             "-m", f"{sc.ram_mb}M", *mem.object_args, *guest_args]

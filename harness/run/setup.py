@@ -20,7 +20,7 @@ from harness.qemu import features
 from harness.qemu.probe import Capabilities, probe
 from harness.run.config import RunConfig, Timeouts
 from harness.scenario import expectations
-from harness.scenario.model import Scenario
+from harness.scenario.model import Expect, Scenario
 
 
 @dataclass(frozen=True)
@@ -110,15 +110,16 @@ def resolve_accel(run_accel: str, sc: Scenario, src: Capabilities, dst: Capabili
 
 
 def choose_dialect(cfg: RunConfig, src: Capabilities, dst: Capabilities) -> Dialect:
-    if cfg.dialect == "auto" and src.dialect != dst.dialect:
-        raise Unsupported(f"src speaks the {src.dialect} cpr-transfer dialect, dst speaks "
-                          f"{dst.dialect}; pass --dialect to force one")
-    return dialects.choose(src.dialect, cfg.dialect)
+    """Each side's own dialect (a :class:`~harness.cpr.dialect.Mixed` pair when they
+    differ: the cpr-transfer series and a released QEMU), unless ``--dialect`` forces
+    one on both."""
+    return dialects.choose(src.dialect, cfg.dialect, dst.dialect)
 
 
 def in_dialect(sc: Scenario, dialect: Dialect) -> Scenario:
     """``sc`` with the error message it requires in ``dialect``'s QEMU's words."""
-    message = dialect.message(sc.id, sc.expect.message)
+    side = "dst" if sc.expect.kind is Expect.DST_REFUSES else "src"
+    message = dialect.message(sc.id, sc.expect.message, side)
     if message == sc.expect.message:
         return sc
     return sc.with_(expect=dataclasses.replace(sc.expect, message=message))
@@ -135,10 +136,14 @@ def check_supported(caps: Capabilities, sc: Scenario, dialect: Dialect,
                     side: str = "both") -> None:
     """:raise Unsupported: this binary (or the host), on ``side`` of the pair, cannot
     run ``sc``, and why."""
-    problems = _mode_problems(caps, sc, dialect)
+    spoken = dialect.for_side("dst" if side == "dst" else "src")
+    problems = _mode_problems(caps, sc, spoken)
     if problems:
         raise Unsupported(f"{caps.path} ({caps.version_str}) cannot run {sc.mode}: "
                           + "; ".join(problems))
+    why = spoken.unsupported(sc.backend)
+    if why and sc.positive:
+        raise Unsupported(f"{caps.path} ({caps.version_str}), the {side} side: {why}")
     kind = backends.BACKENDS.get(sc.backend)
     qom = kind.qom_type if kind is not None else None
     if sc.backend == "epc":
