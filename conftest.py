@@ -20,15 +20,15 @@ import re
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional
 
 import allure
 import pytest
 
 from harness.core.errors import ConformanceFailure, HarnessError, Unsupported, UsageError
 from harness.core.observe import Observer
+from harness.tools.report import verdicts
 from harness.tools.report.allure_results import RUN_LABEL
 from harness.run import config as run_config_mod
 from harness.run import identity
@@ -42,8 +42,7 @@ DEVIATIONS_KEY = pytest.StashKey[list]()
 MATRIX_KEY = pytest.StashKey[Dict[str, Any]]()
 RUN_KEY = pytest.StashKey[Any]()
 SCENARIO_PROP, RESULT_PROP, DEVIATION_PROP = "cpr_scenario", "cpr_result", "cpr_deviation"
-#: The soak chain's base scenario (its id says how many hops).
-SOAK_BASE = "transfer/unix-unix-memfd-immediate-q35"
+SELECTION_KEY = pytest.StashKey[Any]()
 
 
 class ConformanceMismatch(ConformanceFailure, AssertionError):
@@ -133,13 +132,13 @@ def pytest_configure(config: pytest.Config) -> None:
     except UsageError as exc:
         raise pytest.UsageError(str(exc))
     # Bad ids are a usage error before anything runs (or clears the reports).
-    for flag, lookup, values in (("--scenario", catalogue.get, config.getoption("cprh_scenarios")),
-                                 ("--suite", catalogue.suite, config.getoption("cprh_suites"))):
-        for value in values:
-            try:
-                lookup(value)
-            except UsageError as exc:
-                raise pytest.UsageError(f"{flag}: {exc}")
+    from harness.scenario.selection import Selection
+
+    try:
+        config.stash[SELECTION_KEY] = Selection.of(config.getoption("cprh_scenarios"),
+                                                   config.getoption("cprh_suites"))
+    except UsageError as exc:
+        raise pytest.UsageError(f"--scenario/--suite: {exc}")
     config.stash[CONFIG_KEY] = cfg
     config.stash[CASES_KEY] = {}
     config.stash[START_KEY] = time.monotonic()
@@ -176,11 +175,12 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """The soak chain: its scenario and the run's number of hops, one case."""
     if "soak_hops" in metafunc.fixturenames:
-        from harness.scenario import catalogue
+        from harness.scenario import catalogue, selection
 
         hops = metafunc.config.stash[CONFIG_KEY].soak_hops
-        metafunc.parametrize(("scenario", "soak_hops"), [(catalogue.get(SOAK_BASE), hops)],
-                             ids=[f"chain-{hops}-hops"])
+        metafunc.parametrize(("scenario", "soak_hops"),
+                             [(catalogue.get(selection.SOAK_BASE), hops)],
+                             ids=[selection.soak_id(hops).split("/", 1)[1]])
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
@@ -212,37 +212,34 @@ def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item
                 item.add_marker(allure.tag("slow"))
 
 
-def _long_cases_first(items: List[pytest.Item]) -> None:
-    """The longest conformance cases first (the Linux guest, the soak chain, TCG), so
-    that under xdist no worker is left with one of them while the other idles."""
-    def cost(item: pytest.Item) -> int:
-        sc = _scenario_of(item)
-        if sc is None or "suites/conformance/" not in item.nodeid:
-            return 3
-        if sc.guest == "linux-x86":
-            return 0
-        if "soak_hops" in getattr(item, "fixturenames", ()):
-            return 1
-        return 2 if sc.accel == "tcg" else 3
+def _derived(item: pytest.Item) -> Optional[str]:
+    """The derived case a test is (the soak chain), or None for a scenario's own test."""
+    from harness.scenario import selection
 
-    items.sort(key=cost)
+    return selection.SOAK if "soak_hops" in getattr(item, "fixturenames", ()) else None
+
+
+def _long_cases_first(items: List[pytest.Item]) -> None:
+    """The library's order: the longest conformance cases first."""
+    from harness.scenario.selection import cost
+
+    def key(item: pytest.Item) -> int:
+        sc = _scenario_of(item)
+        return 3 if sc is None else cost(sc, _derived(item),
+                                         "suites/conformance/" in item.nodeid)
+
+    items.sort(key=key)
 
 
 def _case_params(item: pytest.Item, sc: Any) -> Dict[str, Any]:
-    """The scenario's parameters, under the id the matrix lists the case by.
+    """The scenario's parameters under the case's id (the library's rule)."""
+    from harness.scenario import selection
 
-    A scenario's own test (its pytest id is the scenario id, or the part after the
-    area) is listed by the scenario id. Another test that reuses a scenario (the soak
-    chain runs the base transfer) gets its own id, ``<module>/<pytest id>``, so the
-    matrix and a baseline compare keep both."""
-    params = sc.params()
     pid = item.callspec.id  # type: ignore[attr-defined]
-    if pid in (sc.id, sc.id.split("/", 1)[-1]):
-        return params
     area = item.path.stem.removeprefix("test_")
+    own = pid in (sc.id, sc.id.split("/", 1)[-1])
     name = getattr(item, "originalname", item.name)
-    return {**params, "id": f"{area}/{pid}", "area": area, "scenario": sc.id,
-            "title": f"{name}[{pid}] on {sc.id}: {sc.title}"}
+    return selection.case_params(sc, sc.id if own else f"{area}/{pid}", area, f"{name}[{pid}]")
 
 
 def _scenario_of(item: pytest.Item) -> Any:
@@ -268,26 +265,14 @@ def _mark_known_deviations(config: pytest.Config, items: List[pytest.Item]) -> N
 
 
 def _select_scenarios(config: pytest.Config, items: List[pytest.Item]) -> None:
-    from harness.scenario import catalogue
-
-    wanted = set(config.getoption("cprh_scenarios"))
-    suites = config.getoption("cprh_suites")
-    if not wanted and not suites:
+    """Keep exactly the cases --scenario/--suite name (the library's selection)."""
+    selection = config.stash[SELECTION_KEY]
+    if selection.everything:
         return
-    for sid in wanted:
-        try:
-            catalogue.get(sid)
-        except UsageError as exc:
-            raise pytest.UsageError(f"--scenario: {exc}")
-    for name in suites:
-        try:
-            wanted |= {sc.id for sc in catalogue.suite(name)}
-        except UsageError as exc:
-            raise pytest.UsageError(f"--suite: {exc}")
     keep, drop = [], []
     for item in items:
         sc = _scenario_of(item)
-        (keep if sc is not None and sc.id in wanted else drop).append(item)
+        (keep if sc is not None and selection.holds(sc, _derived(item)) else drop).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
     items[:] = keep
@@ -388,10 +373,14 @@ def _allure_attach(result: Any, case_dir: str) -> None:
             if key not in _NOT_ATTACHED:
                 _attach_file(path, _artifact_name(key))
             attached.add(os.path.realpath(path))
-        allure.attach(json.dumps(result.query_migrate, indent=2, default=str),
-                      name="query-migrate (src)", attachment_type=allure.attachment_type.JSON)
-        allure.attach(json.dumps(result.evidence, indent=2, default=str),
-                      name="evidence", attachment_type=allure.attachment_type.JSON)
+        from harness.core.plain import plain
+
+        if result.first is not None:
+            allure.attach(json.dumps(result.first.query_migrate, indent=2, default=str),
+                          name="query-migrate (src)",
+                          attachment_type=allure.attachment_type.JSON)
+            allure.attach(json.dumps(plain(result.first.evidence), indent=2, default=str),
+                          name="evidence", attachment_type=allure.attachment_type.JSON)
     try:
         names = sorted(os.listdir(case_dir))
     except OSError:
@@ -490,58 +479,8 @@ def cpr_chain(request: pytest.FixtureRequest, run_config: RunConfig, case_dir: s
 # --------------------------------------------------------------------------- verdicts
 
 
-@dataclass
-class Phase:
-    """One pytest phase of a case (setup/call/teardown), as plain values."""
-    when: str                      # "setup", "call" or "teardown"
-    outcome: str                   # "passed", "failed" or "skipped"
-    message: str = ""              # skip reason, or the failure's one-line summary
-    wasxfail: Optional[str] = None  # set when pytest applied an expected failure
-    duration: float = 0.0
-
-
-_STRICT_XPASS = "[XPASS(strict)]"
-
-
-def verdict_of(phases: Sequence[Phase], mismatches: Sequence[Dict[str, Any]] = ()
-               ) -> Tuple[str, str]:
-    """The case's verdict and the reason a reader needs, from its pytest phases.
-
-    ``fail`` is reserved for a failed conformance check (``mismatches`` non-empty, or
-    the call failing with the checks named); any other failure is ``error``.
-    """
-    from harness.tools.report import describe_checks
-    from harness.tools.report.records import _one_line
-
-    by = {p.when: p for p in phases}
-    setup, call, teardown = by.get("setup"), by.get("call"), by.get("teardown")
-    if setup is not None and setup.outcome == "failed":
-        return "error", "set-up failed: " + _one_line(setup.message)
-    if setup is not None and setup.outcome == "skipped":
-        if setup.wasxfail is not None:
-            return "xfail", setup.wasxfail
-        return "skip", setup.message
-    if call is None:
-        if teardown is not None and teardown.outcome == "failed":
-            return "error", "teardown failed: " + _one_line(teardown.message)
-        return "error", "the case did not run (interrupted?)"
-    if call.outcome == "skipped":
-        if call.wasxfail is not None:
-            # What was observed is in the record's checks and actual outcome.
-            return "xfail", call.wasxfail or "expected failure"
-        return "skip", call.message
-    if call.outcome == "failed":
-        if call.message.startswith(_STRICT_XPASS):
-            reason = call.message[len(_STRICT_XPASS):].strip()
-            return "xpass", f"passed, but expected to fail: {reason}"
-        if mismatches:
-            return "fail", describe_checks(mismatches)
-        return "error", _one_line(call.message)
-    if teardown is not None and teardown.outcome == "failed":
-        return "error", "teardown failed: " + _one_line(teardown.message)
-    if call.wasxfail is not None:
-        return "xpass", f"passed, but expected to fail: {call.wasxfail}"
-    return "pass", ""
+#: The library decides a case's verdict from its phases (harness.tools.report.verdicts).
+Phase = verdicts.Phase
 
 
 def _phase_message(rep: pytest.TestReport) -> str:
@@ -596,7 +535,7 @@ def _records(config: pytest.Config) -> List[Dict[str, Any]]:
         res = json.loads(case["props"][RESULT_PROP]) if RESULT_PROP in case["props"] else None
         dev = json.loads(case["props"][DEVIATION_PROP]) if DEVIATION_PROP in case["props"] \
             else None
-        verdict, reason = verdict_of(phases, (res or {}).get("mismatches") or [])
+        verdict, reason = verdicts.of_pytest(phases, (res or {}).get("mismatches") or [])
         durations = {f"{p.when}_s": round(p.duration, 3) for p in phases}
         out.append(report.case_record(nodeid, verdict, reason, sc, res, durations, dev))
     return out

@@ -52,8 +52,13 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from harness.scenario.selection import DERIVED
+
     for sc in catalogue.select(area=args.area or ""):
         print(f"{sc.id:60s} {sc.expect}")
+    for cid, what in DERIVED.items():
+        if not args.area or cid.startswith(args.area + "/"):
+            print(f"{cid:60s} ({what})")
     return 0
 
 
@@ -87,10 +92,9 @@ def cmd_run(args: argparse.Namespace, extra: List[str]) -> int:
     from harness.run.setup import check_binaries
     from harness.tools import report
 
-    for sid in args.scenario or []:
-        catalogue.get(sid)  # unknown id: UsageError before anything starts
-    for name in args.suite or []:
-        catalogue.suite(name)
+    from harness.scenario.selection import check
+
+    check(args.scenario or [], args.suite or [])  # unknown: UsageError before anything starts
     cfg = config.from_namespace(args, RUN_OPTIONS)
     check_binaries(cfg)
     if extra[:1] == ["--"]:  # `run [OPTIONS] -- [pytest args]`
@@ -213,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run only this scenario id (repeatable); see 'list'")
     pr.add_argument("--suite", action="append", metavar="NAME",
                     help="run only this suite's scenarios (repeatable): transfer, refusals, "
-                         "faults, core (the x86 guest's cases)")
+                         "faults, core (the x86 guest's cases), soak (the chain)")
     pr.add_argument("--no-allure-html", action="store_true",
                     help="write allure-results but do not build the Allure HTML report")
 

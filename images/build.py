@@ -134,8 +134,9 @@ IMAGES: Dict[str, ImageSpec] = {
             ("{objcopy}", "-O", "binary", "--gap-fill", "0xff", "{elf}", "{bin}"),
         ),
         output="guest.bin",
-        int_keys=("WORK_BASE", "WORK_SIZE", "MAGIC", "VERSION", "HEARTBEAT_SHIFT",
-                  "SERIAL_PORT", "ROM_BASE", "ROM_SIZE"),
+        int_keys=("WORK_BASE", "WORK_SIZE", "MAGIC", "VERSION", "HEARTBEAT_MS",
+                  "CLOCK_CHECK_SHIFT", "CALIBRATE_MS", "SERIAL_PORT", "ROM_BASE",
+                  "ROM_SIZE"),
         entry_check=(-16, b"\xfa", "cli at the reset vector"),
     ),
     "aarch64-virt": ImageSpec(
@@ -152,8 +153,8 @@ IMAGES: Dict[str, ImageSpec] = {
             ("{objcopy}", "-O", "binary", "{elf}", "{bin}"),
         ),
         output="guest.bin",
-        int_keys=("WORK_BASE", "WORK_SIZE", "MAGIC", "VERSION", "HEARTBEAT_SHIFT",
-                  "SERIAL_BASE", "RAM_BASE", "ROM_BASE", "ROM_SIZE"),
+        int_keys=("WORK_BASE", "WORK_SIZE", "MAGIC", "VERSION", "HEARTBEAT_MS",
+                  "CLOCK_CHECK_SHIFT", "SERIAL_BASE", "RAM_BASE", "ROM_BASE", "ROM_SIZE"),
         # mrs x0, mpidr_el1: the boot-CPU check that starts _start
         entry_check=(0, bytes.fromhex("a00038d5"), "mrs x0, mpidr_el1 at 0x0"),
     ),
@@ -164,8 +165,16 @@ IMAGES: Dict[str, ImageSpec] = {
 # layout
 
 
-_STR_KEYS = ("BOOT_MARKER", "HEARTBEAT")
-_FIELDS = ("magic", "version", "counter", "boots", "heartbeats")
+_STR_KEYS = ("BOOT_MARKER",)
+_FIELDS = ("magic", "version", "counter", "boots", "heartbeats", "clock_khz", "hb_due")
+#: The heartbeat's sequence number: the u32 ``heartbeats`` field in lowercase hex,
+#: zero-padded to this many digits (the guests print it so; HEARTBEAT_REGEX must agree).
+HEARTBEAT_DIGITS = 8
+#: Bounds on the layout's timing keys (the guests' arithmetic relies on them).
+_HEARTBEAT_MS_RANGE = (1, 500)      # period ticks stay below 2^32 up to a 8 GHz clock
+_CHECK_SHIFT_RANGE = (0, 20)
+_CALIBRATE_MS_RANGE = (1, 54)       # the PIT's 16-bit count at 1.193182 MHz
+_UART_FIFO = 16                     # bytes a 16550's transmit FIFO holds
 
 
 def _names() -> List[str]:
@@ -226,8 +235,7 @@ def _validate_layout(spec: ImageSpec, path: Path, d: dict) -> None:
             raise bad(f"fields {fa} and {fb} overlap")
     if d["WORK_BASE"] % 4096 or d["WORK_SIZE"] != 4096:
         raise bad("the work area must be one page-aligned 4 KiB page")
-    if not 1 <= d["HEARTBEAT_SHIFT"] <= 31:
-        raise bad("HEARTBEAT_SHIFT must be in 1..31")
+    _validate_heartbeat(d, bad)
     if "RAM_BASE" in d and not (
             d["RAM_BASE"] <= d["WORK_BASE"] and d["RAM_BASE"] % 4096 == 0):
         raise bad("the work area must lie in RAM (WORK_BASE >= RAM_BASE, page-aligned)")
@@ -243,6 +251,35 @@ def _validate_layout(spec: ImageSpec, path: Path, d: dict) -> None:
             raise bad("each QEMU_WRITES entry needs an integer base and size and a 'what'")
         if w["base"] < d["WORK_BASE"] + d["WORK_SIZE"] and d["WORK_BASE"] < w["base"] + w["size"]:
             raise bad(f"the work area overlaps RAM that QEMU writes ({w['what']})")
+
+
+def _validate_heartbeat(d: dict, bad) -> None:
+    """The heartbeat keys: period, clock check, the line's prefix and its regex."""
+    for key, (lo, hi) in (("HEARTBEAT_MS", _HEARTBEAT_MS_RANGE),
+                          ("CLOCK_CHECK_SHIFT", _CHECK_SHIFT_RANGE),
+                          ("CALIBRATE_MS", _CALIBRATE_MS_RANGE)):
+        if key in d and not lo <= d[key] <= hi:
+            raise bad(f"{key} must be in {lo}..{hi}")
+    prefix, rx = d.get("HEARTBEAT_PREFIX"), d.get("HEARTBEAT_REGEX")
+    room = _UART_FIFO - HEARTBEAT_DIGITS - 1
+    if (not isinstance(prefix, str) or not prefix or not prefix.isascii()
+            or not prefix.isprintable() or len(prefix) > room):
+        raise bad(f"HEARTBEAT_PREFIX must be 1..{room} printable ASCII characters "
+                  f"(a whole line goes into the UART's {_UART_FIFO}-byte FIFO at once)")
+    try:
+        pattern = re.compile(rx) if isinstance(rx, str) else None
+    except re.error as e:
+        raise bad(f"HEARTBEAT_REGEX does not compile: {e}") from None
+    if pattern is None or "seq" not in pattern.groupindex:
+        raise bad("HEARTBEAT_REGEX must be a regex with a group named 'seq'")
+    for seq in (0, 0x2A, 0xFFFFFFFF):
+        text = f"{seq:0{HEARTBEAT_DIGITS}x}"
+        m = pattern.fullmatch(prefix + text)
+        if not m or m.group("seq") != text:
+            raise bad(f"HEARTBEAT_REGEX must match the line the guest prints, "
+                      f"{prefix + text!r}, with 'seq' = {text!r}")
+    if pattern.fullmatch(d["BOOT_MARKER"].rstrip("\n")):
+        raise bad("HEARTBEAT_REGEX must not match the BOOT_MARKER")
 
 
 def layout(name: str) -> dict:
@@ -266,7 +303,10 @@ def _gen_include(spec: ImageSpec, d: dict) -> str:
         lines.append(f"\t.set {k}, {d[k]:#x}")
     for f in _FIELDS:
         lines.append(f"\t.set OFF_{f.upper()}, {d['OFFSETS'][f]:#x}")
-    for macro, key in (("BOOT_MARKER_BYTES", "BOOT_MARKER"), ("HEARTBEAT_BYTES", "HEARTBEAT")):
+    lines.append(f"\t.set HEARTBEAT_DIGITS, {HEARTBEAT_DIGITS}")
+    lines.append(f"\t.set HEARTBEAT_PREFIX_LEN, {len(d['HEARTBEAT_PREFIX'])}")
+    for macro, key in (("BOOT_MARKER_BYTES", "BOOT_MARKER"),
+                       ("HEARTBEAT_PREFIX_BYTES", "HEARTBEAT_PREFIX")):
         data = d[key].encode("ascii")
         lines.append(f"\t.macro {macro}")
         lines.append("\t.byte " + ", ".join(f"{b:#04x}" for b in data))
@@ -345,7 +385,7 @@ def _check_image(spec: ImageSpec, lay: dict, data: bytes) -> None:
     got = data[off:off + len(want)]
     if got != want:
         raise bad(f"no {what} (bytes {got.hex()} at offset {off:#x}, expected {want.hex()})")
-    for key in _STR_KEYS:
+    for key in _STR_KEYS + ("HEARTBEAT_PREFIX",):
         if data.find(lay[key].encode("ascii")) < 0:
             raise bad(f"{key} string {lay[key]!r} not found in the image")
 

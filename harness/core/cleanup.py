@@ -21,7 +21,9 @@ import subprocess
 import sys
 import tempfile
 import threading
-from typing import Optional
+from typing import ContextManager, Optional
+
+from harness.core import hugepages
 
 _lock = threading.Lock()
 _janitor: Optional["Janitor"] = None
@@ -182,6 +184,13 @@ def private_tmpdir(tag: str = "", base: Optional[str] = None) -> str:
     return path
 
 
+def reserved_hugepages(pages: int, size_kb: int = 2048) -> ContextManager[None]:
+    """:func:`harness.core.hugepages.reserved`, the janitor giving them back if the
+    runner dies first."""
+    j = janitor()
+    return hugepages.reserved(pages, size_kb, j.watch_hugepages, j.unwatch_hugepages)
+
+
 def remove_tmpdir(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
     janitor().unwatch_path(path)
@@ -245,15 +254,12 @@ def _main(argv: list) -> int:
     for path in paths:
         if os.path.basename(path).startswith(TMP_PREFIX) or "/" + TMP_PREFIX in path:
             shutil.rmtree(path, ignore_errors=True)
-    if any(huge.values()):
-        from harness.core.hugepages import adjust  # the QEMUs holding them are gone now
-
-        for size_kb, pages in huge.items():
-            if pages > 0:
-                try:
-                    adjust(size_kb, -pages)
-                except OSError:
-                    pass
+    for size_kb, pages in huge.items():  # the QEMUs holding them are gone now
+        if pages > 0:
+            try:
+                hugepages.adjust(size_kb, -pages)
+            except OSError:
+                pass
     return 0
 
 

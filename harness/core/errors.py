@@ -150,19 +150,49 @@ class QMPConnectionLost(HarnessError):
         super().__init__(f"{side}: QMP connection lost during {command}: {detail}")
 
 
-@dataclass
+#: What a reader must never see in a check's text: Python's words and reprs.
+_PYTHONISMS = re.compile(r"\b(None|True|False)\b|^[\[{]|\{'|<[A-Za-z_.]+ object at ")
+
+
+@dataclass(frozen=True)
 class Check:
-    """One check of a verdict: its name, what was expected, what was seen, and whether
-    that conforms. A failed check is what a :class:`ConformanceFailure` lists."""
-    check: str
-    expected: object
-    actual: object
+    """One check of a verdict, as judged: a stable ``id`` (what categories, self-tests
+    and reports key on), its ``title`` (what a reader reads), whether it conforms, and
+    what was expected and observed, in words.
+
+    ``attempt`` names the attempt it judged ("" for the scenario's own transfer,
+    ``retry``, ``hop003``). The texts are checked at birth: a ``None``, ``True``,
+    ``False`` or another Python repr is a bug of the check that made it (raised here,
+    so no page ever shows one)."""
+    id: str
+    title: str
+    ok: bool
+    expected: str
+    observed: str
     detail: str = ""
-    ok: bool = False
+    attempt: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("id", "title", "expected", "observed", "detail", "attempt"):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise TypeError(f"check {self.id!r}: {name} must be text, not "
+                                f"{type(value).__name__} ({value!r})")
+            if type(value) is not str:  # a str enum (a run state): its text
+                object.__setattr__(self, name, value := str(value))
+            if name != "id" and _PYTHONISMS.search(value):
+                raise ValueError(f"check {self.id!r}: {name} reads like Python: {value!r}")
+        if not isinstance(self.ok, bool):
+            raise TypeError(f"check {self.id!r}: ok must be a bool")
+
+    @property
+    def name(self) -> str:
+        """The title as a reader sees it, with the attempt it judged (``retry: ...``)."""
+        return f"{self.attempt}: {self.title}" if self.attempt else self.title
 
     def to_dict(self) -> dict:
-        return {"check": self.check, "ok": self.ok, "expected": self.expected,
-                "actual": self.actual, "detail": self.detail}
+        return {"id": self.id, "check": self.name, "ok": self.ok, "expected": self.expected,
+                "actual": self.observed, "detail": self.detail, "attempt": self.attempt}
 
 
 class ConformanceFailure(HarnessError):
@@ -173,7 +203,7 @@ class ConformanceFailure(HarnessError):
         self.mismatches = [m for m in mismatches if not m.ok]
         lines = [f"{scenario_id}: {len(self.mismatches)} check(s) failed"]
         for m in self.mismatches:
-            line = f"  - {m.check}: expected {m.expected!r}, got {m.actual!r}"
+            line = f"  - {m.name} [{m.id}]: expected {m.expected!r}, got {m.observed!r}"
             if m.detail:
                 line += f" ({m.detail})"
             lines.append(line)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import fcntl
 import os
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 from harness.core.errors import Unsupported
 
@@ -52,14 +52,20 @@ def adjust(size_kb: int, delta: int) -> int:
             return int(f.read())
 
 
+def _nothing(size_kb: int, pages: int) -> None:
+    pass
+
+
 @contextmanager
-def reserved(pages: int, size_kb: int = 2048) -> Iterator[None]:
-    """``pages`` more huge pages of ``size_kb`` while the block runs.
+def reserved(pages: int, size_kb: int = 2048,
+             on_reserved: Callable[[int, int], None] = _nothing,
+             on_released: Callable[[int, int], None] = _nothing) -> Iterator[None]:
+    """``pages`` more huge pages of ``size_kb`` while the block runs. ``on_reserved`` and
+    ``on_released`` are told (size, pages) when the kernel's count goes up and back down
+    (the janitor's watch: :func:`harness.core.cleanup.reserved_hugepages`).
 
     :raise Unsupported: not root, no such page size, or the kernel could not make them.
     """
-    from harness.core.cleanup import janitor
-
     if free(size_kb) >= pages:
         yield  # the host has them already
         return
@@ -70,7 +76,7 @@ def reserved(pages: int, size_kb: int = 2048) -> Iterator[None]:
     if not os.path.isdir(_dir(size_kb)):
         raise Unsupported(f"the kernel has no {size_kb} kB huge pages")
     adjust(size_kb, pages)
-    janitor().watch_hugepages(size_kb, pages)
+    on_reserved(size_kb, pages)
     try:
         if free(size_kb) < pages:
             raise Unsupported(f"asked the kernel for {pages} more {size_kb // 1024} MiB huge "
@@ -79,4 +85,4 @@ def reserved(pages: int, size_kb: int = 2048) -> Iterator[None]:
         yield
     finally:
         adjust(size_kb, -pages)
-        janitor().unwatch_hugepages(size_kb, pages)
+        on_released(size_kb, pages)

@@ -22,17 +22,20 @@ checks off and keeps the samplers).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Dict, Mapping, Optional
 
 from harness.core.errors import HarnessError
+from harness.core.plain import plain
 from harness.core.wait import sleep
 from harness.cpr.backends import BACKENDS
 from harness.evidence.layout import WorkArea, offset_of_gpa
-from harness.evidence.memory import (GuestRam, RamFd, compare_mappings, find_ram_fd,
-                                     mapped_regions, open_ram)
-from harness.evidence.pattern import fill_pattern, verify_pattern
+from harness.evidence.memory import (GuestRam, RamFd, Region, SameMemfdEvidence,
+                                     compare_mappings, find_ram_fd, mapped_regions, open_ram)
+from harness.evidence.pattern import PatternReport, fill_pattern, verify_pattern
+from harness.evidence.pause import PauseFigures
 from harness.evidence.sampler import RELAX_WAIT_S, Sampler, SamplerResult
+from harness.evidence.stream import StreamFigures
 from harness.guest.images import GuestImage
 
 #: How long the bench's sampler watches the idle pair before the transfer (its noise
@@ -70,6 +73,19 @@ MEASURE = EvidencePlan(checks=False, noise_s=NOISE_WINDOW_S, observe=False, time
 OFF = EvidencePlan(checks=False, fill=False, sampler=False, observe=False, timeline=False)
 
 
+@dataclass(frozen=True)
+class RamSetup:
+    """The case's RAM evidence set-up: whether it applies (guest RAM is a shareable
+    file; the guest also leaves it alone: the pattern), the seed, the fill, the source's
+    RAM fd; ``note``: why a piece does not apply."""
+    applicable: bool = False
+    pattern_applicable: bool = False
+    note: str = ""
+    seed: str = ""
+    fill: Mapping[str, Any] = field(default_factory=dict)
+    src_ram_fd: Mapping[str, Any] = field(default_factory=dict)
+
+
 def work_area(guest: GuestImage) -> WorkArea:
     lay = guest.layout
     if lay is None:
@@ -100,8 +116,8 @@ class RamEvidence:
         self.sample_pause = sample_pause and self.pattern and plan.sampler
         self.max_seconds = max_seconds
         self.seed = int.from_bytes(os.urandom(8), "little") or 1
-        self.data: Dict[str, Any] = {"applicable": self.applicable and plan.checks,
-                                     "pattern_applicable": self.pattern and plan.checks}
+        #: What the case's evidence is (filled by :meth:`prepare`).
+        self.setup = RamSetup(self.applicable and plan.checks, self.pattern and plan.checks)
         #: Samplers by label (SRC; the bench's precopy adds "dst").
         self.samplers: Dict[str, Sampler] = {}
         #: Their results, once stopped.
@@ -116,20 +132,20 @@ class RamEvidence:
         """Find the RAM file; start the sampler (its child starts while the pattern is
         written); fill guest RAM (outside the work area) with the pattern."""
         if not self.applicable:
-            self.data["note"] = "guest RAM is not a shareable file: no RAM evidence"
+            self.setup = replace(self.setup,
+                                 note="guest RAM is not a shareable file: no RAM evidence")
             return
         self.src_fd = find_ram_fd(src_pid, self.size, self.hint)
         if not self.pattern:
-            self.data["note"] = "the guest uses all of its RAM: no pattern"
+            self.setup = replace(self.setup, note="the guest uses all of its RAM: no pattern")
             return
         if not self.plan.fill:
             return
         with self.open(self.src_fd, writable=True) as g:
             rep = fill_pattern(g, self.seed, self.exclude)
-        self.data["seed"] = f"{self.seed:#018x}"
-        self.data["fill"] = rep.to_dict()
-        self.data["src_ram_fd"] = {"fd": self.src_fd.fd, "link": self.src_fd.link,
-                                   "inode": self.src_fd.inode}
+        self.setup = replace(self.setup, seed=f"{self.seed:#018x}", fill=rep.to_dict(),
+                             src_ram_fd={"fd": self.src_fd.fd, "link": self.src_fd.link,
+                                         "inode": self.src_fd.inode})
 
     def spawn_sampler(self, label: str = SRC) -> None:
         """Start a sampler's child early, before the file it will read exists (its
@@ -179,23 +195,29 @@ class RamEvidence:
         for s in self.samplers.values():
             s.wait_ready()
 
-    def stop_samplers(self, query_migrate: Dict[str, Any],
-                      budget_ms: Optional[float] = None) -> None:
+    def stop_samplers(self, query_migrate: Mapping[str, Any],
+                      budget_ms: Optional[float] = None) -> Optional[PauseFigures]:
         """Stop every sampler; the source's gives the pause figures: the switch-over's
         stall, the longest stall in the observation window (also the noise floor of a run
         without an idle window: the guest ran normally there), and the budget both are
-        judged against."""
+        judged against. None: no sampler ran."""
+        if not self.samplers:
+            return None
+        error = ""
         for label, s in list(self.samplers.items()):
             try:
                 self.results[label] = s.stop()
             except HarnessError as exc:  # died, timed out, or a mark never arrived
                 if label == SRC:
-                    self.data["pause"] = {"error": str(exc)}
+                    error = str(exc)
             finally:
                 s.close()
+                del self.samplers[label]
+        if error:
+            return PauseFigures(error=error)
         res = self.results.get(SRC)
-        if res is None or "pause" in self.data:
-            return
+        if res is None:
+            return None
         try:
             pause = res.longest_between(M_TRANSFER, M_RESUMED)
             window = res.longest_between(M_RESUMED, M_WINDOW_END) if self.plan.observe \
@@ -203,109 +225,93 @@ class RamEvidence:
             noise = res.longest_between(M_NOISE, M_IDLE_END) if self.plan.noise_s > 0 \
                 else window
         except HarnessError as exc:
-            self.data["pause"] = {"error": str(exc)}
-            return
+            return PauseFigures(error=str(exc))
 
         def ms(stall: Any) -> float:
             # No stall of at least the sampler's threshold (50 us): count it as 0.
             return round(stall.duration_ms, 3) if stall is not None else 0.0
 
-        self.data["pause"] = {
-            "guest_pause_ms": round(pause.duration_ms, 3) if pause else None,
-            "guest_pause_max_ms": round(pause.max_ms, 3) if pause else None,
-            "window_stall_ms": ms(window) if self.plan.observe else None,
-            "window_stall": window.describe() if window is not None else None,
-            "noise_floor_ms": ms(noise) if (noise is not None or self.plan.observe) else None,
-            "noise_from": "idle window before the transfer" if self.plan.noise_s > 0 else
-                          "the observation window (the guest running on the target)",
-            "budget_ms": budget_ms,
-            "qemu_downtime_ms": query_migrate.get("downtime"),
-            "qemu_total_time_ms": query_migrate.get("total-time"),
-            "sample_rate_hz": round(res.rate_hz),
-            "window_read_every_us": round(RELAX_WAIT_S * 1e6) if res.relaxed_at_ns else None,
-            "median_interval_us": round(res.median_interval_ns / 1e3, 2),
-            "samples": res.samples,
-            "counter_went_back": res.reset,
-            "stalled_at_end": pause is not None and pause.end_ns is None,
-        }
-        self.data["sampler"] = res.to_dict()
+        figures = PauseFigures(
+            guest_pause_ms=round(pause.duration_ms, 3) if pause else None,
+            guest_pause_max_ms=round(pause.max_ms, 3) if pause else None,
+            window_stall_ms=ms(window) if self.plan.observe else None,
+            window_stall=window.describe() if window is not None else "",
+            noise_floor_ms=ms(noise) if (noise is not None or self.plan.observe) else None,
+            noise_from="idle window before the transfer" if self.plan.noise_s > 0 else
+                       "the observation window (the guest running on the target)",
+            budget_ms=budget_ms,
+            qemu_downtime_ms=query_migrate.get("downtime"),
+            qemu_total_time_ms=query_migrate.get("total-time"),
+            sample_rate_hz=round(res.rate_hz),
+            window_read_every_us=round(RELAX_WAIT_S * 1e6) if res.relaxed_at_ns else None,
+            median_interval_us=round(res.median_interval_ns / 1e3, 2),
+            samples=res.samples,
+            counter_went_back=res.reset,
+            stalled_at_end=pause is not None and pause.end_ns is None)
         if self.plan.timeline:
-            self.draw_timeline(res)
+            figures = replace(figures, timeline_error=self.draw_timeline(res, figures))
+        return figures
 
-    def draw_timeline(self, res: SamplerResult) -> None:
+    def draw_timeline(self, res: SamplerResult, figures: PauseFigures) -> str:
         """The sampler's timeline beside the other artifacts; a plot that cannot be
-        drawn is said in the evidence, it is no verdict."""
+        drawn is said (the returned text), it is no verdict."""
         from harness.evidence import timeline
 
         paths = {"sampler.trace": os.path.join(self.artifacts, "sampler.trace.json"),
                  "timeline": os.path.join(self.artifacts, "timeline.png")}
         try:
-            written = timeline.write(res.timeline(), self.data["pause"], paths["sampler.trace"],
+            written = timeline.write(res.timeline(), plain(figures), paths["sampler.trace"],
                                      paths["timeline"])
         except (OSError, ImportError, ValueError, RuntimeError) as exc:
-            self.data["pause"]["timeline_error"] = f"{type(exc).__name__}: {exc}"
-            return
+            return f"{type(exc).__name__}: {exc}"
         self.files.update({k: p for k, p in paths.items() if p in written})
+        return ""
 
-    def check_stream(self, query_migrate: Dict[str, Any],
-                     state_file_bytes: Optional[int] = None) -> None:
+    def check_stream(self, query_migrate: Mapping[str, Any],
+                     state_file_bytes: Optional[int] = None) -> Optional[StreamFigures]:
         """What went through the main channel: the source's RAM counters, or (cpr-exec,
         whose source is gone) the size of the state file against the RAM's."""
         if not self.plan.checks:
-            return
-        r = query_migrate.get("ram", {})
-        self.data["stream"] = {k: r.get(k) for k in
-                               ("normal", "normal-bytes", "transferred", "total", "duplicate")}
-        if state_file_bytes is not None:
-            self.data["stream"].update(state_file_bytes=state_file_bytes, ram_bytes=self.size)
+            return None
+        return StreamFigures.of(query_migrate, state_file_bytes, self.size)
 
-    def check_same_memory_across_exec(self, pid: int) -> None:
+    def check_same_memory_across_exec(self, pid: int) -> Optional[SameMemfdEvidence]:
         """cpr-exec: the process maps, after its exec, the RAM file it held before."""
         if not self.applicable or not self.plan.checks or self.src_fd is None:
-            return
+            return None
         after = find_ram_fd(pid, self.size, self.hint)
-        regions = mapped_regions(pid, after.inode, after.dev)
-        same_file = (after.inode, after.dev) == (self.src_fd.inode, self.src_fd.dev)
-        self.data["same_memory"] = {
-            "size": self.size, "src_pid": pid, "src_fd": self.src_fd.fd,
-            "src_link": self.src_fd.link, "src_inode": self.src_fd.inode,
-            "src_dev": self.src_fd.dev, "dst_pid": pid, "dst_fd": after.fd,
-            "dst_link": after.link, "dst_inode": after.inode, "dst_dev": after.dev,
-            "dst_regions": [list(r) for r in regions], "same_file": same_file,
-            "same": same_file and bool(regions), "across_exec": True}
+        regions = tuple(Region(*r) for r in mapped_regions(pid, after.inode, after.dev))
+        before = self.src_fd
+        return SameMemfdEvidence(self.size, pid, before.fd, before.link, before.inode,
+                                 before.dev, regions, pid, after.fd, after.link, after.inode,
+                                 after.dev, regions, across_exec=True)
 
-    def check_same_memory(self, src_pid: int, dst_pid: int) -> None:
+    def check_same_memory(self, src_pid: int, dst_pid: int) -> Optional[SameMemfdEvidence]:
         """The target maps the very RAM file the source used."""
         if not self.applicable or not self.plan.checks:
-            return
-        self.data["same_memory"] = compare_mappings(src_pid, dst_pid, self.size,
-                                                    self.hint).to_dict()
+            return None
+        return compare_mappings(src_pid, dst_pid, self.size, self.hint)
 
     def verify_after(self, src_pid: int, dst_pid: Optional[int],
-                     hook: Optional[Callable[[RamFd], None]] = None) -> None:
+                     hook: Optional[Callable[[RamFd], None]] = None
+                     ) -> Optional[PatternReport]:
         """Intact content, read through the side now running the guest (the target, or
-        after a refusal the source)."""
+        after a refusal the source). None: not applicable."""
         if not self.applicable or not self.plan.checks:
-            return
+            return None
         fd = find_ram_fd(dst_pid if dst_pid is not None else src_pid, self.size, self.hint)
         if hook is not None:
             hook(fd)
         if not self.pattern:
-            return
+            return None
         with self.open(fd, writable=False) as g:
-            rep = verify_pattern(g, self.seed, self.exclude, self.machine, self.size)
-            snap = g.snapshot()
-        key = "pattern" if dst_pid is not None else "pattern_src_after_refusal"
-        self.data[key] = rep.to_dict()
-        self.data["work_area_" + ("dst" if dst_pid is not None else "src")] = {
-            "counter": snap.counter, "boots": snap.boots, "magic_ok": snap.magic_ok}
+            return verify_pattern(g, self.seed, self.exclude, self.machine, self.size)
 
-    def verify_pattern_at(self, pid: int) -> Dict[str, Any]:
+    def verify_pattern_at(self, pid: int) -> PatternReport:
         """The pattern verified through ``pid``'s RAM file (the soak's last hop)."""
         fd = find_ram_fd(pid, self.size, self.hint)
         with self.open(fd, writable=False) as g:
-            return verify_pattern(g, self.seed, self.exclude, self.machine,
-                                  self.size).to_dict()
+            return verify_pattern(g, self.seed, self.exclude, self.machine, self.size)
 
     def ram_inode(self, pid: int) -> int:
         return find_ram_fd(pid, self.size, self.hint).inode

@@ -221,6 +221,8 @@ class SameMemfdEvidence:
     dst_inode: int
     dst_dev: int
     dst_regions: Tuple[Region, ...]
+    #: cpr-exec: one process, before its exec (src) and after it (dst).
+    across_exec: bool = False
 
     @property
     def same_file(self) -> bool:

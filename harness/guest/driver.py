@@ -68,6 +68,7 @@ class GuestDriver:
         return wait_until(probe, what=what, timeout=timeout, goal=moved, side=vm.side,
                           interval=self.progress_period_s / 2, log_path=vm.log_path).value
 
-    def after_transfer(self, vm: Any, timeout: float) -> Dict[str, Any]:
-        """Extra checks of the guest on the target (its console), as plain values."""
-        return {}
+    def after_transfer(self, vm: Any, timeout: float) -> Any:
+        """What the guest says on the target's console after the switch-over (a frozen
+        record; None: this guest is not asked)."""
+        return None

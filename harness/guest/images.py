@@ -55,6 +55,12 @@ class GuestImage:
     #: The image's own description (layout.json, or the Linux guest's manifest).
     manifest: Optional[Dict[str, Any]] = None
     min_ram_mb: int = 0
+    #: The console heartbeat of a bare-metal guest: a line matching ``heartbeat_regex``
+    #: (applied to a line without its newline; group ``seq``: the sequence number, 8 hex
+    #: digits, 0 after each boot) every ``heartbeat_period_ms`` of the guest's own time.
+    #: 0 and "" for a guest that prints none (layout.json: HEARTBEAT_MS, HEARTBEAT_REGEX).
+    heartbeat_period_ms: int = 0
+    heartbeat_regex: str = ""
 
     def qemu_args(self, serial_path: str) -> List[str]:
         args = ["-bios", self.path,
@@ -122,4 +128,6 @@ def image(name: str = "x86-bios") -> GuestImage:
                       own_ranges=((layout.base, layout.base + layout.size),) + qemu_writes,
                       binary=qemu.get("binary", "qemu-system-x86_64"),
                       machine=qemu.get("machine", "q35"), cpu=qemu.get("cpu", ""),
-                      ram_base=int(lay.get("RAM_BASE", 0)))
+                      ram_base=int(lay.get("RAM_BASE", 0)),
+                      heartbeat_period_ms=int(lay.get("HEARTBEAT_MS", 0)),
+                      heartbeat_regex=str(lay.get("HEARTBEAT_REGEX", "")))

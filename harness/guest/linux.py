@@ -13,8 +13,8 @@ import os
 import re
 import socket
 import time
-from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional
 
 from harness.core.errors import HarnessError, WaitTimeout
 from harness.core.wait import budget
@@ -22,6 +22,23 @@ from harness.guest.driver import GuestDriver, WorkArea
 from harness.guest.images import GuestImage
 
 DISK_MB = 8
+
+
+@dataclass(frozen=True)
+class LinuxConsole:
+    """The Linux guest's answers on the target's console after the switch-over: its
+    status before (uptime, counter, the buffer's boot checksum), its answers to ``ping``
+    and ``check`` (or why the console did not answer), new kernel errors, boot markers
+    printed on the target, and the devices it reported at boot."""
+    uptime_before: Optional[float] = None
+    n_before: Optional[int] = None
+    sum_boot: Optional[str] = None
+    pong_uptime: Optional[float] = None
+    sum_check: Optional[str] = None
+    console_error: str = ""
+    err_after: Optional[int] = None
+    boot_markers: Optional[int] = None
+    devices: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -135,22 +152,22 @@ class LinuxDriver(GuestDriver):
                 return m["sum"]
         return None
 
-    def after_transfer(self, vm: Any, timeout: float) -> Dict[str, Any]:
+    def after_transfer(self, vm: Any, timeout: float) -> Optional[LinuxConsole]:
         """The guest answers on the target's console, without a reset, buffer intact."""
         before = self._status("src")
-        out: Dict[str, Any] = {"uptime_before": before.uptime if before else None,
-                               "n_before": before.n if before else None,
-                               "sum_boot": self.boot_sum()}
+        pong = check = None
+        error = ""
         try:
-            out["pong_uptime"] = float(self.command(vm.side, "ping", timeout)["uptime"])
-            out["sum_check"] = self.command(vm.side, "check", timeout)["sum"]
+            pong = float(self.command(vm.side, "ping", timeout)["uptime"])
+            check = self.command(vm.side, "check", timeout)["sum"]
         except (WaitTimeout, OSError, HarnessError) as exc:
-            out["console_error"] = str(exc)
+            error = str(exc)
         st = self._status(vm.side)
-        out["err_after"] = st.err if st else None
-        out["dst_boot_markers"] = self.boots_seen(vm.side)
+        devices: Dict[str, str] = {}
         for line in self._lines("src"):
             m = self.devices_re.match(line)
             if m:
-                out["devices"] = m.groupdict()
-        return out
+                devices = m.groupdict()
+        return LinuxConsole(before.uptime if before else None, before.n if before else None,
+                            self.boot_sum(), pong, check, error,
+                            st.err if st else None, self.boots_seen(vm.side), devices)

@@ -27,10 +27,7 @@ from harness.core.errors import AbnormalShutdown, VMLaunchFailure, WaitTimeout
 from harness.core.logs import tail
 from harness.core.wait import wait_until
 from harness.qemu.qmp import QMPSession
-
-#: Recorded intents: why a process ended when the harness ended it or expected it to
-#: (EXECED: it became another QEMU in place, cpr-exec; that QemuProcess lives on).
-QUIT, KILLED, REFUSED, EXECED = "quit", "killed", "refused", "execed"
+from harness.qemu.states import Intent
 
 
 def describe_exit(code: Optional[int]) -> str:
@@ -75,9 +72,9 @@ class QemuProcess:
         self.proc: Optional[subprocess.Popen] = None
         self.qmp: Optional[QMPSession] = None
         self.exitcode: Optional[int] = None
-        #: Why the process ended, when we ended it or expected it to end: QUIT, KILLED,
-        #: REFUSED, or None.
-        self.intent: Optional[str] = None
+        #: Why the process ended, when we ended it or expected it to end (None: we
+        #: did not).
+        self.intent: Optional[Intent] = None
         #: When it was launched and when it was first seen dead (time.monotonic()).
         self.launched_at: Optional[float] = None
         self.exited_at: Optional[float] = None
@@ -88,7 +85,7 @@ class QemuProcess:
         object's command line (given to the exec) and monitor, ``old``'s log."""
         self.proc, self.launched_at, self._starttime = old.proc, old.launched_at, old._starttime
         self.log_path, self.core_dir = old.log_path, old.core_dir
-        old.intent = EXECED
+        old.intent = Intent.EXECED
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -113,6 +110,12 @@ class QemuProcess:
         self.launched_at = time.monotonic()
         # Identity by /proc start time, as the janitor's: a recycled pid is not ours.
         self._starttime = proc_starttime(self.proc.pid)
+
+    @property
+    def name(self) -> str:
+        """Its artifact name: its log's (``dst``, ``dst-retry``, ``src``...)."""
+        base = os.path.basename(self.log_path)
+        return base[:-len(".log")] if base.endswith(".log") else base
 
     @property
     def pid(self) -> int:
@@ -177,7 +180,7 @@ class QemuProcess:
                             show=lambda _c: "running")
         return waited.value
 
-    def expect_exit(self, intent: str = REFUSED) -> None:
+    def expect_exit(self, intent: Intent = Intent.REFUSED) -> None:
         """Record that an exit of this QEMU is expected (a refusing target)."""
         self.intent = self.intent or intent
 
@@ -196,12 +199,12 @@ class QemuProcess:
             if self.proc is not None and self.proc.poll() is None:
                 asked = False
                 if self.qmp is not None and self.qmp.connected:
-                    self.intent = self.intent or QUIT
+                    self.intent = self.intent or Intent.QUIT
                     asked = True
                     self.qmp.try_cmd("quit", timeout=min(3.0, timeout))
                     self._wait_quietly(timeout / 2)
                 if self.proc.poll() is None:
-                    self.intent = self.intent or KILLED
+                    self.intent = self.intent or Intent.KILLED
                     self._signal_all(signal.SIGTERM)
                     self._wait_quietly(min(3.0, timeout / 2))
                     forced = "terminated (SIGTERM)" if asked else ""
@@ -223,7 +226,7 @@ class QemuProcess:
 
     def kill(self) -> None:
         """Kill on purpose (fault injection): recorded so it is not reported as a crash."""
-        self.intent = KILLED
+        self.intent = Intent.KILLED
         if self.is_running():
             self._signal_all(signal.SIGKILL)
             self._wait_quietly(5.0)
@@ -276,5 +279,4 @@ class QemuProcess:
         return f"<QemuProcess {self.side} {state}>"
 
 
-__all__ = ["QemuProcess", "describe_exit", "QUIT", "KILLED", "REFUSED", "EXECED",
-           "WaitTimeout"]
+__all__ = ["QemuProcess", "describe_exit", "Intent", "WaitTimeout"]

@@ -1,16 +1,17 @@
 """What a pair left behind, once it is over or a QEMU is gone: the backtrace of a QEMU
 that crashed, the deaths nobody asked for, each QEMU's QMP transcript. A mix-in of
-:class:`harness.run.driver.PairDriver` (it uses the driver's result ``r``, its
-``artifacts`` directory and ``resumed_at``)."""
+:class:`harness.run.pair.Pair` (it uses the pair's result ``r``, its ``artifacts``
+directory and ``resumed_at``)."""
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Set
 
 from harness.core.logs import tail
+from harness.core.sides import Side
 from harness.qemu.crash import Crash, diagnose
 from harness.qemu.process import QemuProcess, describe_exit
-from harness.run.result import Death
+from harness.run.records import Death
 
 
 class Aftermath:
@@ -18,45 +19,48 @@ class Aftermath:
     artifacts: str
     resumed_at: Optional[float]
     _diagnosed: Dict[int, Optional[Crash]]
+    #: QEMUs whose death an observation window already reported.
+    window_deaths: Set[int]
 
     def diagnose(self, vm: QemuProcess) -> Optional[Crash]:
         """The backtrace of a QEMU that died by a core-dumping signal, once, attached
         beside its log (``src.backtrace``...)."""
         if id(vm) in self._diagnosed:
             return self._diagnosed[id(vm)]
-        name = os.path.basename(vm.log_path)[:-len(".log")]
-        path = os.path.join(self.artifacts, f"{name}.backtrace.txt")
+        path = os.path.join(self.artifacts, f"{vm.name}.backtrace.txt")
         crash = diagnose(vm.side, vm.pid, vm.poll(), vm.exe, vm.core_dir, path)
         self._diagnosed[id(vm)] = crash
         if crash is not None:
-            self.r.crashes.append(crash.to_dict())
+            self.r.crashes.append(crash)
             if crash.backtrace_path:
-                self.r.artifacts[f"{name}.backtrace"] = crash.backtrace_path
+                self.r.artifacts[f"{vm.name}.backtrace"] = crash.backtrace_path
         return crash
+
+    def death_of(self, vm: QemuProcess, noticed: str) -> Death:
+        """The record of ``vm``'s death: side, how (with its backtrace), when, its log."""
+        since = None
+        if self.resumed_at is not None and vm.exited_at is not None:
+            since = round(vm.exited_at - self.resumed_at, 3)
+        crash = self.diagnose(vm)
+        how = describe_exit(vm.exitcode) + (f" ({crash.describe()})" if crash else "")
+        return Death(vm.name, Side(vm.side), vm.exitcode, how, since, tail(vm.log_path, 5),
+                     vm.log_path, noticed)
 
     def record_deaths(self, vms: List[QemuProcess]) -> None:
         """A QEMU that died before teardown, neither ended by the harness nor expected to
         end, is a failure of the case: record side, how, when, and its log."""
         for vm in vms:
-            if not vm.died_unexpectedly() or id(vm) in self.window_deaths:
-                continue
-            since = None
-            if self.resumed_at is not None and vm.exited_at is not None:
-                since = round(vm.exited_at - self.resumed_at, 3)
-            crash = self.diagnose(vm)
-            how = describe_exit(vm.exitcode) + (f" ({crash.describe()})" if crash else "")
-            self.r.deaths.append(Death(vm.side, vm.exitcode, how, since,
-                                       tail(vm.log_path, 5), vm.log_path).__dict__)
+            if vm.died_unexpectedly() and id(vm) not in self.window_deaths:
+                self.r.deaths.append(self.death_of(vm, "noticed at teardown"))
 
     def write_transcripts(self, vms: List[QemuProcess]) -> None:
         """Each QEMU's QMP transcript beside its log (``dst-retry.qmp.jsonl``...)."""
         for vm in vms:
             if vm.qmp is None:
                 continue
-            name = os.path.basename(vm.log_path)[:-len(".log")]
             text = vm.qmp.transcript_text()
-            self.r.transcripts[name] = text
-            path = os.path.join(self.artifacts, f"{name}.qmp.jsonl")
+            self.r.transcripts[vm.name] = text
+            path = os.path.join(self.artifacts, f"{vm.name}.qmp.jsonl")
             with open(path, "w") as f:
                 f.write(text)
-            self.r.artifacts[f"{name}.qmp"] = path
+            self.r.artifacts[f"{vm.name}.qmp"] = path

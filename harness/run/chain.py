@@ -1,22 +1,26 @@
 """A chain of live updates of one guest (the soak): A -> B -> C -> ..., each target
 becoming the next source, on the same memory all the way. Each hop is an attempt of
-the pair driver, like a conformance case's."""
+the pair driver, like a conformance case's, watched the same way (both QEMUs through
+its window)."""
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Optional
+from typing import Optional
 
 import psutil
 
 from harness.core.observe import NULL_OBSERVER, Observer
 from harness.core.wait import case_deadline
+from harness.run.attempt import Attempt
+from harness.run.checks.chain import hop_problem
 from harness.run.config import RunConfig
-from harness.run.driver import PairDriver, source_mode_readback
+from harness.run.driver import PairDriver
+from harness.run.outcomes import source_mode_readback
 from harness.run.plan import VALID_KINDS
-from harness.run.result import Attempt, ChainResult
+from harness.run.records import Role
+from harness.run.result import ChainResult, HopRecord
 from harness.run.setup import prepare
-from harness.run.verdict import failed, window_checks
-from harness.scenario.model import Observed, Scenario
+from harness.scenario.model import Scenario
 
 
 def _rss_anon_kib(pid: int) -> Optional[int]:
@@ -57,41 +61,22 @@ def run_chain(sc: Scenario, cfg: RunConfig, artifacts_dir: str, hops: int,
     return chain
 
 
-def _hop_problem(d: PairDriver, a: Attempt, last: Any, boots0: int) -> str:
-    """Why hop ``a`` is not a good live update ("" when it is)."""
-    if a.observed is not Observed.COMPLETED:
-        return f"transfer {a.observed}: {a.message[-300:]}"
-    if a.dst_status_after != "running" or a.src_status_after != "postmigrate":
-        return f"states: dst {a.dst_status_after}, src {a.src_status_after}"
-    if not a.counter_moved_on_dst or (a.counter_after or 0) <= last.counter:
-        return f"guest counter did not move on: {last.counter} -> {a.counter_after}"
-    if a.boots_after != boots0:
-        return f"guest was reset: boot count {boots0} -> {a.boots_after}"
-    bad = failed(window_checks(a.window, boots0))
-    if bad:
-        return "; ".join(f"{c.check}: expected {c.expected}, got {c.actual}" for c in bad)
-    return ""
-
-
 def _hops(d: PairDriver, c: ChainResult) -> None:
     inode0 = d.ev.ram_inode(d.source.pid) if d.ev.applicable else None
     c.ram_inode = inode0
     last = d.work_area(d.source)
-    boots0 = last.boots
+    c.boots_before = boots0 = last.boots
     for i in range(1, c.hops_wanted + 1):
         source_mode_readback(d.source.qmp, "cpr-transfer")
         d.r.counter_before = last.counter
-        a = Attempt(f"hop{i:03d}")
+        a = Attempt(Role.HOP, f"hop{i:03d}", counter_reference=last.counter)
         with d.phase("transfer", f"hop {i}: transfer to a new QEMU"):
             d.attempt(a, VALID_KINDS)
-        hop: Dict[str, Any] = {"hop": i, "observed": a.observed.value if a.observed else None,
-                               "downtime_ms": a.query_migrate.get("downtime"),
-                               "counter_after": a.counter_after, "boots": a.boots_after,
-                               "counter_moved": a.counter_moved_on_dst,
-                               "window": a.window}
-        problem = _hop_problem(d, a, last, boots0)
+        rec = a.record(d.ev.setup.applicable, d.ev.setup.pattern_applicable)
+        problem = hop_problem(rec, last.counter, boots0)
+        inode = None
         if not problem and inode0 is not None:
-            hop["ram_inode"] = inode = d.ev.ram_inode(d.target.pid)
+            inode = d.ev.ram_inode(d.target.pid)
             if inode != inode0:
                 problem = f"RAM file changed: inode {inode0} -> {inode}"
         # The old source is done: quit it, the target becomes the source. A mixed pair
@@ -101,10 +86,11 @@ def _hops(d: PairDriver, c: ChainResult) -> None:
         d.dialect = d.dialect.for_side("dst")
         d.old_dsts.append(old)
         d.shutdown_quietly(old)
+        hop = HopRecord(i, rec, inode)
         if not problem:
-            hop["open_fds"] = len(os.listdir(f"/proc/{d.source.pid}/fd"))
-            hop["rss_anon_kib"] = _rss_anon_kib(d.source.pid)
-            hop["threads"] = psutil.Process(d.source.pid).num_threads()
+            hop = HopRecord(i, rec, inode, len(os.listdir(f"/proc/{d.source.pid}/fd")),
+                            _rss_anon_kib(d.source.pid),
+                            psutil.Process(d.source.pid).num_threads())
             last = d.work_area(d.source)
         c.hops.append(hop)
         if problem:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, List, Optional
+from typing import Dict, List, Optional
 
 from harness.core.errors import QMPCommandFailed, QMPConnectionLost, VMLaunchFailure, WaitTimeout
 from harness.core.wait import wait_until
@@ -25,12 +25,13 @@ from harness.cpr.faults import BAD_DEVICE_ARGS, Action, Fault, Stage
 from harness.cpr.relay import Relay
 from harness.evidence.collector import M_TRANSFER
 from harness.evidence.memory import find_ram_fd
+from harness.qemu.states import RunState
+from harness.run import outcomes
+from harness.run.attempt import Attempt
+from harness.run.outcomes import refused, source_mode_readback
+from harness.run.pair import Pair
 from harness.run.plan import render_channels
-from harness.run.result import Attempt
 from harness.scenario.model import Observed
-
-if TYPE_CHECKING:
-    from harness.run.driver import PairDriver
 
 #: A target whose cpr channel cannot be watched gets this long to refuse (exit).
 REFUSE_GRACE_S = 2.0
@@ -53,18 +54,8 @@ class Links:
 class HandOver:
     mode = ""
 
-    def __init__(self, d: "PairDriver"):
+    def __init__(self, d: Pair):
         self.d = d
-
-    #: The channels of the attempt in flight.
-    current: Optional["Links"] = None
-
-    def release_channels(self) -> None:
-        """Let a source go that is blocked on a channel of the current attempt whose
-        other end died with the target."""
-        if self.current is not None:
-            for c in (self.current.src_main, self.current.dst_main):
-                c.release()
 
     def prepare_source(self, a: Attempt) -> None:
         """Source-side set-up before the first attempt (may settle it: a refusal): the
@@ -85,8 +76,6 @@ class CprTransfer(HandOver):
     mode = "cpr-transfer"
 
     def prepare_source(self, a: Attempt) -> None:
-        from harness.run.driver import refused, source_mode_readback
-
         sq = self.d.source.qmp
         source_mode_readback(sq, "cpr-transfer")
         super().prepare_source(a)
@@ -122,8 +111,8 @@ class CprTransfer(HandOver):
             sm = Channel("main", "unix", {"transport": "socket", "type": "unix",
                                           "path": relay_path}, None)
         d.chans += list({id(c): c for c in (dm, sm, dc, scpr)}.values())
-        self.current = Links(sm, dm, scpr, dc, relay)
-        return self.current
+        d.in_flight = [sm, dm]
+        return Links(sm, dm, scpr, dc, relay)
 
     # -- phases -----------------------------------------------------------------------
 
@@ -135,7 +124,7 @@ class CprTransfer(HandOver):
             fault.action is Action.BAD_ARGUMENT else []
         incoming = d.dialect.target_incoming(ln.dst_main, ln.dst_cpr, self.defer(a))
         sockdir = os.path.join(d.workdir, a.tag)
-        machine = d.bins.target_machine(retry=a.tag != "first")
+        machine = d.bins.target_machine(retry=not a.first)
         with d.phase("launch-dst", f"start dst ({a.tag})"):
             dst = d.launch("dst", d.vm_args("dst", sockdir, machine) + extra + incoming, a.tag,
                            ln.dst_main.dst_pass_fds + ln.dst_cpr.dst_pass_fds, sockdir)
@@ -145,14 +134,14 @@ class CprTransfer(HandOver):
             try:
                 self._wait_ready(ln.dst_cpr, dst)
             except VMLaunchFailure:
-                d.dst_exited(a)
+                outcomes.dst_exited(d, a)
                 return
         d.mark(f"{a.tag}_dst_listening")
         self.fault(Stage.LISTENING, a, ln)
 
     def defer(self, a: Attempt) -> bool:
         """``-incoming defer`` is the first attempt's (retries and hops are immediate)."""
-        return a.tag == "first" and self.d.sc.incoming == "defer"
+        return a.first and self.d.sc.incoming == "defer"
 
     def _wait_ready(self, cpr: Channel, dst) -> None:
         alive = lambda: dst.check_alive("before it was ready for the transfer")  # noqa: E731
@@ -184,12 +173,10 @@ class CprTransfer(HandOver):
         ln.fired = f
         a.fault = f.name
         if ln.migrated:
-            d.after_fault(a, f)
+            outcomes.after_fault(d, a, f)
 
     def hand_over(self, a: Attempt, ln: Links) -> None:
         """The source's fds, cpr preparation and ``migrate``; a QMP error is a refusal."""
-        from harness.run.driver import refused
-
         d = self.d
         sq = d.source.qmp
         try:
@@ -206,7 +193,7 @@ class CprTransfer(HandOver):
         d.mark(f"{a.tag}_migrate_issued")
         ln.migrated = True
         if ln.fired is not None:
-            d.after_fault(a, ln.fired)
+            outcomes.after_fault(d, a, ln.fired)
 
     def connect_dst(self, a: Attempt, ln: Links) -> None:
         """The target's monitor (up once it read CPR state); defer: migrate-incoming."""
@@ -214,7 +201,7 @@ class CprTransfer(HandOver):
         try:
             dq = d.target.connect_qmp(d.t.start)
         except VMLaunchFailure:
-            d.dst_exited(a)
+            outcomes.dst_exited(d, a)
             return
         d.mark(f"{a.tag}_dst_monitor_up")
         self.fault(Stage.CPR_READ, a, ln)
@@ -236,23 +223,23 @@ class CprTransfer(HandOver):
         d = self.d
         sq = d.source.qmp
         try:
-            status = d.wait_migration(sq)
+            status = outcomes.wait_migration(d, sq)
             a.query_migrate = sq.cmd("query-migrate")
         except QMPConnectionLost:
-            d.crashed(a, d.source)
+            outcomes.crashed(d, a, d.source)
             return
         if not d.target.is_running():
             # Exited on its own: a refusal, even where the source (without a return
             # path) already called the migration completed.
-            d.dst_exited(a)
+            outcomes.dst_exited(d, a)
             return
         if status == "completed":
             a.settle(Observed.COMPLETED)
             return
         try:
-            a.dst_status_after = d.target.qmp.cmd("query-status")["status"]
+            a.dst_state = RunState(d.target.qmp.cmd("query-status")["status"])
         except QMPConnectionLost:  # it exited right after the failed load
-            d.dst_exited(a)
+            outcomes.dst_exited(d, a)
             return
         a.settle(Observed.FAILED, a.query_migrate.get("error-desc", status))
 
@@ -302,7 +289,7 @@ class CprReboot(HandOver):
         d.ev.mark(M_TRANSFER)
         src.qmp.cmd("migrate", {"uri": f"file:{state}"})
         d.mark(f"{a.tag}_migrate_issued")
-        status = d.wait_migration(src.qmp)
+        status = outcomes.wait_migration(d, src.qmp)
         a.query_migrate = src.qmp.cmd("query-migrate")
         if status != "completed":
             a.settle(Observed.FAILED, a.query_migrate.get("error-desc", status))
@@ -329,8 +316,6 @@ class CprExec(HandOver):
     mode = "cpr-exec"
 
     def prepare_source(self, a: Attempt) -> None:
-        from harness.run.driver import refused, source_mode_readback
-
         sq = self.d.source.qmp
         source_mode_readback(sq, "cpr-exec")
         super().prepare_source(a)
@@ -345,7 +330,7 @@ class CprExec(HandOver):
         d = self.d
         wd = self._attempt_dir(a)
         state = os.path.join(wd, "vm.state")
-        defer = a.tag == "first" and d.sc.incoming == "defer"
+        defer = a.first and d.sc.incoming == "defer"
         dst = d.prepare_exec_target(a, wd, ["-incoming", "defer" if defer else f"file:{state}"])
         src = d.source
         try:
@@ -354,7 +339,6 @@ class CprExec(HandOver):
             src.qmp.cmd("migrate", {"channels": [{"channel-type": "main", "addr": {
                 "transport": "file", "filename": state, "offset": 0}}]})
         except QMPCommandFailed as exc:
-            from harness.run.driver import refused
             refused(a, src.qmp, exc)
             return
         d.mark(f"{a.tag}_migrate_issued")
@@ -366,7 +350,7 @@ class CprExec(HandOver):
             try:
                 dq = dst.connect_qmp(d.t.start)
             except VMLaunchFailure:
-                d.dst_exited(a)
+                outcomes.dst_exited(d, a)
                 return
         if defer:
             dq.cmd("migrate-incoming", {"channels": [{"channel-type": "main", "addr": {
@@ -395,7 +379,7 @@ class CprExec(HandOver):
                         goal=lambda x: x == "exec'd", side="src", interval=0.005,
                         terminal=lambda x: x in ("dead", "failed", "cancelled")).value
         if st == "dead":
-            d.crashed(a, src)
+            outcomes.crashed(d, a, src)
         elif st != "exec'd":
             a.query_migrate = src.qmp.cmd("query-migrate")
             a.settle(Observed.SRC_REFUSED, a.query_migrate.get("error-desc", st))
@@ -404,8 +388,8 @@ class CprExec(HandOver):
         return st == "exec'd"
 
 
-def _await_completed(d: "PairDriver", a: Attempt) -> None:
-    status = d.wait_migration(d.source.qmp)
+def _await_completed(d: Pair, a: Attempt) -> None:
+    status = outcomes.wait_migration(d, d.source.qmp)
     a.query_migrate = d.source.qmp.cmd("query-migrate")
     a.settle(Observed.COMPLETED if status == "completed" else Observed.FAILED,
              "" if status == "completed" else a.query_migrate.get("error-desc", status))
@@ -414,7 +398,7 @@ def _await_completed(d: "PairDriver", a: Attempt) -> None:
 HANDOVERS: Dict[str, type] = {h.mode: h for h in (CprTransfer, CprExec, Precopy, CprReboot)}
 
 
-def for_mode(mode: str, d: "PairDriver") -> HandOver:
+def for_mode(mode: str, d: Pair) -> HandOver:
     return HANDOVERS[mode](d)
 
 

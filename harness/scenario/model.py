@@ -48,6 +48,37 @@ class Expect(str, enum.Enum):
         return self.value
 
 
+class Verdict(enum.StrEnum):
+    """A case's verdict, in the order a reader should look at them."""
+    FAIL = "fail"
+    ERROR = "error"
+    XPASS = "xpass"
+    XFAIL = "xfail"
+    SKIP = "skip"
+    PASS = "pass"
+
+    @property
+    def meaning(self) -> str:
+        return _MEANING[self]
+
+    @property
+    def bad(self) -> bool:
+        """A verdict that needs attention (a regression when it is new)."""
+        return self in (Verdict.FAIL, Verdict.ERROR)
+
+
+_MEANING = {
+    Verdict.PASS: "QEMU did what the scenario requires",
+    Verdict.FAIL: "QEMU did not: a conformance check failed (a QEMU that crashed or hung "
+                  "included)",
+    Verdict.ERROR: "the harness could not reach a verdict (its own fault, or the host's)",
+    Verdict.XFAIL: "a known deviation of this QEMU, reproduced as recorded",
+    Verdict.XPASS: "a known deviation no longer reproduces: QEMU changed (or the entry is "
+                   "stale)",
+    Verdict.SKIP: "not run: a capability this QEMU or host lacks",
+}
+
+
 _ACCEPTS: Dict[Expect, FrozenSet[Observed]] = {
     Expect.COMPLETES: frozenset({Observed.COMPLETED}),
     Expect.SRC_REFUSES: frozenset({Observed.SRC_REFUSED}),

@@ -14,6 +14,9 @@ from typing import Any, Dict, List, Optional, Sequence
 from harness.core.errors import UsageError
 from harness.run.config import RunConfig
 from harness.run.driver import run_scenario
+from harness.evidence.pause import PauseFigures
+from harness.evidence.stream import StreamFigures
+from harness.run.records import AttemptEvidence
 from harness.run.verdict import failed, judge
 from harness.scenario import catalogue
 from harness.scenario.model import Scenario
@@ -72,18 +75,19 @@ def run_sweep(sizes_mb: Sequence[int], cfg: RunConfig, out_dir: str,
             continue
         r = run_scenario(sc, cfg, case_dir)
         bad = failed(judge(r))
-        ev = r.evidence
-        pause = ev.get("pause") or {}
-        stream = ev.get("stream") or {}
+        ev = r.first.evidence if r.first is not None else AttemptEvidence()
+        pause = ev.pause or PauseFigures()
+        stream = ev.stream or StreamFigures()
         rows.append(SweepRow(
             ram_mb=mb, verdict="pass" if not bad else "fail",
-            failed_checks=[m.check for m in bad],
-            transferred=stream.get("transferred"), normal=stream.get("normal"),
-            guest_pause_ms=pause.get("guest_pause_ms"),
-            noise_floor_ms=pause.get("noise_floor_ms"),
-            qemu_downtime_ms=pause.get("qemu_downtime_ms"),
-            qemu_total_time_ms=pause.get("qemu_total_time_ms"),
-            verify_s=(ev.get("pattern") or {}).get("elapsed"), case_dir=case_dir))
+            failed_checks=[m.name for m in bad],
+            transferred=stream.transferred, normal=stream.normal,
+            guest_pause_ms=pause.guest_pause_ms,
+            noise_floor_ms=pause.noise_floor_ms,
+            qemu_downtime_ms=pause.qemu_downtime_ms,
+            qemu_total_time_ms=pause.qemu_total_time_ms,
+            verify_s=ev.pattern.elapsed if ev.pattern is not None else None,
+            case_dir=case_dir))
     return rows
 
 

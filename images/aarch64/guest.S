@@ -17,10 +17,17 @@
  * naturally aligned, and the 64-bit counter is one `str x` (single-copy
  * atomic), so a host reader never sees a torn counter.
  *
+ * Heartbeat: every HEARTBEAT_MS of the guest's time (the virtual counter
+ * CNTVCT_EL0 at CNTFRQ_EL0 ticks per second) it prints `hb <seq>\n`, seq =
+ * the work area's `heartbeats` field in 8 lowercase hex digits (0 after a
+ * boot), then bumps the field. The counter is read only every
+ * 2^CLOCK_CHECK_SHIFT passes of the counter loop.
+ *
  * Build: `python images/build.py aarch64-virt`. The constants (WORK_BASE,
- * OFF_*, MAGIC, VERSION, SERIAL_BASE, HEARTBEAT_SHIFT, RAM_BASE, ROM_BASE,
- * ROM_SIZE and the BOOT_MARKER / HEARTBEAT strings) are generated from
- * layout.json into layout.inc by build.py; nothing here repeats them.
+ * OFF_*, MAGIC, VERSION, SERIAL_BASE, HEARTBEAT_MS, CLOCK_CHECK_SHIFT,
+ * RAM_BASE, ROM_BASE, ROM_SIZE and the BOOT_MARKER / HEARTBEAT_PREFIX
+ * strings) are generated from layout.json into layout.inc by build.py;
+ * nothing here repeats them.
  *
  * Assembled with `aarch64-linux-gnu-as`, linked with `aarch64-linux-gnu-ld
  * -T link.ld`, flattened with `aarch64-linux-gnu-objcopy -O binary`.
@@ -31,8 +38,8 @@
 	.if ROM_BASE != 0 || ROM_SIZE != 0x10000
 	.error "link.ld assumes a 64 KiB ROM at 0x0"
 	.endif
-	.if HEARTBEAT_SHIFT < 1 || HEARTBEAT_SHIFT > 31
-	.error "HEARTBEAT_SHIFT must be 1..31"
+	.if CLOCK_CHECK_SHIFT > 20 || HEARTBEAT_DIGITS != 8 || HEARTBEAT_PREFIX_LEN > 7
+	.error "CLOCK_CHECK_SHIFT must be 0..20, the sequence 8 hex digits, the line <= 16 bytes"
 	.endif
 	.if WORK_BASE < RAM_BASE
 	.error "the work area must be in RAM"
@@ -48,9 +55,11 @@
 	.set UART_IMSC, 0x38
 	.set UART_ICR,  0x44
 	.set FR_TXFF_BIT, 5		/* transmit FIFO full */
+	.set FR_TXFE_BIT, 7		/* transmit FIFO empty */
 	.set TX_SPIN, 0x4000		/* bound on FR polls per byte */
 
-	.set HB_MASK, (1 << HEARTBEAT_SHIFT) - 1
+	.set CHECK_MASK, (1 << CLOCK_CHECK_SHIFT) - 1
+	.set FALLBACK_KHZ, 62500	/* CNTFRQ_EL0 unset (QEMU sets it): say 62.5 MHz */
 
 /*
  * PUTS start, end: write the bytes [start, end) to the UART at x1.
@@ -72,6 +81,20 @@
 	str	w6, [x1, #UART_DR]
 	subs	x4, x4, #1
 	b.ne	.Lputs_byte\@
+	.endm
+
+/*
+ * WAIT_TXFE: wait until the transmit FIFO is empty (FR.TXFE; then all 16
+ * bytes of it are free), at most TX_SPIN polls. Clobbers w5, w6.
+ */
+	.macro WAIT_TXFE
+	mov	w5, #TX_SPIN
+.Ltxfe_poll\@:
+	ldr	w6, [x1, #UART_FR]
+	tbnz	w6, #FR_TXFE_BIT, .Ltxfe_done\@
+	subs	w5, w5, #1
+	b.ne	.Ltxfe_poll\@
+.Ltxfe_done\@:
 	.endm
 
 	.section .text, "ax"
@@ -113,24 +136,79 @@ _start:
 1:	str	w0, [x2, #OFF_BOOTS]
 	str	xzr, [x2, #OFF_COUNTER]
 	str	wzr, [x2, #OFF_HEARTBEATS]
+	str	wzr, [x2, #OFF_CLOCK_KHZ]
 	mov	w0, #VERSION
 	str	w0, [x2, #OFF_VERSION]
 	dmb	sy
 	str	w7, [x2, #OFF_MAGIC]	/* last: a valid magic means a complete header */
 
-	/* 3. main loop: the 64-bit counter lives in RAM (read, +1, one 64-bit
-	 * store), so a lost or zeroed work area shows as a counter restart;
-	 * a heartbeat every 2^HEARTBEAT_SHIFT passes */
+	/* 3. the clock: CNTVCT_EL0 at CNTFRQ_EL0 Hz. x9 = ticks per ms,
+	 * x10 = ticks per heartbeat, for good; the first heartbeat is due a
+	 * period from now */
+	mrs	x9, cntfrq_el0
+	mov	x10, #1000
+	udiv	x9, x9, x10
+	cbnz	x9, 2f
+	ldr	x9, =FALLBACK_KHZ
+2:	mov	x10, #HEARTBEAT_MS
+	mul	x10, x9, x10
+	isb
+	mrs	x11, cntvct_el0
+	add	x11, x11, x10
+	str	x11, [x2, #OFF_HB_DUE]
+	dmb	sy
+	str	w9, [x2, #OFF_CLOCK_KHZ]	/* calibrated: clock_khz != 0 */
+
+	/* 4. main loop: the 64-bit counter lives in RAM (read, +1, one 64-bit
+	 * store), so a lost or zeroed work area shows as a counter restart.
+	 * Every 2^CLOCK_CHECK_SHIFT passes the clock is read, and a heartbeat
+	 * printed once hb_due has passed */
 main_loop:
 	ldr	x0, [x2, #OFF_COUNTER]
 	add	x0, x0, #1
 	str	x0, [x2, #OFF_COUNTER]
-	tst	x0, #HB_MASK
+	tst	x0, #CHECK_MASK
 	b.ne	main_loop
-	PUTS	hb_msg, hb_msg_end
-	ldr	w0, [x2, #OFF_HEARTBEATS]
-	add	w0, w0, #1
-	str	w0, [x2, #OFF_HEARTBEATS]
+	mrs	x11, cntvct_el0
+	ldr	x12, [x2, #OFF_HB_DUE]
+	subs	x13, x11, x12		/* now - due, signed */
+	b.mi	not_due
+	cmp	x13, x10		/* due; a period late or more (a stall, a */
+	b.hs	resync			/* clock that jumped): no burst of lines, */
+	add	x12, x12, x10		/* the next one a period from now */
+	str	x12, [x2, #OFF_HB_DUE]	/* on time: the next one a period on */
+	b	heartbeat
+not_due:				/* due more than a period ahead: the */
+	neg	x13, x13		/* clock went back; count from now */
+	cmp	x13, x10
+	b.ls	main_loop
+	add	x11, x11, x10
+	str	x11, [x2, #OFF_HB_DUE]
+	b	main_loop
+resync:
+	add	x11, x11, x10
+	str	x11, [x2, #OFF_HB_DUE]
+heartbeat:				/* HEARTBEAT_PREFIX, 8 hex digits, "\n": */
+	WAIT_TXFE			/* one burst into the empty FIFO */
+	adr	x3, hb_prefix
+	mov	x4, #(hb_prefix_end - hb_prefix)
+5:	ldrb	w6, [x3], #1
+	str	w6, [x1, #UART_DR]
+	subs	x4, x4, #1
+	b.ne	5b
+	ldr	w7, [x2, #OFF_HEARTBEATS]
+	adr	x3, hex_digits
+	mov	w8, #28			/* most significant nibble first */
+6:	lsr	w6, w7, w8
+	and	w6, w6, #0xF
+	ldrb	w6, [x3, x6]
+	str	w6, [x1, #UART_DR]
+	subs	w8, w8, #4
+	b.pl	6b
+	mov	w6, #0x0A
+	str	w6, [x1, #UART_DR]
+	add	w7, w7, #1
+	str	w7, [x2, #OFF_HEARTBEATS]	/* lines printed since this boot */
 	b	main_loop
 
 park:
@@ -144,6 +222,8 @@ park:
 boot_msg:
 	BOOT_MARKER_BYTES
 boot_msg_end:
-hb_msg:
-	HEARTBEAT_BYTES
-hb_msg_end:
+hb_prefix:
+	HEARTBEAT_PREFIX_BYTES
+hb_prefix_end:
+hex_digits:
+	.ascii	"0123456789abcdef"

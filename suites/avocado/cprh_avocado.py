@@ -42,6 +42,7 @@ from harness.run import config, identity, setup, verdict  # noqa: E402
 from harness.run.config import RunConfig  # noqa: E402
 from harness.scenario import catalogue, expectations  # noqa: E402
 from harness.scenario.model import Scenario  # noqa: E402
+from harness.tools.report import verdicts  # noqa: E402
 
 TEST_FILE = Path(__file__).resolve().parent / "cpr_transfer.py"
 TEST_METHOD = "CprTransfer.test_scenario"
@@ -58,14 +59,10 @@ SLOW_REASON = catalogue.SLOW_REASON
 SUITES = catalogue.SUITES
 
 #: How a strict expected failure that passed announces itself in avocado's fail_reason
-#: (pytest says ``[XPASS(strict)]``).
-XPASS_PREFIX = "XPASS(strict)"
-
-#: avocado status -> the matrix's verdict (harness.report.VERDICTS); FAIL is ``xpass``
-#: when its reason starts with XPASS_PREFIX.
-VERDICT_OF_STATUS = {"PASS": "pass", "FAIL": "fail", "ERROR": "error",
-                     "INTERRUPTED": "error", "WARN": "xfail", "CANCEL": "skip",
-                     "SKIP": "skip"}
+#: (pytest says ``[XPASS(strict)]``), and avocado status -> the matrix's verdict: the
+#: library's (harness.tools.report.verdicts).
+XPASS_PREFIX = verdicts.XPASS_PREFIX
+VERDICT_OF_STATUS = {k: v.value for k, v in verdicts.AVOCADO_STATUS.items()}
 
 
 # --------------------------------------------------------------------------- the case
@@ -174,13 +171,8 @@ check_binaries = setup.check_binaries
 
 def verdict_of_test(test: Mapping[str, Any]) -> Tuple[str, str]:
     """(verdict, reason) of one entry of avocado's results.json, in the matrix's terms."""
-    status = str(test.get("status") or "ERROR").upper()
-    reason = test.get("fail_reason") or ""
-    reason = "" if reason == "<unknown>" else str(reason)
-    verdict = VERDICT_OF_STATUS.get(status, "error")
-    if status == "FAIL" and reason.startswith(XPASS_PREFIX):
-        verdict = "xpass"
-    return verdict, reason
+    verdict, reason = verdicts.of_avocado(test)
+    return verdict.value, reason
 
 
 def scenario_of_test(test: Mapping[str, Any]) -> Optional[str]:

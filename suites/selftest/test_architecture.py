@@ -44,6 +44,57 @@ def imports(tree):
             yield node.module
 
 
+def _graph():
+    """module -> the harness modules it imports (every import: module level, function
+    local, TYPE_CHECKING; ``from pkg import sub`` counts as importing ``pkg.sub``)."""
+    trees = {name: tree for name, _, tree in modules()}
+    graph = {}
+    for name, tree in trees.items():
+        deps = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names if a.name in trees}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                subs = {f"{node.module}.{a.name}" for a in node.names} & set(trees)
+                deps |= subs or ({node.module} & set(trees))
+        graph[name] = deps - {name}
+    return graph
+
+
+def test_no_import_cycles():
+    """No module imports one that imports it back, directly or around a loop, whatever
+    the import hides behind (a function, TYPE_CHECKING): a cycle inside a package is
+    two modules that should be one, or a piece that belongs below both."""
+    graph = _graph()
+    index, low, stack, on, cycles = {}, {}, [], set(), []
+
+    def visit(v):  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                cycles.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    assert not cycles, cycles
+
+
 def test_every_module_is_in_a_layer():
     for name, _, _ in modules():
         if name == "harness":

@@ -366,7 +366,7 @@ def test_reserved_huge_pages_go_back_when_the_runner_is_killed(short_base):
         import sys, time
         sys.path.insert(0, {str(ROOT)!r})
         from harness.core.errors import Unsupported
-        from harness.core.hugepages import reserved
+        from harness.core.cleanup import reserved_hugepages as reserved
         try:
             with reserved({before} + 1, size_kb=1048576):
                 print("reserved", flush=True)

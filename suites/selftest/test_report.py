@@ -18,16 +18,13 @@ import importlib.util
 from harness.core.errors import (Check, ConformanceFailure, QMPConnectionLost, VMLaunchFailure,
                                  WaitTimeout)
 from harness.tools import report
+import harness.run.checks as C
 
 pytestmark = pytest.mark.selftest
 ROOT = Path(__file__).resolve().parents[2]
 
-# The pytest adapter reads pytest's phases into verdicts (the library never sees them).
-_spec = importlib.util.spec_from_file_location("cprh_conftest_adapter", ROOT / "conftest.py")
-adapter = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = adapter  # dataclasses look their module up
-_spec.loader.exec_module(adapter)
-Phase, verdict_of = adapter.Phase, adapter.verdict_of
+# The library reads a runner's phases into verdicts; the adapters only hand them over.
+from harness.tools.report.verdicts import Phase, of_pytest as verdict_of  # noqa: E402
 
 
 def case_record(nodeid, phases, sc, res):
@@ -67,17 +64,18 @@ def sc_params(sid, expect="completes", **kw):
 
 
 def result(sid, observed="completed", message="", mismatches=(), evidence=None):
+    first = {"role": "first", "tag": "first", "observed": observed, "message": message,
+             "query_migrate": {"status": "completed", "downtime": 7, "total-time": 50},
+             "evidence": evidence if evidence is not None else
+             {"pause": {"max_ns": 1200000, "windows": [{"max_ns": 5}, {"max_ns": 9}]},
+              "same_inode": True, "samples": list(range(100)), "label": "x"}}
     return {"id": sid, "accel": "kvm", "qemu_src_version": "10.0.2", "qemu_dst_version": "10.0.2",
-            "observed": observed, "observed_message": message,
-            "query_migrate": {"status": "completed", "downtime": 7, "total-time": 50},
-            "evidence": evidence if evidence is not None else
-            {"pause": {"max_ns": 1200000, "windows": [{"max_ns": 5}, {"max_ns": 9}]},
-             "same_inode": True, "samples": list(range(100)), "label": "x"},
-            "timings": {"src_start": 0.1}, "mismatches": [m.__dict__ for m in mismatches],
+            "observed": observed, "observed_message": message, "attempts": [first],
+            "timings": {"src_start": 0.1}, "mismatches": [m.to_dict() for m in mismatches],
             "artifacts": {"src.log": "/nonexistent/src.log"}}
 
 
-CALL_FAIL = Check("guest progress", "> 10", 10, "the guest's counter must continue")
+CALL_FAIL = C.states.PROGRESS(False, "> 10", "10", "the guest's counter must continue")
 
 
 def case(kind):
@@ -102,7 +100,7 @@ def case(kind):
             sc_params(sid, "src-refuses: x"), None
     if kind == "xfail":
         sid = "channel/xfail-case"
-        m = Check("outcome", "dst-refuses", "failed", "Connection refused")
+        m = C.outcome.OUTCOME(False, "dst-refuses", "failed", "Connection refused")
         return sid, [ok[0], Phase("call", "skipped", "", wasxfail="known deviation: port 0"),
                      ok[1]], sc_params(sid, "dst-refuses"), \
             result(sid, "failed", "Connection refused", [m])
@@ -135,7 +133,7 @@ def test_every_verdict_kind():
     for kind, verdict in KINDS.items():
         sid = case(kind)[0]
         assert recs[sid]["verdict"] == verdict, (kind, recs[sid])
-    assert "guest progress: expected '> 10', got 10" in recs["transfer/fail-case"]["reason"]
+    assert "guest progress [guest.progress]: expected '> 10', got '10'" in recs["transfer/fail-case"]["reason"]
     assert recs["memory/skip-case"]["reason"] == "no memory-backend-epc here"
     assert recs["memory/skip-case"]["actual"] is None
     assert recs["memory/skip-case"]["parameters"]["expect"] == "src-refuses: x"
@@ -159,7 +157,7 @@ def test_evidence_is_flattened_with_every_scalar():
     # Numbers, booleans and strings alike; a raw series (100 samples) is left out.
     assert r["evidence"] == {"pause.max_ns": 1200000, "pause.windows.0.max_ns": 5,
                              "pause.windows.1.max_ns": 9, "same_inode": True, "label": "x"}
-    assert report.flatten_numbers(result("x")["evidence"]) == {
+    assert report.flatten_numbers(result("x")["attempts"][0]["evidence"]) == {
         "pause.max_ns": 1200000, "pause.windows.0.max_ns": 5, "pause.windows.1.max_ns": 9}
     assert r["timings"] == {"src_start": 0.1}
     assert r["durations"]["call_s"] == 1.5
@@ -340,42 +338,47 @@ def failure(*mismatches):
     return _exconly(ConformanceFailure("transfer/x", list(mismatches)))
 
 
-#: Real failure texts (as pytest's exconly() renders them) -> the categories they belong to.
+#: Real failure texts (as pytest's exconly() renders them, made by the very checks the
+#: verdict uses) -> the categories they belong to.
 FAILURES = {
-    "crash": (failure(Check("outcome", "completes", "src-crashed",
-                               "src QEMU was killed by signal 11 (SIGSEGV) during the transfer")),
+    "crash": (failure(C.outcome.OUTCOME(False, "completes", "src-crashed",
+                                        "src QEMU was killed by signal 11 (SIGSEGV)")),
               "failed", {"QEMU crashed"}),
-    "refused": (failure(Check("outcome", "completes", "dst-refused",
-                                 "qemu-system-x86_64: bad cpr channel socket type")),
+    "hang": (failure(C.outcome.OUTCOME(False, "completes", "hung",
+                                       "dst QEMU hung: no QMP monitor after 30.0 s")),
+             "failed", {"QEMU hung"}),
+    "refused": (failure(C.outcome.OUTCOME(False, "completes", "dst-refused",
+                                          "qemu-system-x86_64: bad cpr channel socket type")),
                 "failed", {"QEMU refused a transfer it should accept"}),
-    "accepted": (failure(Check("outcome", "src-refuses", "completed", "")),
+    "accepted": (failure(C.outcome.OUTCOME(False, "src-refuses", "completed", "")),
                  "failed", {"QEMU did not refuse as documented"}),
-    "message": (failure(Check("error message", "must be unix", "other words")),
+    "message": (failure(C.outcome.MESSAGE(False, "must be unix", "other words")),
                 "failed", {"QEMU refused with another message"}),
-    "ram": (failure(Check("RAM content", "pattern intact", "page 0x1000 changed",
-                             "guest progress looked fine")),
-            "failed", {"RAM changed"}),
-    "pattern": (failure(Check("RAM pattern intact", "every page unchanged",
-                                 "page 0x2000 (gpa 0x2000) changed")), "failed",
+    "split-brain": (failure(C.source.STOPPED(False, "postmigrate, no RESUME",
+                                             "RESUME +0.30 s", "a split brain")),
+                    "failed", {"The old QEMU ran after the switch-over"}),
+    "pattern": (failure(C.ram.PATTERN(False, "every page unchanged",
+                                      "page 0x2000 (gpa 0x2000) changed")), "failed",
                 {"RAM changed"}),
-    "src-ram": (failure(Check("source RAM intact after refusal", True, False)), "failed",
-                {"RAM changed"}),
-    "inode": (failure(Check("same memory mapped by the target", "the source's RAM file",
-                               "src inode 1 dst inode 2")), "failed", {"RAM not kept in place"}),
-    "stream": (failure(Check("retry: no RAM pages in the main stream", "ram.normal == 0",
-                                {"normal": 3})), "failed", {"RAM not kept in place"}),
-    "went-back": (failure(Check("guest counter never went back", False, True, "a reset")),
+    "src-ram": (failure(C.outcome.SURVIVES_RAM(False, "pattern intact", "1 page changed")),
+                "failed", {"RAM changed"}),
+    "inode": (failure(C.ram.SAME_MEMORY(False, "the source's RAM file",
+                                        "src inode 1 dst inode 2")),
+              "failed", {"RAM not kept in place"}),
+    "stream": (failure(C.ram.STREAM(False, "ram.normal == 0", "ram.normal 3",
+                                    attempt="retry")), "failed", {"RAM not kept in place"}),
+    "went-back": (failure(C.pause.MONOTONIC(False, "never", "went back", "a reset")),
                   "failed", {"Guest reset"}),
-    "pause": (failure(Check("pause measured", "a stall", {"error": "x"})), "failed",
+    "pause": (failure(C.pause.MEASURED(False, "a stall", "sampler died")), "failed",
               {"Guest pause not measured"}),
-    "stall": (failure(Check("guest progress", "> 10", 10,
-                               "the guest's counter must continue past its pre-transfer "
-                               "value")), "failed", {"Guest stalled"}),
-    "stall+state": (failure(Check("target run state", "running", "paused"),
-                            Check("retry: guest progress", "> 1", 1)),
+    "stall": (failure(C.states.PROGRESS(False, "> 10", "10",
+                                        "the guest's counter must continue past its "
+                                        "pre-transfer value")), "failed", {"Guest stalled"}),
+    "stall+state": (failure(C.states.DST_STATE(False, "running", "paused"),
+                            C.states.PROGRESS(False, "> 1", "1", attempt="retry")),
                     "failed", {"Wrong run state after the transfer"}),
-    "reset": (failure(Check("guest reset", 1, 2)), "failed", {"Guest reset"}),
-    "retry": (failure(Check("retry of a valid transfer", "completes", "not attempted")),
+    "reset": (failure(C.states.GUEST_RESET(False, "1", "2")), "failed", {"Guest reset"}),
+    "retry": (failure(C.outcome.RETRY(False, "completes", "not attempted")),
               "failed", {"Retry after a refusal failed"}),
     "timeout": (_exconly(WaitTimeout("migration to complete", 60.0, 60.2,
                                      "active (target alive)", "src", "/r/src.log")),
@@ -385,11 +388,26 @@ FAILURES = {
     "other": (_exconly(QMPConnectionLost("src", "query-status", "EOF")), "broken",
               {"Other harness errors"}),
     "xfail": ("XFAIL known deviation: port 0 (docs/deviations.md#port-0)\n\n" +
-              failure(Check("outcome", "dst-refuses", "failed")), "skipped",
+              failure(C.outcome.OUTCOME(False, "dst-refuses", "failed")), "skipped",
               {"Known deviations (expected failures)"}),
     "skip": ("Skipped: /usr/bin/qemu-system-x86_64 has no object type memory-backend-epc",
              "skipped", {"Not supported here (skips)"}),
 }
+
+
+def test_every_check_category_is_one_allure_category():
+    """Categories key on check ids, declared where each check is defined: every check
+    falls in one, and a reworded title moves nothing."""
+    from harness.run.checks import REGISTRY
+
+    for d in REGISTRY.values():
+        if d.id == "outcome":
+            continue
+        msg = failure(d(False, "x", "y"))
+        got = categories_of(msg, "failed")
+        assert got == {C.CATEGORIES[d.category].name}, (d, got)
+        renamed = msg.replace(d.title, "a title reworded")
+        assert categories_of(renamed, "failed") == got
 
 
 def categories_of(message, status):

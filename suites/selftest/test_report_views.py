@@ -30,23 +30,48 @@ CHECKS = [
     {"check": "guest progress", "ok": False, "expected": "> 192057", "actual": 192057,
      "detail": "the guest's counter must keep increasing"},
 ]
-RESULT = {
-    "id": "transfer/unix-unix-memfd-immediate-q35", "observed": "completed",
-    "counter_before": 192057, "counter_after": 226714, "boots_before": 1, "boots_after": 1,
-    "src_status_before": "running", "src_status_after": "postmigrate",
-    "dst_status_after": "running", "checks": CHECKS, "mismatches": [CHECKS[2]],
-    "evidence": {"same_memory": {"same": True, "src_inode": 474, "dst_inode": 474,
-                                 "src_link": "/memfd:x (deleted)"},
-                 "stream": {"normal": 0, "normal-bytes": 0, "transferred": 77719},
-                 "pattern": {"ok": True, "description": "pattern intact: 65535 page(s)"},
-                 "pause": {"guest_pause_ms": 9.88, "qemu_downtime_ms": 5,
-                           "noise_floor_ms": 4.0, "window_stall_ms": 4.0, "budget_ms": 1000.0}},
-    "window": {"seconds": 1.0, "observed_s": 1.01, "statuses": {"running": 21},
-               "counter_start": 226714, "counter_end": 559723, "events": []},
-    "artifacts": {"src.log": "src.log", "timeline": "timeline.png"},
-    "case_dir": "cases/test_transfer_unix",
-    "run": {"run_id": "r1", "commit": "abc", "started": "2026-12-01T00:00:00Z"},
-}
+def _result():
+    """A result record as the pair driver writes it (built from the very records)."""
+    from harness.core.sides import Side
+    from harness.evidence.memory import Region, SameMemfdEvidence
+    from harness.evidence.pattern import PatternReport
+    from harness.evidence.pause import PauseFigures
+    from harness.evidence.stream import StreamFigures
+    from harness.qemu.states import RunState
+    from harness.run.records import (AttemptEvidence, AttemptRecord, GuestSeen, Role,
+                                     WatchRecord, WindowRecord)
+    from harness.run.result import PairResult
+    from harness.scenario.model import Observed
+
+    region = (Region(0x7f00, 0x8f00, 0),)
+    same = SameMemfdEvidence(256 << 20, 10, 11, "/memfd:x (deleted)", 474, 1, region, 20, 13,
+                             "/memfd:x (deleted)", 474, 1, region)
+    pattern = PatternReport(1, "q35", 256 << 20, 65535, 268431360, 0, (), (), (), 1.3, ())
+    window = WindowRecord(1.0, 1.01, (
+        WatchRecord("target", "dst", Side.DST, RunState.RUNNING, ((RunState.RUNNING, 21),),
+                    anchor_seen=True, observed_s=1.01, guest=GuestSeen(226714, 559723, 1)),
+        WatchRecord("source", "src", Side.SRC, RunState.POSTMIGRATE,
+                    ((RunState.POSTMIGRATE, 21),), anchor_seen=True, observed_s=1.01,
+                    vcpu_ms=0.0, console_bytes_after=0)))
+    a = AttemptRecord(Role.FIRST, "first", Observed.COMPLETED, "", {"status": "completed"},
+                      src_state=RunState.POSTMIGRATE, dst_state=RunState.RUNNING,
+                      counter_reference=192057, counter_after=226714, boots_after=1,
+                      counter_moved=True, window=window, evidence=AttemptEvidence(
+                          True, True, same, StreamFigures(0, 0, 77719), pattern,
+                          pause=PauseFigures(guest_pause_ms=9.88, qemu_downtime_ms=5,
+                                             noise_floor_ms=4.0, window_stall_ms=4.0,
+                                             budget_ms=1000.0)))
+    r = PairResult(catalogue.get("transfer/unix-unix-memfd-immediate-q35"),
+                   src_state_before=RunState.RUNNING, counter_before=192057, boots_before=1,
+                   attempts=[a], artifacts={"src.log": "src.log", "timeline": "timeline.png"})
+    d = json.loads(json.dumps(r.to_dict()))
+    d.update({"id": r.scenario.id, "checks": CHECKS, "mismatches": [CHECKS[2]],
+              "case_dir": "cases/test_transfer_unix",
+              "run": {"run_id": "r1", "commit": "abc", "started": "2026-12-01T00:00:00Z"}})
+    return d
+
+
+RESULT = _result()
 DEVIATION = {"id": "port-0", "link": "docs/deviations.md#port-0", "reason": "no refusal"}
 
 
@@ -71,25 +96,29 @@ def test_every_check_is_listed_with_expected_and_observed():
 def test_the_digest_says_the_evidence_in_labelled_lines():
     h = dict(rec()["highlights"])
     assert h["guest counter"].startswith("192057 before -> 226714 on the target")
-    assert h["RAM file"].endswith("inode 474; dst inode 474: the same file")
+    assert h["RAM file"].endswith("inode 474; dst inode 474: the same file"), h
     assert h["main stream"].startswith("0 RAM pages")
     assert "switch-over 9.88 ms" in h["guest pause"] and "QEMU downtime 5 ms" in h["guest pause"]
     assert "noise floor 4 ms" in h["guest pause"]
-    assert h["observation window"].startswith("1.01 s, query-status running x21")
+    assert h["window on the target"].startswith("1.01 s, query-status running x21")
+    assert h["window on the source"].startswith("1.01 s, query-status postmigrate x21")
+    assert "vCPU threads ran 0 ms" in h["window on the source"]
     assert h["run states"] == "src before running, src after postmigrate, dst after running"
 
 
 def test_a_soak_record_has_one_row_per_hop():
-    hops = [{"hop": i, "observed": "completed", "downtime_ms": 2 + i, "counter_after": 100 * i,
-             "boots": 1, "ram_inode": 7, "open_fds": 25, "rss_anon_kib": 11932, "threads": 5,
-             "window": {"statuses": {"running": 20}, "counter_start": 100 * i,
-                        "counter_end": 100 * i + 50}} for i in (1, 2, 3)]
-    res = {"id": "transfer/x", "observed": "completed", "evidence": {"hops": hops},
-           "checks": CHECKS[:1]}
+    window = {"watches": [{"role": "target", "observed_s": 1.0, "polls": [["running", 20]],
+                           "guest": {"counter_start": 100, "counter_end": 150}}]}
+    hops = [{"hop": i, "ram_inode": 7, "open_fds": 25, "rss_anon_kib": 11932, "threads": 5,
+             "attempt": {"observed": "completed", "query_migrate": {"downtime": 2 + i},
+                         "counter_after": 100 * i, "boots_after": 1, "window": window}}
+            for i in (1, 2, 3)]
+    res = {"id": "transfer/x", "observed": "completed", "hops": hops, "checks": CHECKS[:1]}
     r = rec("pass", res, sid="soak/chain-3-hops")
     assert [h["hop"] for h in r["hops"]] == [1, 2, 3]
     assert r["hops"][1]["downtime ms"] == 4 and r["hops"][1]["RAM inode"] == 7
-    assert r["hops"][0]["window"] == "running x20; counter 100 -> 150"
+    assert r["hops"][0]["window"] == "1 s, query-status running x20; counter 100 -> 150; " \
+        "no forbidden event"
     assert r["actual"] == {"outcome": "completed", "message": ""}
     html = case_view.details(r)
     assert html.count("<tr><td>") == 3 and "RSS anon KiB" in html

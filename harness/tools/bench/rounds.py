@@ -25,8 +25,10 @@ from harness.evidence.collector import (M_IDLE_END, M_NOISE, M_RESUMED, M_TRANSF
 from harness.qemu.probe import probe
 from harness.run.config import RunConfig
 from harness.run.driver import Hooks, PairDriver, run_scenario
-from harness.run.result import Attempt, PairResult
+from harness.run.attempt import Attempt
+from harness.run.result import PairResult
 from harness.run.verdict import failed, judge
+from harness.scenario.model import Observed
 from harness.scenario import catalogue
 from harness.scenario.model import Scenario
 from harness.tools.bench.figures import (RoundResult, final_stall, precopy_pause, split_marks,
@@ -117,7 +119,7 @@ class _Measure:
         src_res = d.ev.samplers[SRC].stop()
         fin = final_stall(src_res)
         if fin is not None:
-            for label, t_ns in split_marks(fin.start_ns, d.seen_running_ns["first"]):
+            for label, t_ns in split_marks(fin.start_ns, d.seen_running_ns["first"]):  # type: ignore[attr-defined]
                 d.ev.samplers["dst"].mark_at(label, t_ns)
 
     def after_transfer(self, d: PairDriver, a: Attempt) -> None:
@@ -174,7 +176,8 @@ class _Measure:
 
 def _figures(r: RoundResult, res: PairResult, method: Method) -> None:
     """The round's figures from the pair's result."""
-    t, ph, q = res.timings, res.phases, res.query_migrate
+    first = res.first
+    t, ph, q = res.timings, res.phases, (first.query_migrate if first else {})
     r.src_start_ms = round(t["src_start"] * 1e3, 1) if "src_start" in t else None
     r.dst_start_ms = round(ph["launch-dst"] * 1e3, 1) if "launch-dst" in ph else None
     r.dst_start_until = {"cpr-transfer": "cpr socket listening",
@@ -198,19 +201,22 @@ def _figures(r: RoundResult, res: PairResult, method: Method) -> None:
     if "max_bandwidth" in res.extra:
         r.extra["max_bandwidth"] = res.extra["max_bandwidth"]
     r.extra["phases"] = dict(ph)
-    r.counter_before, r.counter_after = res.counter_before, res.counter_after
-    r.boots_before, r.boots_after = res.boots_before, res.boots_after
+    r.counter_before = res.counter_before
+    r.counter_after = first.counter_after if first else None
+    r.boots_before = res.boots_before
+    r.boots_after = first.boots_after if first else None
 
 
 def _problem(res: PairResult) -> str:
     """Why a round's transfer does not count: it did not complete, or the guest did
     not continue on the target ("" when it did)."""
-    if res.observed is None or res.observed.value != "completed":
-        return f"transfer {res.observed}: {res.observed_message[-300:]}"
-    if not res.counter_moved_on_dst:
-        return f"the guest's counter did not move on the target ({res.counter_after})"
-    if res.boots_after != res.boots_before:
-        return f"the guest was reset: boot count {res.boots_before} -> {res.boots_after}"
+    a = res.first
+    if a is None or a.observed is not Observed.COMPLETED:
+        return f"transfer {res.observed or 'not settled'}: {res.observed_message[-300:]}"
+    if not a.counter_moved:
+        return f"the guest's counter did not move on the target ({a.counter_after})"
+    if a.boots_after != res.boots_before:
+        return f"the guest was reset: boot count {res.boots_before} -> {a.boots_after}"
     return ""
 
 

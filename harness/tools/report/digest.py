@@ -1,7 +1,9 @@
 """What a reader wants from a case's result record, beside its checks: the evidence in
 a few labelled lines (the RAM file on both sides, the stream, the pattern, the counter,
-the states, the pause against QEMU's downtime and the noise floor, the observation
-window), and for a soak chain one row per hop. Plain data in, plain data out."""
+the states, the pause against QEMU's downtime and the noise floor, each QEMU the
+observation window watched), and for a soak chain one row per hop. Plain data in (a
+result.json as :meth:`harness.run.result.PairResult.to_dict` writes it), plain data out;
+nothing here prints a value it has not got."""
 from __future__ import annotations
 
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -15,27 +17,47 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _ram_rows(ev: Mapping[str, Any]) -> List[Row]:
+def _attempts(res: Mapping[str, Any]) -> List[Mapping[str, Any]]:
+    return list(res.get("attempts") or [])
+
+
+def first(res: Mapping[str, Any]) -> Mapping[str, Any]:
+    a = _attempts(res)
+    return a[0] if a else {}
+
+
+def retry(res: Mapping[str, Any]) -> Mapping[str, Any]:
+    return next((a for a in _attempts(res) if a.get("role") == "retry"), {})
+
+
+def evidence(res: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The first attempt's evidence (the one a case's figures come from)."""
+    return first(res).get("evidence") or {}
+
+
+def _ram_rows(ev: Mapping[str, Any], res: Mapping[str, Any]) -> List[Row]:
     rows: List[Row] = []
     same = ev.get("same_memory") or {}
     if same:
         verdict = "the same file" if same.get("same") else "DIFFERENT files"
         rows.append(("RAM file", f"src {same.get('src_link')} inode {same.get('src_inode')}; "
-                                 f"dst inode {same.get('dst_inode')}: {verdict}"))
+                                 f"dst inode {same.get('dst_inode')}: {verdict}"
+                     + (" (one process, before and after its exec)"
+                        if same.get("across_exec") else "")))
     stream = ev.get("stream") or {}
     if stream.get("state_file_bytes") is not None:
         rows.append(("main stream", f"state file {stream['state_file_bytes']} bytes for "
                                     f"{stream.get('ram_bytes')} bytes of RAM"))
-    elif stream:
+    elif stream.get("normal") is not None:
         rows.append(("main stream", f"{stream.get('normal')} RAM pages "
-                                    f"({stream.get('normal-bytes')} bytes), "
+                                    f"({stream.get('normal_bytes')} bytes), "
                                     f"{stream.get('transferred')} bytes transferred"))
     pat = ev.get("pattern") or {}
-    if pat:
-        rows.append(("RAM pattern", str(pat.get("description") or pat.get("ok"))))
-    after = ev.get("pattern_src_after_refusal") or {}
-    if after:
-        rows.append(("source RAM after refusal", str(after.get("description") or after.get("ok"))))
+    if pat.get("description"):
+        rows.append(("RAM pattern", str(pat["description"])))
+    after = ((res.get("survival") or {}).get("pattern") or {})
+    if after.get("description"):
+        rows.append(("source RAM after refusal", str(after["description"])))
     return rows
 
 
@@ -47,7 +69,7 @@ def _pause_rows(ev: Mapping[str, Any]) -> List[Row]:
         return [("pause", "not measured: " + str(p["error"]))]
     figures = [f"switch-over {_fmt(p['guest_pause_ms'])} ms"
                if p.get("guest_pause_ms") is not None else "",
-               f"QEMU downtime {p['qemu_downtime_ms']} ms"
+               f"QEMU downtime {_fmt(p['qemu_downtime_ms'])} ms"
                if p.get("qemu_downtime_ms") is not None else "",
                f"window {_fmt(p['window_stall_ms'])} ms"
                if p.get("window_stall_ms") is not None else "",
@@ -56,25 +78,44 @@ def _pause_rows(ev: Mapping[str, Any]) -> List[Row]:
                f"budget {_fmt(p['budget_ms'])} ms" if p.get("budget_ms") is not None else ""]
     rows = [("guest pause", "; ".join(f for f in figures if f))]
     if p.get("samples"):
-        rows.append(("sampler", f"{p['samples']} reads at {p.get('sample_rate_hz')} Hz, "
-                                f"median interval {p.get('median_interval_us')} us"))
+        rows.append(("sampler", f"{p['samples']} reads at {_fmt(p.get('sample_rate_hz'))} Hz, "
+                                f"median interval {_fmt(p.get('median_interval_us'))} us"))
     if p.get("window_stall"):
         rows.append(("longest stall after the switch-over", str(p["window_stall"])))
     return rows
 
 
-def _window_row(w: Optional[Mapping[str, Any]], label: str) -> List[Row]:
-    if not w:
-        return []
-    statuses = ", ".join(f"{k} x{v}" for k, v in (w.get("statuses") or {}).items())
-    parts = [f"{_fmt(w.get('observed_s', w.get('seconds')))} s, query-status {statuses or '-'}",
-             f"counter {w.get('counter_start')} -> {w.get('counter_end')}"
-             if w.get("counter_start") is not None else "",
+def _watch_row(w: Mapping[str, Any], label: str) -> Row:
+    polls = ", ".join(f"{k} x{v}" for k, v in (w.get("polls") or []))
+    g = w.get("guest") or {}
+    parts = [f"{_fmt(w.get('observed_s'))} s, query-status {polls or 'never answered'}",
+             f"counter {g['counter_start']} -> {g['counter_end']}"
+             if g.get("counter_start") is not None and g.get("counter_end") is not None
+             else "",
              "events: " + ", ".join(e.get("event", "?") for e in w.get("events") or [])
-             if w.get("events") else "no reset/stop/shutdown/panic event",
-             f"held {w['held_s']} s by a hold file" if w.get("held_s") else "",
+             if w.get("events") else "no forbidden event",
+             f"vCPU threads ran {_fmt(w['vcpu_ms'])} ms" if w.get("vcpu_ms") is not None
+             else "",
+             f"printed {w['console_bytes_after']} byte(s) on the console"
+             if w.get("console_bytes_after") else "",
+             f"held {_fmt(w['held_s'])} s by a hold file" if w.get("held_s") else "",
+             "HUNG: " + str((w.get("hang") or {}).get("state")) if w.get("hang") else "",
              "DIED: " + str((w.get("death") or {}).get("how")) if w.get("death") else ""]
-    return [(label, "; ".join(p for p in parts if p))]
+    return (label, "; ".join(p for p in parts if p))
+
+
+def _window_rows(window: Optional[Mapping[str, Any]], prefix: str = "") -> List[Row]:
+    if not window:
+        return []
+    return [_watch_row(w, f"{prefix}window on the {w.get('role')}")
+            for w in window.get("watches") or []]
+
+
+def _states_row(res: Mapping[str, Any], a: Mapping[str, Any]) -> List[Row]:
+    states = [f"src before {res['src_state_before']}" if res.get("src_state_before") else "",
+              f"src after {a['src_state']}" if a.get("src_state") else "",
+              f"dst after {a['dst_state']}" if a.get("dst_state") else ""]
+    return [("run states", ", ".join(s for s in states if s))] if any(states) else []
 
 
 def highlights(res: Mapping[str, Any]) -> List[Row]:
@@ -82,28 +123,33 @@ def highlights(res: Mapping[str, Any]) -> List[Row]:
     if not res:
         return []
     rows: List[Row] = []
+    a = first(res)
     if res.get("counter_before") is not None:
-        rows.append(("guest counter", f"{res.get('counter_before')} before -> "
-                                      f"{res.get('counter_after')} on the target"
-                     + (f"; boots {res.get('boots_before')} -> {res.get('boots_after')}"
-                        if res.get("boots_before") is not None else "")))
-    states = [f"src before {res.get('src_status_before')}" if res.get("src_status_before") else "",
-              f"src after {res.get('src_status_after')}" if res.get("src_status_after") else "",
-              f"dst after {res.get('dst_status_after')}" if res.get("dst_status_after") else ""]
-    if any(states):
-        rows.append(("run states", ", ".join(s for s in states if s)))
-    ev = res.get("evidence") or {}
-    rows += _ram_rows(ev) + _pause_rows(ev)
-    rows += _window_row(res.get("window"), "observation window")
-    rt = res.get("retry") or {}
+        after = a.get("counter_after")
+        text = f"{res['counter_before']} before" + (
+            f" -> {after} on the target" if after is not None else ", not read after")
+        if res.get("boots_before") is not None and a.get("boots_after") is not None:
+            text += f"; boot count {res['boots_before']} -> {a['boots_after']}"
+        rows.append(("guest counter", text))
+    rows += _states_row(res, a)
+    if a.get("hang"):
+        rows.append((f"{a['hang'].get('side')} hung", str(a["hang"].get("waiting_for"))
+                     + f"; process {a['hang'].get('state')}"))
+    ev = a.get("evidence") or {}
+    rows += _ram_rows(ev, res) + _pause_rows(ev)
+    rows += _window_rows(a.get("window"))
+    rt = retry(res)
     if rt.get("not_applicable"):
         rows.append(("retry", "not applicable: " + rt["not_applicable"]))
     elif rt:
-        rows.append(("retry", f"{rt.get('observed')}" + (f": {rt['message']}"
-                                                         if rt.get("message") else "")))
-        rows += _window_row(rt.get("window"), "retry: observation window")
-    if res.get("src_counter_after_refusal") is not None:
-        rows.append(("source after refusal", f"counter {res['src_counter_after_refusal']}"))
+        rows.append(("retry", f"{rt.get('observed') or 'not settled'}"
+                     + (f": {rt['message']}" if rt.get("message") else "")))
+        rows += _window_rows(rt.get("window"), "retry: ")
+    s = res.get("survival") or {}
+    if s:
+        rows.append(("source after refusal", f"{s.get('src_state') or 'state not read'}, "
+                     + (f"counter {s['counter_after']}" if s.get("counter_after") is not None
+                        else "counter not seen moving")))
     for c in res.get("crashes") or []:
         rows.append((f"{c.get('side')} crash", f"{c.get('signal')}: "
                      + (" <- ".join(c.get("frames") or []) or c.get("note") or "no backtrace")))
@@ -118,13 +164,11 @@ HOP_COLUMNS = ("hop", "observed", "downtime ms", "counter after", "boots", "wind
 def hop_rows(res: Mapping[str, Any]) -> List[Dict[str, Any]]:
     """One row per hop of a soak chain (empty for a case)."""
     out = []
-    for h in res.get("hops") or (res.get("evidence") or {}).get("hops") or []:
-        w = h.get("window") or {}
-        statuses = ", ".join(f"{k} x{v}" for k, v in (w.get("statuses") or {}).items())
-        window = (f"{statuses}; counter {w.get('counter_start')} -> {w.get('counter_end')}"
-                  if w else "-") + ("; DIED" if w.get("death") else "")
+    for h in res.get("hops") or []:
+        a = h.get("attempt") or {}
+        window = "; ".join(v for _, v in _window_rows(a.get("window"))) or "-"
         out.append(dict(zip(HOP_COLUMNS, (
-            h.get("hop"), h.get("observed"), h.get("downtime_ms"), h.get("counter_after"),
-            h.get("boots"), window, h.get("ram_inode"), h.get("open_fds"),
-            h.get("rss_anon_kib"), h.get("threads")))))
+            h.get("hop"), a.get("observed"), (a.get("query_migrate") or {}).get("downtime"),
+            a.get("counter_after"), a.get("boots_after"), window, h.get("ram_inode"),
+            h.get("open_fds"), h.get("rss_anon_kib"), h.get("threads")))))
     return out

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, Mapping, Optional, Sequence
 
 from harness.core.errors import UsageError
+from harness.scenario.model import Verdict
 from harness.tools.report import digest
 
 SCHEMA = 1
@@ -19,17 +20,10 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 #: Every verdict a case can get, in the order a reader should look at them.
-VERDICTS = ("fail", "error", "xpass", "xfail", "skip", "pass")
+VERDICTS = tuple(v.value for v in Verdict)
 #: What each verdict means, for legends.
-VERDICT_MEANING = {
-    "pass": "QEMU did what the scenario requires",
-    "fail": "QEMU did not: a conformance check failed",
-    "error": "the harness could not reach a verdict (timeout, launch failure, bug)",
-    "xfail": "a known deviation of this QEMU, reproduced as recorded",
-    "xpass": "a known deviation no longer reproduces: QEMU changed (or the entry is stale)",
-    "skip": "not run: a capability this QEMU or host lacks",
-}
-_BAD = ("fail", "error")
+VERDICT_MEANING = {v.value: v.meaning for v in Verdict}
+_BAD = tuple(v.value for v in Verdict if v.bad)
 
 # Where pytest's phases put a verdict (see case_record).
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
@@ -77,7 +71,8 @@ def describe_checks(mismatches: Sequence[Mapping[str, Any]]) -> str:
     """Failed checks as one line each: ``name: expected X, got Y (detail)``."""
     lines = []
     for m in mismatches:
-        line = f"{m.get('check')}: expected {m.get('expected')!r}, got {m.get('actual')!r}"
+        ident = f" [{m['id']}]" if m.get("id") else ""
+        line = f"{m.get('check')}{ident}: expected {m.get('expected')!r}, got {m.get('actual')!r}"
         if m.get("detail"):
             line += f" ({_one_line(m['detail'], 200)})"
         lines.append(line)
@@ -157,20 +152,35 @@ def case_record(nodeid: str, verdict: str, reason: str,
         "qemu_dst": res.get("qemu_dst_version") or None,
         "machine": (res["machine_type"] + (" (pinned)" if res.get("machine_pinned") else ""))
         if res.get("machine_type") else None,
-        "query_migrate": res.get("query_migrate") or {},
-        "evidence": flatten({k: v for k, v in (res.get("evidence") or {}).items()
-                             if k != "hops"}),
+        "query_migrate": dict(digest.first(res).get("query_migrate") or {}),
+        "evidence": flatten({**{k: v for k, v in digest.evidence(res).items()
+                                if k != "dst_query_migrate"},
+                             "ram": res.get("ram") or {}}),
         "timings": dict(res.get("timings") or {}),
         "durations": dict(durations or {}),
-        "observed": {k: res.get(k) for k in (
-            "src_status_before", "src_status_after", "dst_status_after", "dst_exitcode",
-            "counter_before", "counter_after", "boots_before", "boots_after",
-            "src_counter_after_refusal", "retry") if k in res},
+        "observed": _observed(res),
         "crashes": res.get("crashes") or [],
         "run": res.get("run"),
         "case_dir": res.get("case_dir"),
         "artifacts": _artifacts(res, res.get("case_dir")),
     }
+
+
+def _observed(res: Mapping[str, Any]) -> Dict[str, Any]:
+    """The states and counters a reader compares runs by (empty when nothing ran)."""
+    if not res.get("attempts"):
+        return {}
+    a, rt, s = digest.first(res), digest.retry(res), res.get("survival") or {}
+    out = {"src_state_before": res.get("src_state_before"), "src_state_after": a.get("src_state"),
+           "dst_state_after": a.get("dst_state"), "dst_exitcode": a.get("dst_exitcode"),
+           "counter_before": res.get("counter_before"), "counter_after": a.get("counter_after"),
+           "boots_before": res.get("boots_before"), "boots_after": a.get("boots_after")}
+    if s:
+        out["src_counter_after_refusal"] = s.get("counter_after")
+    if rt:
+        out["retry"] = rt.get("not_applicable") and f"not applicable: {rt['not_applicable']}" \
+            or rt.get("observed")
+    return out
 
 
 def counts(records: Iterable[Mapping[str, Any]]) -> Dict[str, int]:

@@ -19,6 +19,18 @@ event, or query-status saying running when that monitor came up after the event)
     late-stop   stop (pause the guest) LATE_S after RESUME
     late-page   flip one byte of guest RAM LATE_S after RESUME
 
+Modes that break the *source* (as a --qemu-src wrapper; a target runs unchanged), and
+one more for the target:
+
+    src-cont    `cont` on the source LATE_S after its migration completed: the old QEMU
+                runs the guest again on the RAM the target runs it on (a split brain)
+    src-hang    SIGSTOP the source when the harness sends it `migrate` (our QMP proxy
+                sits between the harness and QEMU and holds the command): it hangs
+                inside the transfer
+    dst-hang    SIGSTOP the target once it holds the guest's RAM memfd (it has read the
+                CPR state); the harness's monitor socket is ours and never comes up, so
+                the target hangs where its monitor should have appeared
+
 Determinism: before exec'ing QEMU the wrapper creates ``<the harness's QMP socket>.hold``
 and removes it once the damage is done. The harness's observation window stays open
 while that file exists (harness/run/observe.py), so the damage always lands inside the
@@ -35,6 +47,7 @@ probing the wrapper works.
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -50,20 +63,24 @@ FREEZE_S = 1.5
 CONNECT_AFTER_S = float(os.environ.get("TAMPER_CONNECT_AFTER_S") or 0)
 QEMU = os.environ.get("TAMPER_QEMU") or shutil.which("qemu-system-x86_64")
 MODES = ("none", "paused", "reset", "page", "freeze", "late-kill", "late-reset",
-         "late-stop", "late-page")
-#: What each mode breaks, as the harness must name it: a check that must fail, and words
-#: its message must hold (the self-tests assert exactly this, under pytest and avocado).
+         "late-stop", "late-page", "src-cont", "src-hang", "dst-hang")
+#: Modes that act on the source (a QEMU without -incoming that runs a guest).
+SOURCE_MODES = ("src-cont", "src-hang")
+#: What each mode breaks, as the harness must name it: the id of a check that must fail,
+#: and words its message must hold (the self-tests assert exactly this, under pytest and
+#: avocado).
 DEFECTS = {
-    "paused": ("target run state", ["paused"]),
-    "reset": ("guest not reset during the observation window", ["2"]),
-    "page": ("RAM pattern intact", ["0x200000"]),
-    "freeze": ("guest stall within budget", ["the guest stalled", "budget 1000 ms",
-                                             "QEMU's downtime"]),
-    "late-kill": ("target alive through the observation window",
-                  ["killed by signal 9 (SIGKILL)", "after the switch-over"]),
-    "late-reset": ("no reset, stop, shutdown or panic event on the target", ["RESET"]),
-    "late-stop": ("target run state through the observation window", ["paused"]),
-    "late-page": ("RAM pattern intact", ["0x200000"]),
+    "paused": ("states.target", ["paused"]),
+    "reset": ("window.boots", ["2"]),
+    "page": ("ram.pattern", ["0x200000"]),
+    "freeze": ("pause.budget", ["the guest stalled", "budget 1000 ms", "QEMU's downtime"]),
+    "late-kill": ("window.alive", ["killed by signal 9 (SIGKILL)", "after the switch-over"]),
+    "late-reset": ("window.events", ["RESET"]),
+    "late-stop": ("window.run-state", ["paused"]),
+    "late-page": ("ram.pattern", ["0x200000"]),
+    "src-cont": ("source.stopped", ["RESUME +0.", "running"]),
+    "src-hang": ("outcome", ["hung", "src QEMU hung", "process stopped", "reply to migrate"]),
+    "dst-hang": ("outcome", ["hung", "dst QEMU hung", "process stopped", "QMP monitor"]),
 }
 
 
@@ -171,6 +188,114 @@ def tamperer(sock_path, mode, qemu_pid, hold):
         os.unlink(hold)
 
 
+def source_cont(f, hold):
+    """Once the source's migration completed: LATE_S later, `cont` (a split brain)."""
+    f.readline()  # greeting
+    command(f, "qmp_capabilities")
+    while (command(f, "query-migrate").get("return") or {}).get("status") != "completed":
+        time.sleep(0.01)
+    time.sleep(LATE_S)
+    command(f, "cont")
+    os.unlink(hold)
+
+
+def holds_ram(qemu_pid):
+    try:
+        fds = os.listdir(f"/proc/{qemu_pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{qemu_pid}/fd/{fd}").startswith("/memfd:"):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def stop_after_cpr_state(qemu_pid):
+    """The target holds the guest's RAM (it read the CPR state): stop it for good."""
+    while not holds_ram(qemu_pid):
+        time.sleep(0.001)
+    os.kill(qemu_pid, signal.SIGSTOP)
+
+
+def proxy_until_migrate(front, back, qemu_pid):
+    """Relay the harness's QMP session (socket ``front``) to QEMU's (``back``), until the
+    harness sends ``migrate``: then stop QEMU, the command never delivered."""
+    lsock = socket.socket(socket.AF_UNIX)
+    lsock.bind(front)
+    lsock.listen(1)
+    client, _ = lsock.accept()
+    qemu = connect(back, qemu_pid, time.monotonic() + 120)
+    if qemu is None:
+        return
+    text, decoder = "", json.JSONDecoder()
+    while True:
+        ready, _, _ = select.select([client, qemu], [], [])
+        if qemu in ready:
+            data = qemu.recv(65536)
+            if not data:
+                return
+            client.sendall(data)
+        if client in ready:
+            data = client.recv(65536)
+            if not data:
+                return
+            text += data.decode()
+            # qemu.qmp sends JSON objects without a newline: split them as QEMU does.
+            while text.strip():
+                text = text.lstrip()
+                try:
+                    msg, end = decoder.raw_decode(text)
+                except ValueError:
+                    break  # not whole yet
+                if msg.get("execute") == "migrate":
+                    os.kill(qemu_pid, signal.SIGSTOP)
+                    while True:  # hold the harness's connection open, silent
+                        time.sleep(3600)
+                qemu.sendall(text[:end].encode())
+                text = text[end:]
+
+
+def is_case(args):
+    """A QEMU that runs a case's guest (a probe has no guest console)."""
+    return any("serial" in a for a in args)
+
+
+def wrap_source(mode, args):
+    """A source mode: our monitor (src-cont) or our QMP proxy (src-hang) beside QEMU."""
+    harness_qmp = qmp_path(args)
+    pid = os.getpid()
+    if mode == "src-hang":
+        back = harness_qmp + ".real"
+        args = [a.replace(f"unix:{harness_qmp},", f"unix:{back},") for a in args]
+        child(lambda: proxy_until_migrate(harness_qmp, back, pid))
+        os.execv(QEMU, [QEMU, *args])
+    side, hold = harness_qmp + ".tamper", harness_qmp + ".hold"
+    open(hold, "w").close()
+
+    def act():
+        s = connect(side, pid, time.monotonic() + 120)
+        if s is not None:
+            source_cont(s.makefile("rw"), hold)
+
+    child(act)
+    os.execv(QEMU, [QEMU, *args, "-qmp", f"unix:{side},server=on,wait=off"])
+
+
+def child(work):
+    """Run ``work`` in a child of the process that becomes QEMU (it dies with QEMU's
+    process group); what goes wrong goes into QEMU's log (our stderr is its)."""
+    if os.fork() == 0:
+        try:
+            work()
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(0)
+
+
 def mode_by_case(args):
     """The mode whose key (a scenario id's tail) names this case's artifacts directory."""
     modes = json.loads(os.environ.get("TAMPER_MODES") or "{}")
@@ -187,23 +312,25 @@ def main():
         mode = mode_by_case(args)
     if mode not in MODES:
         sys.exit(f"tamper.py: unknown mode {mode!r}; known: {', '.join(MODES)}")
-    if "-incoming" not in args or mode == "none":
+    target = "-incoming" in args
+    if mode in SOURCE_MODES and not target and is_case(args):
+        wrap_source(mode, args)
+    if not target or mode == "none" or mode in SOURCE_MODES:
         os.execv(QEMU, [QEMU, *args])
     if mode == "paused":
         os.execv(QEMU, [QEMU, *args, "-S"])
     harness_qmp = qmp_path(args)
+    pid = os.getpid()
+    if mode == "dst-hang":
+        # The harness's monitor socket stays ours, never bound: QEMU's is elsewhere.
+        args = [a.replace(f"unix:{harness_qmp},", f"unix:{harness_qmp}.real,") for a in args]
+        child(lambda: stop_after_cpr_state(pid))
+        os.execv(QEMU, [QEMU, *args])
     side = harness_qmp + ".tamper"
     hold = harness_qmp + ".hold"
     open(hold, "w").close()
-    pid = os.getpid()
-    if os.fork() == 0:
-        try:
-            tamperer(side, mode, pid, hold)
-        except BaseException:
-            # Into QEMU's log (our stderr is its): why the hold was left in place.
-            traceback.print_exc()
-        finally:
-            os._exit(0)
+    # Why a hold was left in place goes into QEMU's log.
+    child(lambda: tamperer(side, mode, pid, hold))
     os.execv(QEMU, [QEMU, *args, "-qmp", f"unix:{side},server=on,wait=off"])
 
 
