@@ -52,8 +52,7 @@ class Binaries:
         return expectations.RunInfo(
             qemu_src=".".join(map(str, self.src.version)),
             qemu_dst=".".join(map(str, self.dst.version)),
-            accel=self.accel, machine=self.scenario.machine, arch=self.arch,
-            dialect=self.dialect.name)
+            accel=self.accel, machine=self.scenario.machine, arch=self.arch)
 
     def target_machine(self, retry: bool) -> str:
         """What a target runs: the case's machine; a retry after an unpinned refusal

@@ -21,7 +21,6 @@ File format (TOML), one table per entry::
     machine = "q35"
     arch = "x86_64"
     kernel = ">=6.0"                          # host kernel release (major.minor.patch)
-    dialect = "rfc-v1"                        # the interface the case speaks
 
 A source bug follows the source's version, a target behaviour the target's: key each
 entry on the side it belongs to, with the versions it was observed on. A ``case``
@@ -44,7 +43,7 @@ from harness.core.errors import UsageError
 
 DEFAULT_FILE = Path(__file__).resolve().parents[2] / "expectations" / "known-deviations.toml"
 _VERSIONED = ("qemu", "src_qemu", "dst_qemu", "kernel")
-_EXACT = ("accel", "machine", "arch", "dialect")
+_EXACT = ("accel", "machine", "arch")
 
 
 @dataclass(frozen=True)
@@ -56,8 +55,6 @@ class RunInfo:
     machine: str
     arch: str = field(default_factory=platform.machine)
     kernel: str = field(default_factory=lambda: _kernel_version(platform.release()))
-    #: The cpr-transfer interface the case speaks (``released-10x``, ``rfc-v1``).
-    dialect: str = ""
 
 
 def _kernel_version(release: str) -> str:
