@@ -9,9 +9,12 @@
 3. one QMP session (``-machine none -nodefaults -display none -S``), the same
    :class:`~harness.qemu.process.QemuProcess` and :class:`~harness.qemu.qmp.QMPSession`
    the pairs use: ``qmp_capabilities``, ``query-version``, ``query-qmp-schema``,
-   ``qom-list-types``, ``qom-list-properties`` of the concrete q35 machine type
-   (``pc-q35-10.0-machine`` on 10.0.2), ``query-command-line-options`` for
-   ``run-with`` and ``machine``, then ``quit``.
+   ``qom-list-types`` (required), then ``qom-list-properties`` of the concrete q35
+   machine type (``pc-q35-10.0-machine`` on 10.0.2), ``query-command-line-options`` for
+   ``run-with`` and ``machine``, then ``quit``. An optional question that kills QEMU
+   (the cpr-transfer series' 9.1.50 segfaults on ``qom-list-properties``) is a note
+   saying how it died, as read from its exit status (a crash's top frames from its
+   core), and the rest are asked of a fresh QEMU.
 
 The QMP schema names its types with opaque numbers, so nothing is looked up by a
 type's documented name: ``MigMode`` is the enum that the ``mode`` member of
@@ -67,11 +70,11 @@ QMP_ARGS = ("-no-user-config", "-machine", "none", "-nodefaults", "-display", "n
 
 _VERSION_RE = re.compile(r"QEMU emulator version\s+((\d+)\.(\d+)(?:\.(\d+))?\S*(?:\s.*)?)$")
 _TAIL_LINES = 20
+_TAIL_LINE_CHARS = 300
 #: QMP answers the probe cannot do without.
 _REQUIRED = ("query-version", "query-qmp-schema", "qom-list-types")
 #: How long a QEMU that dropped its monitor gets to be seen exiting.
 _EXIT_WAIT_S = 5.0
-_TAIL_LINE_CHARS = 300
 
 
 # --------------------------------------------------------------------------- memo
