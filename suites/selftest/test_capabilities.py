@@ -279,6 +279,38 @@ def test_qemu_that_stops_answering_is_probe_failed(tmp_path):
     assert "QEMU exited with code 3" in ei.value.detail, ei.value.detail
 
 
+#: A monitor that greets, accepts qmp_capabilities, and exits at once: qemu.qmp then
+#: either fails the connect or (a race) asserts its session is RUNNING while it is
+#: already DISCONNECTING; a target refusing its stream right after its monitor is up
+#: did that (11.1.3 refusing 9.1.50's machine type).
+HANGS_UP = """
+    exec "{python}" - "$@" <<'EOF'
+    import json, socket, sys
+    args = sys.argv[1:]
+    path = args[args.index("-qmp") + 1][len("unix:"):].split(",")[0]
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(path)
+    s.listen(4)
+    c, _ = s.accept()
+    c.sendall(b'{{"QMP": {{"version": {{"qemu": {{"micro": 0, "minor": 0, "major": 10}}, '
+              b'"package": ""}}, "capabilities": []}}}}\\n')
+    req = json.loads(c.recv(65536))   # qemu.qmp sends no newline: one chunk
+    c.sendall(json.dumps({{"return": {{}}, "id": req.get("id")}}).encode() + b"\\n")
+    c.close()
+    sys.exit(3)
+    EOF
+"""
+
+
+def test_a_monitor_that_hangs_up_as_the_session_begins_is_a_typed_error(tmp_path):
+    f = _script(tmp_path / "hangs-up", FAKE_HEAD + HANGS_UP.format(python=sys.executable))
+    for _ in range(5):   # the race goes either way; both ways are a ProbeFailed
+        clear_probe_cache()
+        with pytest.raises(ProbeFailed) as ei:
+            probe(str(f), timeout=30)
+        assert "exited with code 3" in ei.value.detail, ei.value.detail
+
+
 def test_hanging_binary_times_out_and_is_killed(tmp_path):
     pidfile = tmp_path / "child.pid"
     f = _script(tmp_path / "hangs", f"""
