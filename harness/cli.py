@@ -47,8 +47,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
         for name, fn in FEATURES.items():
             ok, reason = fn(caps.path)
             print(f"  feature {name}: {'yes' if ok else 'no'}" + (f" ({reason})" if reason else ""))
-    # 0: supports cpr-transfer; 1: is QEMU but does not.
-    return 0 if not caps.cpr_transfer_problems() else 1
+    # 0: supports cpr-transfer (in the dialect it speaks); 1: is QEMU but does not.
+    return 0 if not caps.dialect_problems() else 1
 
 
 def cmd_list(args: argparse.Namespace) -> int:

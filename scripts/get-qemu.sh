@@ -3,6 +3,7 @@
 # the absolute path of its qemu-system-x86_64 (or qemu-system-aarch64).
 #
 #   scripts/get-qemu.sh VERSION [--arch x86_64|aarch64] [--source]
+#   scripts/get-qemu.sh LABEL --from TREE|TARBALL     (a QEMU source tree of your own)
 #
 # stdout: one line, the path (give it to --qemu-src/--qemu-dst). Progress goes to stderr
 # as "get-qemu: ..." lines. On failure: exit 1 (2 for bad usage) and ONE stderr line
@@ -26,12 +27,19 @@
 #    cache. 6-13 min on 2 cores. The build tree (1.5 GB) is deleted afterwards unless
 #    CPRH_KEEP_BUILD=1.
 #  - --source forces the source route; without it the binary route wins when both exist.
+#  - LABEL --from TREE|TARBALL: the "tree route" (scripts/get-qemu-tree.sh), x86_64 only.
+#    Any QEMU source tree (a checkout with a series applied, a branch, a tarball) is
+#    copied into the cache, the meson subprojects it lacks are taken from Debian's qemu
+#    source, and it is built like the source route and cached under the label; a later
+#    `get-qemu.sh LABEL` prints the cached build. A changed source is built again.
 #
 # Environment:
 #   CPRH_QEMU_CACHE   cache dir (default ${XDG_CACHE_HOME:-$HOME/.cache}/cpr-harness/qemu)
 #   CPRH_KEEP_BUILD=1 keep the source route's build tree and the binary route's debs
 #   CPRH_DEBIAN_MIRROR  default http://deb.debian.org/debian (security: .../debian-security)
 #   CPRH_QEMU_REFRESH=1 re-read the archive's indexes even when they are less than 24 h old
+#   CPRH_BUILD_NICE   niceness of configure/make (default 19)
+#   CPRH_SUBPROJECTS_FROM  the Debian qemu source the tree route takes subprojects from (10.2.2)
 #
 # Idempotent: a stamp file per version records what was built; a later call checks that
 # the recorded binary still says the right version on --version and prints its path,
@@ -42,7 +50,7 @@ umask 022
 export LC_ALL=C
 
 SELF=$(basename "$0")
-USAGE="usage: scripts/$SELF VERSION [--arch x86_64|aarch64] [--source]"
+USAGE="usage: scripts/$SELF VERSION [--arch x86_64|aarch64] [--source] | scripts/$SELF LABEL [--from TREE|TARBALL]"
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 MIRROR=${CPRH_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 MIRROR=${MIRROR%/}
@@ -64,13 +72,16 @@ qemu-system-x86_64 (qemu-system-aarch64 with --arch aarch64) on stdout.
   binary route    a version Debian's archive has as binaries (e.g. 11.1.3): ~25 s
   source route    a version it has only as source (e.g. 10.2.2), x86_64: 6-13 min build
   --source        build from Debian's source even when binaries exist
+  LABEL --from T  build the QEMU source tree (or tarball) T, cached as LABEL (x86_64;
+                  minutes); later just LABEL prints the cached build
 Cache: \$CPRH_QEMU_CACHE, else \${XDG_CACHE_HOME:-\$HOME/.cache}/cpr-harness/qemu.
-CPRH_KEEP_BUILD=1 keeps the build tree. See docs/qemu-builds.md.
+CPRH_KEEP_BUILD=1 keeps the build tree; CPRH_BUILD_NICE (default 19) the builds' niceness.
+See docs/qemu-builds.md.
 EOF
 }
 
 # --- arguments ------------------------------------------------------------------------
-VERSION="" ARCH=x86_64 FORCE_SOURCE=0
+VERSION="" ARCH=x86_64 FORCE_SOURCE=0 FROM="" LABEL=""
 [ $# -gt 0 ] || { say "$USAGE (--help for more)"; exit 2; }
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -78,19 +89,51 @@ while [ $# -gt 0 ]; do
         --arch) [ $# -ge 2 ] || usage_die "--arch needs a value"; ARCH=$2; shift 2 ;;
         --arch=*) ARCH=${1#--arch=}; shift ;;
         --source) FORCE_SOURCE=1; shift ;;
+        --from) [ $# -ge 2 ] || usage_die "--from needs a path (a QEMU source tree or tarball)"
+                FROM=$2; shift 2 ;;
+        --from=*) FROM=${1#--from=}; shift ;;
         -*) usage_die "unknown option '$1'" ;;
         *) [ -z "$VERSION" ] || usage_die "one VERSION only (got '$VERSION' and '$1')"
            VERSION=$1; shift ;;
     esac
 done
 [ -n "$VERSION" ] || usage_die "no VERSION given"
-[[ "$VERSION" =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] ||
-    usage_die "'$VERSION' is not a QEMU version (want X.Y.Z, e.g. 11.1.3)"
+# A label names a build from a source tree (--from); it starts with a letter, so it is
+# never taken for a version.
+LABEL_RE='^[A-Za-z][A-Za-z0-9._+-]{0,63}$'
+if [ -n "$FROM" ]; then
+    [[ "$VERSION" =~ $LABEL_RE ]] ||
+        usage_die "'$VERSION' is not a label for a build from --from (a letter, then letters, digits, . _ + -; e.g. rfc-v3)"
+    [ "$FORCE_SOURCE" = 0 ] || usage_die "--source builds Debian's source of a version; --from builds your tree: give one of them"
+    LABEL=$VERSION
+elif [[ "$VERSION" =~ $LABEL_RE ]]; then
+    LABEL=$VERSION   # a build from a tree, answered from the cache only (checked below)
+else
+    [[ "$VERSION" =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] ||
+        usage_die "'$VERSION' is not a QEMU version (want X.Y.Z, e.g. 11.1.3) nor a label (e.g. rfc-v3 --from TREE)"
+fi
 case "$ARCH" in
     x86_64)  PKG=qemu-system-x86 BIN=qemu-system-x86_64 ;;
     aarch64) PKG=qemu-system-arm BIN=qemu-system-aarch64 ;;
     *) usage_die "--arch must be x86_64 or aarch64, not '$ARCH'" ;;
 esac
+if [ -n "$LABEL" ] && [ "$ARCH" != x86_64 ]; then
+    usage_die "building --arch $ARCH from a source tree is not supported yet (x86_64 only)"
+fi
+if [ -n "$FROM" ]; then
+    [ -e "$FROM" ] || usage_die "--from $FROM: no such file or directory (want a QEMU source tree or a tarball of one)"
+    FROM=$(realpath -- "$FROM")
+    if [ -d "$FROM" ]; then
+        [ -f "$FROM/configure" ] && [ -f "$FROM/VERSION" ] ||
+            usage_die "--from $FROM: not a QEMU source tree (no configure and VERSION at its top)"
+    else
+        case "$FROM" in
+            *.tar|*.tar.xz|*.txz|*.tar.gz|*.tgz|*.tar.bz2|*.tbz2|*.tar.zst) ;;
+            *) usage_die "--from $FROM: neither a directory nor a tarball (.tar, .tar.xz, .tar.gz, .tar.bz2, .tar.zst)" ;;
+        esac
+        [ -r "$FROM" ] || usage_die "--from $FROM: cannot read it"
+    fi
+fi
 
 # The QEMU version a binary reports ("QEMU emulator version 11.1.3 (Debian ...)").
 qemu_version() {
@@ -121,30 +164,44 @@ mkdir -p "$CACHE" 2>/dev/null || die "cannot create the cache dir $CACHE: set CP
 
 BDIR=$CACHE/$VERSION/$ARCH             # binary route: root/ bin/ stamp
 SDIR=$CACHE/$VERSION/$ARCH-source      # source route: prefix/ build/ stamp
+TDIR=$CACHE/tree/$VERSION/$ARCH        # tree route (a label): prefix/ logs/ stamp
 LOCK=$CACHE/locks/$VERSION-$ARCH.lock
+[ -z "$LABEL" ] || LOCK=$CACHE/locks/tree-$LABEL-$ARCH.lock
 APTDIR=$CACHE/apt
 mkdir -p "$CACHE/locks"
+# shellcheck source=scripts/get-qemu-tree.sh
+. "$(dirname "$0")/get-qemu-tree.sh"
 
-# A stamp's path= line, when the binary it names still reports $VERSION.
+# A stamp's path= line, when the binary it names still reports its version: $VERSION,
+# or for a tree's label the version= the stamp recorded.
 stamp_path() {  # STAMPFILE
     [ -s "$1" ] || return 1
-    local p
+    local p want=$VERSION
     p=$(sed -n 's/^path=//p' "$1" | head -n1)
     [ -n "$p" ] && [ -x "$p" ] || return 1
-    [ "$(qemu_version "$p")" = "$VERSION" ] || return 1
+    [ -z "$LABEL" ] || want=$(sed -n 's/^version=//p' "$1" | head -n1)
+    [ -n "$want" ] && [ "$(qemu_version "$p")" = "$want" ] || return 1
     printf '%s\n' "$p"
 }
 
 # The stamps that may answer: with --source only the source route's.
 STAMPS=("$SDIR/stamp")
 [ "$FORCE_SOURCE" = 1 ] || STAMPS=("$BDIR/stamp" "$SDIR/stamp")
+[ -z "$LABEL" ] || STAMPS=("$TDIR/stamp")
 cached() {
     local s
+    [ -z "$FROM" ] || tree_stamp_matches "$TDIR/stamp" || return 1
     for s in "${STAMPS[@]}"; do stamp_path "$s" && return 0; done
     return 1
 }
 
 if cached; then exit 0; fi
+if [ -n "$LABEL" ] && [ -z "$FROM" ]; then
+    if [ -s "$TDIR/stamp" ]; then
+        die "the cached build labelled $LABEL ($TDIR) no longer runs: build it again with --from PATH"
+    fi
+    usage_die "'$VERSION' is not a QEMU version (want X.Y.Z, e.g. 11.1.3) nor a label built before (none in $CACHE/tree; build one with: $VERSION --from TREE)"
+fi
 
 exec 9>>"$LOCK"
 if ! flock -n 9; then
@@ -153,7 +210,9 @@ if ! flock -n 9; then
 fi
 if cached; then exit 0; fi
 for s in "${STAMPS[@]}"; do
-    if [ -s "$s" ]; then say "the cached build in $(dirname "$s") no longer runs as QEMU $VERSION; fetching it again"; fi
+    if [ -s "$s" ] && [ -n "$FROM" ] && ! tree_stamp_matches "$s"; then
+        say "the source of the build labelled $LABEL changed since it was built ($(tree_stamp_field "$s" source)); building it again"
+    elif [ -s "$s" ]; then say "the cached build in $(dirname "$s") no longer runs as QEMU $VERSION; fetching it again"; fi
 done
 
 # --- host prerequisites ---------------------------------------------------------------
@@ -307,23 +366,27 @@ upstreams() {  # distinct upstream versions from "DEBVERSION SUITE" lines, newes
     awk '{print $1}' | upstream_of | sort -u -V -r | paste -sd, - | sed 's/,/, /g'
 }
 
-ensure_lists
-resolve() {
-    BIN_PICK=$(binary_versions "$PKG" | pick)
-    SRC_PICK=$(source_versions | pick)
-}
-resolve
-# Not there: maybe uploaded since the indexes were read; re-read them if over an hour old.
-if [ -z "$BIN_PICK$SRC_PICK" ] && [ "$UPDATED" = 0 ] && lists_stale; then
-    do_update; resolve
-fi
-if [ -z "$BIN_PICK$SRC_PICK" ]; then
-    die "no QEMU $VERSION in Debian's archive (binaries: $(binary_versions "$PKG" | upstreams); sources: $(source_versions | upstreams)): ask for one of those"
-fi
-ROUTE=binary
-if [ "$FORCE_SOURCE" = 1 ] || [ -z "$BIN_PICK" ]; then ROUTE=source; fi
-if [ "$ROUTE" = source ] && [ -z "$SRC_PICK" ]; then
-    die "--source: the archive has no source package for QEMU $VERSION (sources: $(source_versions | upstreams)); drop --source to use its binaries"
+if [ -z "$LABEL" ]; then
+    ensure_lists
+    resolve() {
+        BIN_PICK=$(binary_versions "$PKG" | pick)
+        SRC_PICK=$(source_versions | pick)
+    }
+    resolve
+    # Not there: maybe uploaded since the indexes were read; re-read them if over an hour old.
+    if [ -z "$BIN_PICK$SRC_PICK" ] && [ "$UPDATED" = 0 ] && lists_stale; then
+        do_update; resolve
+    fi
+    if [ -z "$BIN_PICK$SRC_PICK" ]; then
+        die "no QEMU $VERSION in Debian's archive (binaries: $(binary_versions "$PKG" | upstreams); sources: $(source_versions | upstreams)): ask for one of those"
+    fi
+    ROUTE=binary
+    if [ "$FORCE_SOURCE" = 1 ] || [ -z "$BIN_PICK" ]; then ROUTE=source; fi
+    if [ "$ROUTE" = source ] && [ -z "$SRC_PICK" ]; then
+        die "--source: the archive has no source package for QEMU $VERSION (sources: $(source_versions | upstreams)); drop --source to use its binaries"
+    fi
+else
+    ROUTE=tree
 fi
 
 # --- proving a QEMU runs --------------------------------------------------------------
@@ -345,16 +408,16 @@ qmp_version() {  # QEMU [extra args...]
 # Checks a QEMU: --version, -accel help, -machine help, a QMP round trip on -machine
 # none, and (x86) a q35 machine created with its BIOS. Dies with the first problem.
 prove() {  # QEMU
-    local q=$1 v out
+    local q=$1 v out want=${QVERSION:-$VERSION}
     v=$(qemu_version "$q")
-    [ "$v" = "$VERSION" ] || die "$q --version says '${v:-nothing}', not $VERSION: $( { "$q" --version 2>&1 || true; } | head -n1)"
+    [ "$v" = "$want" ] || die "$q --version says '${v:-nothing}', not $want: $( { "$q" --version 2>&1 || true; } | head -n1)"
     out=$(timeout 20 "$q" -accel help 2>&1) || die "$q -accel help failed: $(printf '%s' "$out" | tail -n1)"
     grep -qx tcg <<<"$out" || die "$q -accel help does not list tcg: $(printf '%s' "$out" | tr '\n' ' ')"
     out=$(timeout 20 "$q" -machine help 2>&1) || die "$q -machine help failed: $(printf '%s' "$out" | tail -n1)"
     local m=virt; [ "$ARCH" = x86_64 ] && m=q35
     grep -q "^$m " <<<"$out" || die "$q -machine help does not list $m"
     v=$(qmp_version "$q" -machine none) || die "$q does not answer QMP with -machine none (see above)"
-    [ "$v" = "$VERSION" ] || die "$q answers query-version with $v, not $VERSION"
+    [ "$v" = "$want" ] || die "$q answers query-version with $v, not $want"
     # A real machine: x86 loads its BIOS here, so a QEMU that cannot find its
     # firmware fails now rather than in the harness.
     v=$(qmp_version "$q" -machine "$m" -accel tcg -S) ||
@@ -366,7 +429,7 @@ sq() { printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"; }
 
 write_stamp() {  # FILE PATH DEBVERSION ROUTE EXTRA...
     local f=$1 p=$2 dv=$3 r=$4; shift 4
-    { echo "version=$VERSION"; echo "arch=$ARCH"; echo "route=$r"; echo "debian_version=$dv"
+    { echo "version=${QVERSION:-$VERSION}"; echo "arch=$ARCH"; echo "route=$r"; echo "debian_version=$dv"
       echo "path=$p"; echo "built=$(date -u +%Y-%m-%dT%H:%M:%SZ)"; echo "seconds=$(( $(date +%s) - T0 ))"
       for kv in "$@"; do echo "$kv"; done; } >"$f.new"
     mv "$f.new" "$f"
@@ -473,20 +536,91 @@ binary_route() {
     printf '%s\n' "$wrap"
 }
 
-# --- the source route -----------------------------------------------------------------
+# --- building a QEMU source tree (the source route and the tree route) ----------------
 BUILD_DEPS=(gcc make pkg-config ninja-build flex bison python3-venv python3-distlib python3-pip
             libglib2.0-dev libpixman-1-dev libslirp-dev libfdt-dev zlib1g-dev dpkg-dev xz-utils)
+NICE=${CPRH_BUILD_NICE:-19}
+[[ "$NICE" =~ ^[0-9]+$ ]] && [ "$NICE" -le 19 ] || die "CPRH_BUILD_NICE must be 0..19, not '$NICE'"
 
+# Debian's own python3 (with the python3-venv and python3-distlib the build deps bring),
+# not whatever python3 comes first on PATH (pyenv shims, for one).
+build_python() {
+    local py=/usr/bin/python3
+    [ -x "$py" ] || py=$(command -v python3) || die "no python3 to configure QEMU with: apt-get install python3"
+    printf '%s\n' "$py"
+}
+
+# Download Debian's source package qemu=SRCV into DLDIR (private lists, deb-src lines).
+fetch_debian_source() {  # SRCV DLDIR LOG
+    local srcv=$1 dl=$2 log=$3
+    mkdir -p "$dl"
+    sdl() { (cd "$dl" && apt_locked apt-get "${APT[@]}" -q source --download-only "qemu=$srcv") >"$log" 2>&1; }
+    if ! sdl; then
+        if [ "$UPDATED" = 0 ] && grep -q '404' "$log" && lists_stale; then do_update; sdl || true; fi
+    fi
+    local why; why=$(apt_failure "$log")
+    case "$why" in
+        "") ;;
+        *404*) die "the archive lists the source qemu=$srcv but answers 404 Not Found for qemu_${srcv#*:}.dsc: ask for another version, or drop --source where it has binaries (binaries: $(binary_versions "$PKG" | upstreams))" ;;
+        *) apt_die "downloading the source qemu=$srcv" "$log" ;;
+    esac
+    ls "$dl"/qemu_*.dsc >/dev/null 2>&1 || die "apt-get source qemu=$srcv fetched no .dsc (log: $log)"
+}
+
+# The meson wheel the tree's pythondeps.toml installs, in its python/wheels (configure
+# --disable-download takes it from there). Debian's +ds tarball bundles none and
+# bookworm's meson (1.0.1) is too old; an upstream tree usually carries its own.
+# Sets MESONV.
+meson_wheel() {  # SRC LOGDIR PY
+    local src=$1 log=$2 py=$3
+    MESONV=$(sed -n 's/^meson *= *{.*installed *= *"\([^"]*\)".*/\1/p' "$src/pythondeps.toml" 2>/dev/null | head -n1)
+    [ -n "$MESONV" ] || MESONV=$(sed -n 's/^meson *= *{.*installed *= *"\([^"]*\)".*/\1/p' "$src/python/pythondeps.toml" 2>/dev/null | head -n1)
+    [ -n "$MESONV" ] || die "cannot tell which meson QEMU $VERSION wants (no meson line in pythondeps.toml)"
+    if ls "$src/python/wheels"/meson-"$MESONV"-*.whl >/dev/null 2>&1; then return 0; fi
+    mkdir -p "$CACHE/wheels" "$src/python/wheels"
+    if ! ls "$CACHE/wheels"/meson-"$MESONV"-*.whl >/dev/null 2>&1; then
+        say "downloading the meson $MESONV wheel from PyPI"
+        "$py" -m pip download -q --no-deps --only-binary :all: "meson==$MESONV" -d "$CACHE/wheels" >"$log/pip.log" 2>&1 ||
+            die "pip download meson==$MESONV failed: $(grep -iE 'error|could not' "$log/pip.log" | tail -n1) (log: $log/pip.log)"
+    fi
+    cp "$CACHE/wheels"/meson-"$MESONV"-*.whl "$src/python/wheels/"
+}
+
+# configure (x86_64-softmmu, KVM and TCG, no UI), make -j2 and make install into P, all
+# under nice; then prove the installed binary. Sets TBUILD (make seconds) and BUILDBYTES.
+build_install() {  # SRC P LOGDIR PY PKGVERSION [EXTRA CONFIGURE ARGS...]
+    local src=$1 P=$2 log=$3 py=$4 pkgv=$5; shift 5
+    mkdir -p "$src/build" "$log"
+    say "configuring (log: $log/configure.log)"
+    (cd "$src/build" && nice -n "$NICE" ../configure --python="$py" \
+        --with-pkgversion="$pkgv" \
+        --target-list=x86_64-softmmu --disable-docs \
+        --disable-werror --disable-download --enable-kvm --enable-tcg \
+        --enable-slirp --enable-fdt=system --disable-user --disable-gtk --disable-sdl \
+        --disable-vnc --disable-opengl --disable-spice --prefix="$P" "$@") \
+        >"$log/configure.log" 2>&1 ||
+        die "configure failed: $(grep -E 'ERROR|error' "$log/configure.log" | tail -n1) (log: $log/configure.log)"
+    local t2; t2=$(date +%s)
+    say "building with make -j2 under nice -n $NICE (6 min on 2 idle cores, 13 min on busy ones; log: $log/make.log)"
+    (cd "$src/build" && nice -n "$NICE" make -j2) >"$log/make.log" 2>&1 ||
+        die "make failed: $(grep -E 'error|Error' "$log/make.log" | head -n1 | cut -c1-200) (log: $log/make.log)"
+    TBUILD=$(( $(date +%s) - t2 ))
+    BUILDBYTES=$(du -sb "$src" | cut -f1)
+    rm -rf "$P"
+    (cd "$src/build" && nice -n "$NICE" make install) >"$log/install.log" 2>&1 ||
+        die "make install failed: $(grep -iE 'error' "$log/install.log" | tail -n1) (log: $log/install.log)"
+    [ -x "$P/bin/$BIN" ] || die "make install did not produce $P/bin/$BIN"
+    prove "$P/bin/$BIN"
+}
+
+# --- the source route -----------------------------------------------------------------
 source_route() {
     [ "$ARCH" = x86_64 ] ||
         die "building --arch $ARCH from source is not supported yet (x86_64 only), and the archive has no $PKG $VERSION binaries; use --arch x86_64 or a version with binaries ($(binary_versions "$PKG" | upstreams))"
     local srcv suite
     read -r srcv suite <<<"$SRC_PICK"
     host_install "building QEMU from source" "${BUILD_DEPS[@]}"
-    # Debian's own python3 (with the python3-venv and python3-distlib just checked), not
-    # whatever python3 comes first on PATH (pyenv shims, for one).
-    local py=/usr/bin/python3
-    [ -x "$py" ] || py=$(command -v python3) || die "no python3 to configure QEMU with: apt-get install python3"
+    local py; py=$(build_python)
     rm -f "$SDIR/stamp"
     mkdir -p "$SDIR"
     local B=$SDIR/build P=$SDIR/prefix log=$SDIR/logs
@@ -494,75 +628,34 @@ source_route() {
     rm -rf "$B"; mkdir -p "$B/dl"
     say "downloading Debian's source qemu=$srcv ($suite)"
     local t1; t1=$(date +%s)
-    sdl() { (cd "$B/dl" && apt_locked apt-get "${APT[@]}" -q source --download-only "qemu=$srcv") >"$log/source.log" 2>&1; }
-    if ! sdl; then
-        if [ "$UPDATED" = 0 ] && grep -q '404' "$log/source.log" && lists_stale; then do_update; sdl || true; fi
-    fi
-    local why; why=$(apt_failure "$log/source.log")
-    case "$why" in
-        "") ;;
-        *404*) die "the archive lists the source qemu=$srcv but answers 404 Not Found for qemu_${srcv#*:}.dsc: ask for another version, or drop --source where it has binaries (binaries: $(binary_versions "$PKG" | upstreams))" ;;
-        *) apt_die "downloading the source qemu=$srcv" "$log/source.log" ;;
-    esac
-    local dsc; dsc=$(ls "$B"/dl/qemu_*.dsc 2>/dev/null | head -n1)
-    [ -n "$dsc" ] || die "apt-get source qemu=$srcv fetched no .dsc (log: $log/source.log)"
+    fetch_debian_source "$srcv" "$B/dl" "$log/source.log"
+    local dsc; dsc=$(ls "$B"/dl/qemu_*.dsc | head -n1)
     local dlbytes; dlbytes=$(du -sb "$B/dl" | cut -f1)
     say "downloaded the source, $((dlbytes / 1048576)) MB, in $(( $(date +%s) - t1 )) s; unpacking"
     # apt has checked the files' hashes against the signed index; dpkg-source's own check
     # of the .dsc signature needs debian-keyring, which a host seldom has (a warning only).
     dpkg-source -x "$dsc" "$B/src" >"$log/dpkg-source.log" 2>&1 ||
         die "dpkg-source -x $dsc failed: $(tail -n1 "$log/dpkg-source.log") (log: $log/dpkg-source.log)"
-
-    # meson: the +ds tarball bundles none and bookworm's (1.0.1) is too old; configure
-    # (--disable-download) installs the version pythondeps.toml names from python/wheels.
-    local mesonv
-    mesonv=$(sed -n 's/^meson *= *{.*installed *= *"\([^"]*\)".*/\1/p' "$B/src/pythondeps.toml" 2>/dev/null | head -n1)
-    [ -n "$mesonv" ] || mesonv=$(sed -n 's/^meson *= *{.*installed *= *"\([^"]*\)".*/\1/p' "$B/src/python/pythondeps.toml" 2>/dev/null | head -n1)
-    [ -n "$mesonv" ] || die "cannot tell which meson QEMU $VERSION wants (no meson line in pythondeps.toml)"
-    mkdir -p "$CACHE/wheels" "$B/src/python/wheels"
-    if ! ls "$CACHE/wheels"/meson-"$mesonv"-*.whl >/dev/null 2>&1; then
-        say "downloading the meson $mesonv wheel from PyPI"
-        "$py" -m pip download -q --no-deps --only-binary :all: "meson==$mesonv" -d "$CACHE/wheels" >"$log/pip.log" 2>&1 ||
-            die "pip download meson==$mesonv failed: $(grep -iE 'error|could not' "$log/pip.log" | tail -n1) (log: $log/pip.log)"
-    fi
-    cp "$CACHE/wheels"/meson-"$mesonv"-*.whl "$B/src/python/wheels/"
-
-    mkdir -p "$B/src/build"
-    say "configuring (log: $log/configure.log)"
-    (cd "$B/src/build" && nice -n 19 ../configure --python="$py" \
-        --with-pkgversion="Debian $srcv source, built by get-qemu.sh" \
-        --target-list=x86_64-softmmu --disable-docs \
-        --disable-werror --disable-download --disable-install-blobs --enable-kvm --enable-tcg \
-        --enable-slirp --enable-fdt=system --disable-user --disable-gtk --disable-sdl \
-        --disable-vnc --disable-opengl --disable-spice --disable-rust \
-        --prefix="$P" --firmwarepath="$P/share/qemu:/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu") \
-        >"$log/configure.log" 2>&1 ||
-        die "configure failed: $(grep -E 'ERROR|error' "$log/configure.log" | tail -n1) (log: $log/configure.log)"
-    local t2; t2=$(date +%s)
-    say "building with make -j2 under nice -n 19 (6 min on 2 idle cores, 13 min on busy ones; log: $log/make.log)"
-    (cd "$B/src/build" && nice -n 19 make -j2) >"$log/make.log" 2>&1 ||
-        die "make failed: $(grep -E 'error|Error' "$log/make.log" | head -n1 | cut -c1-200) (log: $log/make.log)"
-    local tbuild=$(( $(date +%s) - t2 ))
-    local buildbytes; buildbytes=$(du -sb "$B" | cut -f1)
-    rm -rf "$P"
-    (cd "$B/src/build" && nice -n 19 make install) >"$log/install.log" 2>&1 ||
-        die "make install failed: $(grep -iE 'error' "$log/install.log" | tail -n1) (log: $log/install.log)"
+    meson_wheel "$B/src" "$log" "$py"
+    # The +ds tarball has no firmware blobs: the installed binary takes the host's.
+    build_install "$B/src" "$P" "$log" "$py" "Debian $srcv source, built by get-qemu.sh" \
+        --disable-install-blobs --disable-rust \
+        --firmwarepath="$P/share/qemu:/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu"
     local q=$P/bin/$BIN
-    [ -x "$q" ] || die "make install did not produce $q"
-    prove "$q"
     local instbytes; instbytes=$(du -sb "$P" | cut -f1)
     if [ "${CPRH_KEEP_BUILD:-0}" = 1 ]; then
         say "kept the build tree $B/src/build (CPRH_KEEP_BUILD=1)"
     else
         rm -rf "$B"
     fi
-    write_stamp "$SDIR/stamp" "$q" "$srcv" source "suite=$suite" "meson=$mesonv" "make_seconds=$tbuild" \
-        "download_bytes=$dlbytes" "build_tree_bytes=$buildbytes" "install_bytes=$instbytes"
-    say "ready in $(elapsed): QEMU $VERSION built from $srcv (make $tbuild s, build tree $((buildbytes / 1048576)) MB, install $((instbytes / 1048576)) MB)"
+    write_stamp "$SDIR/stamp" "$q" "$srcv" source "suite=$suite" "meson=$MESONV" "make_seconds=$TBUILD" \
+        "download_bytes=$dlbytes" "build_tree_bytes=$BUILDBYTES" "install_bytes=$instbytes"
+    say "ready in $(elapsed): QEMU $VERSION built from $srcv (make $TBUILD s, build tree $((BUILDBYTES / 1048576)) MB, install $((instbytes / 1048576)) MB)"
     printf '%s\n' "$q"
 }
 
 case "$ROUTE" in
     binary) binary_route ;;
     source) source_route ;;
+    tree) tree_route ;;
 esac

@@ -116,6 +116,29 @@ class Capabilities:
             problems.append(f"{where} has no 'aux-ram-share' property{extra}")
         return problems
 
+    def rfc_v1_problems(self) -> List[str]:
+        """Why this binary cannot run the RFC v1 / cpr-transfer series interface
+        (``cpr-uri``, ``-cpr-uri``, ``-machine anon-alloc``); empty when it can."""
+        problems: List[str] = []
+        if not self.has_cpr_transfer:
+            problems.append("MigMode has no 'cpr-transfer'"
+                            + (f" (modes: {', '.join(self.mig_modes)})" if self.mig_modes
+                               else " (no MigMode at all)"))
+        if not self.migparams_has_cpr_uri:
+            problems.append("migrate-set-parameters has no 'cpr-uri' (the rfc-v1 cpr "
+                            "channel)")
+        if self.machine_props and "anon-alloc" not in self.machine_props:
+            problems.append("the machine has no 'anon-alloc' property")
+        return problems
+
+    def dialect_problems(self, dialect: str = "") -> List[str]:
+        """Why this binary cannot run cpr-transfer in ``dialect`` (default: the one it
+        speaks); empty when it can. A binary of no known dialect is judged against the
+        released interface."""
+        if (dialect or self.dialect) == DIALECT_RFC_V1:
+            return self.rfc_v1_problems()
+        return self.cpr_transfer_problems()
+
     # -- output ----------------------------------------------------------------
 
     def to_dict(self) -> Dict[str, Any]:
@@ -131,6 +154,7 @@ class Capabilities:
         d["has_cpr_transfer"] = self.has_cpr_transfer
         d["dialect"] = self.dialect
         d["cpr_transfer_problems"] = self.cpr_transfer_problems()
+        d["dialect_problems"] = self.dialect_problems()
         return d
 
     @classmethod
@@ -182,9 +206,12 @@ class Capabilities:
         ]
         for n in self.notes:
             lines.append(f"  note: {n}")
-        problems = self.cpr_transfer_problems()
+        problems = self.dialect_problems()
         if problems:
             lines.append("cpr-transfer: NOT supported: " + "; ".join(problems))
+        elif self.dialect == DIALECT_RFC_V1:
+            lines.append("cpr-transfer: supported, in the rfc-v1 dialect (cpr-uri, -cpr-uri, "
+                         "-machine anon-alloc=memfd)")
         else:
             lines.append("cpr-transfer: supported")
         return "\n".join(lines)

@@ -51,6 +51,13 @@ def cpr_incoming_fd(binary: str) -> Tuple[bool, str]:
     if not caps.has_cpr_transfer:
         return False, (f"{binary} ({caps.version_str}) has no cpr-transfer mode, so no cpr "
                        f"channel at all")
+    if "cpr" not in caps.channel_types:
+        # The rfc-v1 dialect (the cpr-transfer series): its target names the cpr channel
+        # with -cpr-uri URI. Asked the probe below, 9.1.50 says "unknown migration
+        # protocol: {...cprh_no_such_fd...}", which names the fd without taking it.
+        return False, (f"{binary} ({caps.version_str}) has no 'cpr' migration channel type: "
+                       f"its target takes the cpr channel as -cpr-uri URI (the "
+                       f"{caps.dialect} dialect), which has no fd form")
     chan = json.dumps({"channel-type": "cpr", "addr": {
         "transport": "socket", "type": "fd", "str": FD_NAME}})
     code, out = _run(binary, ["-incoming", chan])

@@ -9,9 +9,12 @@
 3. one QMP session (``-machine none -nodefaults -display none -S``), the same
    :class:`~harness.qemu.process.QemuProcess` and :class:`~harness.qemu.qmp.QMPSession`
    the pairs use: ``qmp_capabilities``, ``query-version``, ``query-qmp-schema``,
-   ``qom-list-types``, ``qom-list-properties`` of the concrete q35 machine type
-   (``pc-q35-10.0-machine`` on 10.0.2), ``query-command-line-options`` for
-   ``run-with`` and ``machine``, then ``quit``.
+   ``qom-list-types`` (required), then ``qom-list-properties`` of the concrete q35
+   machine type (``pc-q35-10.0-machine`` on 10.0.2), ``query-command-line-options`` for
+   ``run-with`` and ``machine``, then ``quit``. An optional question that kills QEMU
+   (the cpr-transfer series' 9.1.50 segfaults on ``qom-list-properties``) is a note
+   saying how it died, as read from its exit status (a crash's top frames from its
+   core), and the rest are asked of a fresh QEMU.
 
 The QMP schema names its types with opaque numbers, so nothing is looked up by a
 type's documented name: ``MigMode`` is the enum that the ``mode`` member of
@@ -45,7 +48,8 @@ from harness.core.errors import (AbnormalShutdown, NotQemu, ProbeFailed, QemuNot
 from harness.core.logs import tail
 from harness.qemu.capabilities import (DIALECT_NONE, DIALECT_RELEASED,  # noqa: F401
                                        DIALECT_RFC_V1, Capabilities)
-from harness.qemu.process import QemuProcess
+from harness.qemu.crash import diagnose
+from harness.qemu.process import QemuProcess, describe_exit
 from harness.qemu.qmp import QMPSession
 from harness.qemu.schema import Schema
 
@@ -67,6 +71,10 @@ QMP_ARGS = ("-no-user-config", "-machine", "none", "-nodefaults", "-display", "n
 _VERSION_RE = re.compile(r"QEMU emulator version\s+((\d+)\.(\d+)(?:\.(\d+))?\S*(?:\s.*)?)$")
 _TAIL_LINES = 20
 _TAIL_LINE_CHARS = 300
+#: QMP answers the probe cannot do without.
+_REQUIRED = ("query-version", "query-qmp-schema", "qom-list-types")
+#: How long a QEMU that dropped its monitor gets to be seen exiting.
+_EXIT_WAIT_S = 5.0
 
 
 # --------------------------------------------------------------------------- memo
@@ -224,7 +232,7 @@ class _Prober:
         try:
             return vm.connect_qmp(self._left(what))
         except VMLaunchFailure as exc:
-            raise ProbeFailed(self.binary, f"QEMU exited with code {exc.exitcode} before its "
+            raise ProbeFailed(self.binary, f"QEMU {describe_exit(exc.exitcode)} before its "
                                            f"QMP monitor came up",
                               _tail(exc.log_tail) or None) from None
         except QMPConnectionLost as exc:
@@ -355,50 +363,27 @@ class _Prober:
         return real[0] if real else None
 
     def _qmp(self, props_machine: Optional[str]) -> Dict[str, Any]:
-        cmds: List[Tuple[str, str, Optional[Dict[str, Any]]]] = [
+        """Ask every QMP question; the required ones first. An optional question that
+        kills QEMU is a note (how it died) and the rest go to a fresh QEMU."""
+        pending: List[Tuple[str, str, Optional[Dict[str, Any]]]] = [
             ("query-version", "query-version", None),
             ("query-qmp-schema", "query-qmp-schema", None),
             ("qom-list-types", "qom-list-types", None),
+        ]
+        if props_machine:
+            pending.append(("qom-list-properties", "qom-list-properties",
+                            {"typename": f"{props_machine}-machine"}))
+        pending += [
             ("query-command-line-options run-with", "query-command-line-options",
              {"option": "run-with"}),
             ("query-command-line-options machine", "query-command-line-options",
              {"option": "machine"}),
         ]
-        if props_machine:
-            cmds.append(("qom-list-properties", "qom-list-properties",
-                         {"typename": f"{props_machine}-machine"}))
-        what = "the QMP session (" + " ".join(QMP_ARGS) + " -qmp unix:...)"
         results: Dict[str, Any] = {}
         errors: Dict[str, str] = {}
-        wd = private_tmpdir("probe")
-        vm = QemuProcess("probe", self.path, QMP_ARGS, wd, wd)
-        try:
-            self._launch(vm, what)
-            qmp = self._connect(vm, what)
-            results["qmp_capabilities"] = {}
-            for name, command, args in cmds:
-                try:
-                    results[name] = qmp.cmd(command, args, timeout=self._left(what))
-                except QMPCommandFailed as exc:
-                    errors[name] = f"{exc.error_class}: {exc.desc}"
-                except QMPConnectionLost:
-                    code = vm.poll()
-                    raise ProbeFailed(self.binary, f"QEMU exited with code {code} before "
-                                                   f"answering QMP {name}",
-                                      _tail(tail(vm.log_path)) or None) from None
-                except WaitTimeout:
-                    raise ProbeFailed(self.binary, f"{what} timed out waiting for the reply "
-                                                   f"to {name} (probe budget "
-                                                   f"{self.timeout:g}s); killed it",
-                                      _tail(tail(vm.log_path)) or None) from None
-        finally:
-            try:
-                vm.shutdown(timeout=5.0)
-            except AbnormalShutdown:
-                self.notes.append("the probe QEMU ignored quit and was killed")
-            remove_tmpdir(wd)
-        required = ("query-version", "query-qmp-schema", "qom-list-types")
-        for name in required:
+        while pending:
+            self._session(pending, results, errors)
+        for name in _REQUIRED:
             if name in errors:
                 raise ProbeFailed(self.binary, f"QMP {name} failed: {errors[name]}")
         if not isinstance(results["query-qmp-schema"], list) or \
@@ -410,6 +395,66 @@ class _Prober:
                               f"{errors['qom-list-properties']}")
         results["_errors"] = errors
         return results
+
+    def _session(self, pending: List[Tuple[str, str, Optional[Dict[str, Any]]]],
+                 results: Dict[str, Any], errors: Dict[str, str]) -> None:
+        """One probe QEMU: ask ``pending`` questions in turn, removing each answered one;
+        return early (the rest still pending) when an optional question killed it."""
+        what = "the QMP session (" + " ".join(QMP_ARGS) + " -qmp unix:...)"
+        wd = private_tmpdir("probe")
+        vm = QemuProcess("probe", self.path, QMP_ARGS, wd, wd)
+        try:
+            self._launch(vm, what)
+            qmp = self._connect(vm, what)
+            results["qmp_capabilities"] = {}
+            while pending:
+                name, command, args = pending.pop(0)
+                try:
+                    results[name] = qmp.cmd(command, args, timeout=self._left(what))
+                except QMPCommandFailed as exc:
+                    errors[name] = f"{exc.error_class}: {exc.desc}"
+                except QMPConnectionLost:
+                    death = self._death(vm, wd)
+                    if name in _REQUIRED:
+                        raise ProbeFailed(self.binary, f"QEMU {death} before answering QMP "
+                                                       f"{name}",
+                                          _tail(tail(vm.log_path)) or None) from None
+                    shown = f"{command} {args['typename']}" if args and "typename" in args \
+                        else name
+                    self.notes.append(f"{shown} killed the probe QEMU: it {death}"
+                                      + ("; the rest asked of a fresh QEMU" if pending else ""))
+                    return
+                except WaitTimeout:
+                    raise ProbeFailed(self.binary, f"{what} timed out waiting for the reply "
+                                                   f"to {name} (probe budget "
+                                                   f"{self.timeout:g}s); killed it",
+                                      _tail(tail(vm.log_path)) or None) from None
+        finally:
+            try:
+                vm.shutdown(timeout=5.0)
+            except AbnormalShutdown:
+                self.notes.append("the probe QEMU ignored quit and was killed")
+            remove_tmpdir(wd)
+
+    def _death(self, vm: QemuProcess, wd: str) -> str:
+        """How a probe QEMU that dropped its monitor ended, from its exit status as read
+        (waited for, bounded): ``was killed by signal 11 (SIGSEGV); top frames: ...``.
+        The backtrace of a crash is taken as for a pair's QEMU; its time is not charged
+        to the probe's budget."""
+        try:
+            code = vm.wait_exit(min(_EXIT_WAIT_S, self._left("waiting for the probe QEMU "
+                                                                 "to exit")))
+        except WaitTimeout:
+            vm.kill()
+            return (f"closed its monitor and was still running {_EXIT_WAIT_S:g} s later "
+                    f"(killed)")
+        vm.expect_exit()
+        text = describe_exit(code)
+        t0 = time.monotonic()
+        crash = diagnose("probe", vm.pid, code, vm.exe, vm.core_dir,
+                         os.path.join(wd, "probe.backtrace.txt"))
+        self.deadline += time.monotonic() - t0
+        return text if crash is None else f"{text}; {crash.describe()}"
 
     def _machine_props(self, qmp: Mapping[str, Any], props_machine: Optional[str]
                        ) -> FrozenSet[str]:

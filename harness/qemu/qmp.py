@@ -95,8 +95,7 @@ class QMPSession:
                     sock.settimeout(None)
                     sock.setblocking(False)
                     try:
-                        self._run(self._client.connect(sock), deadline - time.monotonic(),
-                                  "QMP greeting and negotiation")
+                        self._negotiate(sock, deadline)
                     except ConnectError as exc:
                         last = f"negotiation: {exc}"
                         self._client = QMPClient(self.side)
@@ -239,6 +238,24 @@ class QMPSession:
             except asyncio.TimeoutError:
                 continue
             self._received(dict(ev))
+
+    def _negotiate(self, sock: socket.socket, deadline: float) -> None:
+        """qemu.qmp's connect on ``sock``. :raise ConnectError: it failed, or the monitor
+        hung up as the session began."""
+        try:
+            self._run(self._client.connect(sock), deadline - time.monotonic(),
+                      "QMP greeting and negotiation")
+        except AssertionError:
+            # qemu.qmp asserts its runstate is RUNNING once the negotiation is done; a
+            # QEMU that exits right then (a target refusing the stream as soon as its
+            # monitor is up: 11.1.3 refusing 9.1.50's machine type) leaves it
+            # DISCONNECTING. A lost connection, like any other: drop this client.
+            try:
+                self._run(self._client.disconnect(), 2.0, "QMP disconnect")
+            except (Exception, asyncio.CancelledError):  # noqa: BLE001 - already gone
+                pass
+            raise ConnectError("the monitor hung up as the session began",
+                               EOFError("connection closed")) from None
 
     # -- helpers ------------------------------------------------------------------------
 

@@ -79,8 +79,11 @@ def _hops(d: PairDriver, c: ChainResult) -> None:
             inode = d.ev.ram_inode(d.target.pid)
             if inode != inode0:
                 problem = f"RAM file changed: inode {inode0} -> {inode}"
-        # The old source is done: quit it, the target becomes the source.
+        # The old source is done: quit it, the target becomes the source. A mixed pair
+        # (the series and a released QEMU) speaks the target's dialect from now on:
+        # both sides are the target's binary.
         old, d.src, d.dst = d.src, d.dst, None
+        d.dialect = d.dialect.for_side("dst")
         d.old_dsts.append(old)
         d.shutdown_quietly(old)
         hop = HopRecord(i, rec, inode)

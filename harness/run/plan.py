@@ -27,7 +27,8 @@ def render_vm_args(sc: Scenario, dialect: Dialect, mem: backends.MemoryArgs, acc
 
     ``machine``: the machine type to run (default: the scenario's); ``extra``: the
     scenario's extra options, rendered (:func:`render_extra_args`)."""
-    m = (machine or sc.machine) + mem.machine_props + dialect.machine_suffix(sc.aux_ram_share)
+    m = (machine or sc.machine) + mem.machine_props + \
+        dialect.for_side(side).machine_suffix(sc.aux_ram_share)
     return ["-name", f"cprh-{side},debug-threads=on", "-nodefaults", "-display", "none",
             "-machine", m, "-accel", accel, "-smp", str(sc.smp),
             "-m", f"{sc.ram_mb}M", *mem.object_args, *guest_args, *extra]

@@ -6,6 +6,7 @@ for every adapter), the report's run facts and the adapters' labels.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple
@@ -19,7 +20,7 @@ from harness.qemu import features
 from harness.qemu.probe import Capabilities, probe
 from harness.run.config import RunConfig, Timeouts
 from harness.scenario import expectations
-from harness.scenario.model import Scenario
+from harness.scenario.model import Expect, Scenario
 
 
 @dataclass(frozen=True)
@@ -108,30 +109,40 @@ def resolve_accel(run_accel: str, sc: Scenario, src: Capabilities, dst: Capabili
 
 
 def choose_dialect(cfg: RunConfig, src: Capabilities, dst: Capabilities) -> Dialect:
-    if cfg.dialect == "auto" and src.dialect != dst.dialect:
-        raise Unsupported(f"src speaks the {src.dialect} cpr-transfer dialect, dst speaks "
-                          f"{dst.dialect}; pass --dialect to force one")
-    return dialects.choose(src.dialect, cfg.dialect)
+    """Each side's own dialect (a :class:`~harness.cpr.dialect.Mixed` pair when they
+    differ: the cpr-transfer series and a released QEMU), unless ``--dialect`` forces
+    one on both."""
+    return dialects.choose(src.dialect, cfg.dialect, dst.dialect)
+
+
+def in_dialect(sc: Scenario, dialect: Dialect) -> Scenario:
+    """``sc`` with the error message it requires in ``dialect``'s QEMU's words."""
+    side = "dst" if sc.expect.kind is Expect.DST_REFUSES else "src"
+    message = dialect.message(sc.id, sc.expect.message, side)
+    if message == sc.expect.message:
+        return sc
+    return sc.with_(expect=dataclasses.replace(sc.expect, message=message))
 
 
 def _mode_problems(caps: Capabilities, sc: Scenario, dialect: Dialect) -> Sequence[str]:
     if sc.mode != "cpr-transfer":
         mode = "normal" if sc.mode == "precopy" else sc.mode
         return [] if mode in caps.mig_modes else [f"MigMode has no {mode!r}"]
-    problems = caps.cpr_transfer_problems()
-    if dialect.name == dialects.RFC_V1:
-        problems = [] if caps.has_cpr_transfer else problems
-    return problems
+    return caps.dialect_problems(dialect.name)
 
 
 def check_supported(caps: Capabilities, sc: Scenario, dialect: Dialect,
                     side: str = "both") -> None:
     """:raise Unsupported: this binary (or the host), on ``side`` of the pair, cannot
     run ``sc``, and why."""
-    problems = _mode_problems(caps, sc, dialect)
+    spoken = dialect.for_side("dst" if side == "dst" else "src")
+    problems = _mode_problems(caps, sc, spoken)
     if problems:
         raise Unsupported(f"{caps.path} ({caps.version_str}) cannot run {sc.mode}: "
                           + "; ".join(problems))
+    why = spoken.unsupported(sc.backend)
+    if why and sc.positive:
+        raise Unsupported(f"{caps.path} ({caps.version_str}), the {side} side: {why}")
     kind = backends.BACKENDS.get(sc.backend)
     qom = kind.qom_type if kind is not None else None
     if sc.backend == "epc":
@@ -185,6 +196,7 @@ def resolve_binaries(sc: Scenario, cfg: RunConfig) -> Binaries:
                           f"sides): pass --qemu-src and --qemu-dst of different versions, "
                           f"or use 'python -m harness versions'")
     dialect = choose_dialect(acfg, src, dst)
+    sc = in_dialect(sc, dialect)
     check_supported(src, sc, dialect, "src")
     check_supported(dst, sc, dialect, "dst")
     accel = resolve_accel(acfg.accel, sc, src, dst)
@@ -223,8 +235,8 @@ def check_binaries(cfg: RunConfig) -> None:
             caps = probe(binary)
         except HarnessError as exc:
             raise UsageError(f"--qemu-{side}: {exc}") from None
-        problems = caps.cpr_transfer_problems()
-        if problems and not (cfg.dialect == dialects.RFC_V1 and caps.has_cpr_transfer):
+        problems = caps.dialect_problems("" if cfg.dialect == "auto" else cfg.dialect)
+        if problems:
             raise UsageError(
                 f"--qemu-{side}: {caps.path} ({caps.version_str}) does not support "
                 f"cpr-transfer: {'; '.join(problems)}. Install QEMU >= 10.0 "

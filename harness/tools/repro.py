@@ -37,8 +37,8 @@ from harness.scenario.model import Scenario
 PROG = "python -m harness repro"
 GUESTS = ("x86-bios", "aarch64-virt")   # the bare-metal guests: small firmware, embedded
 TIME_LIMIT_S = 100.0                    # the script's own limit (REPRO_TIMEOUT overrides)
-HELPERS = (channels.host_proc_net, channels.unix_listening, channels.free_tcp_port, process.describe_exit,
-           logs.tail)                   # the harness's own, carried verbatim (stdlib only)
+HELPERS = (channels.host_proc_net, channels.unix_listening, channels.free_tcp_port,
+           process.describe_exit, logs.tail)  # the harness's own, verbatim (stdlib only)
 
 
 def _channels(cfg: Dict[str, Any]) -> List[Dict[str, Any]]:
@@ -272,7 +272,6 @@ def fill(obj, subs):
 # The harness's own helpers, verbatim (harness/cpr/channels.py, qemu/process.py, core/logs.py)
 
 @@HARNESS@@
-
 _proc_net = host_proc_net  # the script starts no network namespace: the host's view is all
 
 def _die_with_parent():  # in the child before exec: SIGKILL when this script dies

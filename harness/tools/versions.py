@@ -54,7 +54,7 @@ def builds(binaries: Sequence[str]) -> List[Build]:
             caps = probe(b)
         except HarnessError as exc:
             raise UsageError(f"versions: {exc}") from None
-        problems = caps.cpr_transfer_problems()
+        problems = caps.dialect_problems()
         if problems:
             raise UsageError(f"versions: {caps.path} ({caps.version_str}) does not support "
                              f"cpr-transfer: {'; '.join(problems)}")

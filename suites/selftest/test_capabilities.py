@@ -279,6 +279,38 @@ def test_qemu_that_stops_answering_is_probe_failed(tmp_path):
     assert "QEMU exited with code 3" in ei.value.detail, ei.value.detail
 
 
+#: A monitor that greets, accepts qmp_capabilities, and exits at once: qemu.qmp then
+#: either fails the connect or (a race) asserts its session is RUNNING while it is
+#: already DISCONNECTING; a target refusing its stream right after its monitor is up
+#: did that (11.1.3 refusing 9.1.50's machine type).
+HANGS_UP = """
+    exec "{python}" - "$@" <<'EOF'
+    import json, socket, sys
+    args = sys.argv[1:]
+    path = args[args.index("-qmp") + 1][len("unix:"):].split(",")[0]
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(path)
+    s.listen(4)
+    c, _ = s.accept()
+    c.sendall(b'{{"QMP": {{"version": {{"qemu": {{"micro": 0, "minor": 0, "major": 10}}, '
+              b'"package": ""}}, "capabilities": []}}}}\\n')
+    req = json.loads(c.recv(65536))   # qemu.qmp sends no newline: one chunk
+    c.sendall(json.dumps({{"return": {{}}, "id": req.get("id")}}).encode() + b"\\n")
+    c.close()
+    sys.exit(3)
+    EOF
+"""
+
+
+def test_a_monitor_that_hangs_up_as_the_session_begins_is_a_typed_error(tmp_path):
+    f = _script(tmp_path / "hangs-up", FAKE_HEAD + HANGS_UP.format(python=sys.executable))
+    for _ in range(5):   # the race goes either way; both ways are a ProbeFailed
+        clear_probe_cache()
+        with pytest.raises(ProbeFailed) as ei:
+            probe(str(f), timeout=30)
+        assert "exited with code 3" in ei.value.detail, ei.value.detail
+
+
 def test_hanging_binary_times_out_and_is_killed(tmp_path):
     pidfile = tmp_path / "child.pid"
     f = _script(tmp_path / "hangs", f"""
@@ -307,6 +339,74 @@ def test_hanging_binary_times_out_and_is_killed(tmp_path):
         pytest.fail(f"the probe left pid {pid} running")
 
 
+#: A QEMU whose monitor is relayed to the real one (the installed QEMU answers), and that
+#: dies by SIGKILL, the real QEMU with it, when asked ``qom-list-properties``: the shape
+#: of the cpr-transfer series' build, which segfaults there (test below).
+RELAY = """
+    #!/bin/sh
+    case "$1" in --version|-accel|-machine) exec {qemu} "$@" ;; esac
+    exec "{python}" - "$@" <<'EOF'
+    import os, signal, socket, subprocess, sys, threading, time
+    args = sys.argv[1:]
+    i = args.index("-qmp")
+    path = args[i + 1][len("unix:"):].split(",")[0]
+    inner = path + ".in"
+    q = subprocess.Popen(["{qemu}", *args[:i], "-qmp", f"unix:{{inner}},server=on,wait=off"])
+    up = socket.socket(socket.AF_UNIX)
+    for _ in range(400):
+        try:
+            up.connect(inner)
+            break
+        except OSError:
+            time.sleep(0.05)
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(path)
+    s.listen(1)
+    c, _ = s.accept()
+    def back():
+        while True:
+            data = up.recv(65536)
+            if not data:
+                os._exit(0)
+            c.sendall(data)
+    threading.Thread(target=back, daemon=True).start()
+    while True:
+        data = c.recv(65536)   # qemu.qmp ends no message with a newline: relay chunks
+        if not data:
+            break
+        if b"qom-list-properties" in data:
+            q.kill()
+            os.kill(os.getpid(), signal.SIGKILL)
+        up.sendall(data)
+    q.wait()
+    EOF
+"""
+
+
+def test_an_optional_question_that_kills_qemu_is_a_note(tmp_path, qemu_on_path):
+    """The probe reads how QEMU died, notes it, and asks the rest of a fresh QEMU."""
+    f = _script(tmp_path / "relay", RELAY.format(qemu=qemu_on_path, python=sys.executable))
+    c = probe(str(f), timeout=60)
+    note = next((n for n in c.notes if n.startswith("qom-list-properties ")), None)
+    assert note is not None, c.notes
+    assert "killed the probe QEMU: it was killed by signal 9 (SIGKILL)" in note, note
+    assert "the rest asked of a fresh QEMU" in note, note
+    # The rest was answered (by the fresh QEMU): the released interface, whole.
+    assert c.dialect == DIALECT_RELEASED and c.cpr_transfer_problems() == []
+    assert "aux-ram-share" in c.machine_props
+    assert any("query-command-line-options" in n for n in c.notes), c.notes
+
+
+def test_a_required_question_that_kills_qemu_says_how_it_died(tmp_path, qemu_on_path):
+    body = RELAY.format(qemu=qemu_on_path, python=sys.executable).replace(
+        'b"qom-list-properties"', 'b"query-qmp-schema"')
+    f = _script(tmp_path / "relay-schema", body)
+    with pytest.raises(ProbeFailed) as ei:
+        probe(str(f), timeout=60)
+    assert "QEMU was killed by signal 9 (SIGKILL) before answering QMP query-qmp-schema" \
+        in ei.value.detail, ei.value.detail
+
+
 # --------------------------------------------------------------------------- derived logic
 
 
@@ -322,9 +422,20 @@ def test_rfc_v1_dialect_is_named():
               props_machine="pc-q35-9.1")
     assert c.has_cpr_transfer
     assert c.dialect == DIALECT_RFC_V1
-    problems = c.cpr_transfer_problems()
+    problems = c.cpr_transfer_problems()   # the released interface's, which it lacks
     assert any("RFC v1" in p for p in problems)
     assert any("aux-ram-share" in p and "anon-alloc" in p for p in problems)
+    # ...but it speaks its own dialect completely: supported, and says in which.
+    assert c.dialect_problems() == []
+    assert c.dialect_problems(DIALECT_RELEASED) == problems
+    assert c.summary().splitlines()[-1].startswith("cpr-transfer: supported, in the rfc-v1")
+
+
+def test_rfc_v1_without_cpr_uri_is_not_supported():
+    c = _fake(mig_modes=("normal", "cpr-transfer"), machine_props=frozenset({"anon-alloc"}))
+    assert c.dialect == DIALECT_RFC_V1
+    assert c.dialect_problems() == ["migrate-set-parameters has no 'cpr-uri' (the rfc-v1 "
+                                    "cpr channel)"]
     assert "cpr-transfer: NOT supported: " in c.summary()
 
 

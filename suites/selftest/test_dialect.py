@@ -1,9 +1,12 @@
-"""Self-tests of the interface dialects: what each renders, for every scenario.
+"""Self-tests of the interface dialects: what each renders, for every scenario, and the
+mixed pair (each side in its own dialect).
 
-The released dialect also runs live (the conformance suite); the RFC v1 dialect has no
-binary here, so these renderings are its only coverage.
+Both dialects also run live: the released one on 10.x/11.x, rfc-v1 on the cpr-transfer
+series' build (`scripts/get-qemu.sh rfc-v3 --from ...`; docs/versions.md); these
+renderings cover every scenario without a QEMU.
 """
 import json
+import re
 
 import pytest
 
@@ -116,7 +119,54 @@ def test_dialect_is_chosen_from_capabilities():
     assert choose_dialect(RunConfig(), caps("rfc-v1"), caps("rfc-v1")).name == dialect.RFC_V1
     assert choose_dialect(RunConfig(dialect="released-10x"), caps("rfc-v1"),
                           caps("rfc-v1")).name == dialect.RELEASED
-    with pytest.raises(Unsupported, match="src speaks"):
-        choose_dialect(RunConfig(), caps("rfc-v1"), caps("released-10x"))
+    mixed = choose_dialect(RunConfig(), caps("rfc-v1"), caps("released-10x"))
+    assert mixed.name == "rfc-v1→released-10x"
+    assert dialect.get(mixed.name).name == mixed.name   # the name a result keeps
+    assert choose_dialect(RunConfig(dialect="rfc-v1"), caps("rfc-v1"),
+                          caps("released-10x")).name == dialect.RFC_V1
     with pytest.raises(UsageError, match="unknown dialect"):
         RunConfig(dialect="rfc-v2")
+    with pytest.raises(Unsupported, match="no known cpr-transfer dialect"):
+        dialect.choose("none", None, "rfc-v1")
+
+
+MIXED = [sc for sc in SCENARIOS if sc.side_cpr("dst") != "fd" and sc.mode == "cpr-transfer"]
+
+
+@pytest.mark.parametrize("sc", MIXED, ids=[s.id for s in MIXED])
+def test_mixed_pair_speaks_each_side_its_own(sc, tmp_path):
+    """The series' source and a released target: the source's set-up as rfc-v1 renders
+    it, the target's command line as released renders it, machine props per side."""
+    mixed = dialect.get("rfc-v1→released-10x")
+    p = plan(sc, mixed.name, tmp_path)
+    rfc = plan(sc, dialect.RFC_V1, tmp_path / "r")
+    rel = plan(sc, dialect.RELEASED, tmp_path / "d")
+
+    def norm(x):  # the three plans differ only in their dirs and free tcp ports
+        t = json.dumps(x).replace(str(tmp_path / "r"), "W").replace(str(tmp_path / "d"), "W")
+        t = re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:P", t.replace(str(tmp_path), "W"))
+        return re.sub(r'(port\\*"\s*:\s*\\*")\d+', r"\1P", t)
+
+    assert norm(rfc.src_commands) == norm(p.src_commands)
+    assert norm(rel.dst_commands) == norm(p.dst_commands)
+    assert machine_arg(p.src_args) == machine_arg(rfc.src_args)
+    assert machine_arg(p.dst_args) == machine_arg(rel.dst_args)
+    assert norm(rel.dst_args[len(rel.src_args):]) == norm(p.dst_args[len(p.src_args):])
+
+
+def test_mixed_pair_expects_the_refusing_sides_words():
+    from harness.run.setup import in_dialect
+    src_side, dst_side = catalogue.get("channel/cpr-missing"), catalogue.get("channel/cpr-inet-dst")
+    rfc_to_rel = dialect.get("rfc-v1→released-10x")
+    rel_to_rfc = dialect.get("released-10x→rfc-v1")
+    assert in_dialect(src_side, rfc_to_rel).expect.message == dialect.MSG_RFC_CPR_URI_MISSING
+    assert in_dialect(src_side, rel_to_rfc).expect.message == src_side.expect.message
+    assert in_dialect(dst_side, rfc_to_rel).expect.message == dst_side.expect.message
+    assert in_dialect(dst_side, rel_to_rfc).expect.message == dialect.MSG_RFC_CPR_URI_UNIX
+
+
+def test_memory_backend_ram_is_a_documented_skip_where_rfc_v1_is_spoken():
+    assert dialect.get(dialect.RFC_V1).unsupported("ram-share")
+    assert dialect.get("released-10x→rfc-v1").unsupported("ram-share")
+    assert dialect.get(dialect.RELEASED).unsupported("ram-share") is None
+    assert dialect.get(dialect.RFC_V1).unsupported("memfd") is None
