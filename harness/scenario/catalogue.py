@@ -229,7 +229,9 @@ def _args(name: str, option: str, title: str, extra: tuple = (), dst: object = N
           checks: tuple = (), kind: Expect = Expect.COMPLETES, message: str = "",
           **kw: object) -> Scenario:
     """One option a user puts on a QEMU command line, the same on both sides unless
-    ``dst`` says what a management layer gives the target instead."""
+    ``dst`` says what a management layer gives the target instead. The default run holds
+    the refusals and the two silent breaks the others are fixes or variants of; the rest
+    are ``slow`` (nightly): the suite would add about a minute to the default run."""
     # 64 MiB: the options are the subject here, not the RAM (its evidence still runs).
     return Scenario(id=f"args/{name}", title=title, area="args", option=option,
                     extra_args=tuple(extra), dst_extra_args=dst, arg_checks=tuple(checks),
@@ -269,23 +271,23 @@ def _same_args_files() -> List[Scenario]:
               message="Cannot lock pid file"),
         _args("pidfile-per-side", "-pidfile", "-pidfile, the target a file of its own",
               ("-pidfile", "{dir}/qemu.pid"), ("-pidfile", "{dir}/qemu.pid.{name}"),
-              ("pidfile:{dir}/qemu.pid.{name}",)),
+              ("pidfile:{dir}/qemu.pid.{name}",), slow=True),
         # -serial file:P is -chardev file,path=P (chardev/char.c): the same open(2).
         _args("serial-file", "-serial file:", "the guest's console in one file (-chardev "
               "file, which -serial file: makes), the same on both sides",
               checks=("kept:console.log",), console="file"),
         _args("serial-file-append", "-serial file:", "the guest's console in one file with "
               "append=on, the same on both sides", checks=("kept:console.log",),
-              console="file-append"),
+              console="file-append", slow=True),
         _args("log-file", "-D", "-D log file (-d trace:vm_state_notify), the same file on "
-              "both sides", _LOG, checks=("kept:{dir}/qemu.log",)),
+              "both sides", _LOG, checks=("kept:{dir}/qemu.log",), slow=True),
         _args("log-file-per-side", "-D", "-D log file, the target a file of its own", _LOG,
-              _per_side(_LOG, "qemu.log", "qemu.log.{name}"), ("kept:{dir}/qemu.log",)),
+              _per_side(_LOG, "qemu.log", "qemu.log.{name}"), ("kept:{dir}/qemu.log",), slow=True),
         _args("trace-file", "-trace", "-trace enable=vm_state_notify,file=, the same file on "
               "both sides", ("-trace", "enable=vm_state_notify,file={dir}/trace.log",
-                             "-msg", "timestamp=on"), checks=("kept:{dir}/trace.log",)),
+                             "-msg", "timestamp=on"), checks=("kept:{dir}/trace.log",), slow=True),
         _args("blockdev", "-blockdev", "a raw image through -blockdev on a virtio-blk disk, "
-              "the same image on both sides", _DISK, checks=("image:disk0:{dir}/disk.img",)),
+              "the same image on both sides", _DISK, checks=("image:disk0:{dir}/disk.img",), slow=True),
     ]
 
 
@@ -297,24 +299,24 @@ def _same_args_sockets() -> List[Scenario]:
         _args("chardev-socket-per-side", "-chardev socket", "a QMP monitor and a second "
               "console on unix socket servers, the target's at paths of its own",
               _MON + _CON, _per_side(_MON + _CON),
-              ("qmp:{dir}/{name}-mon.sock", "socket:{dir}/{name}-console.sock")),
+              ("qmp:{dir}/{name}-mon.sock", "socket:{dir}/{name}-console.sock"), slow=True),
         _args("vnc", "-vnc", "-vnc on a unix socket, the same path on both sides", _VNC,
-              checks=("vnc:{dir}/vnc.sock",)),
+              checks=("vnc:{dir}/vnc.sock",), slow=True),
         _args("vnc-per-side", "-vnc", "-vnc on a unix socket, the target's at a path of its "
-              "own", _VNC, _per_side(_VNC), ("vnc:{dir}/{name}-vnc.sock",)),
+              "own", _VNC, _per_side(_VNC), ("vnc:{dir}/{name}-vnc.sock",), slow=True),
         _args("hostfwd", "-netdev user,hostfwd=", "user networking forwarding a loopback "
               "host port, the same port on both sides", _FWD, kind=DST_REFUSES,
               message="Could not set up host forwarding rule"),
         _args("hostfwd-per-side", "-netdev user,hostfwd=", "user networking forwarding a "
               "loopback host port, the target another port", _FWD,
-              _per_side(_FWD, "{port0}", "{port1}"), ("tcp:{port1}",)),
+              _per_side(_FWD, "{port0}", "{port1}"), ("tcp:{port1}",), slow=True),
         _args("hostfwd-handover", "-netdev user,hostfwd=", "user networking forwarding a "
               "loopback host port, the same on both sides; the old QEMU drops its forward "
               "(HMP hostfwd_remove) before the new one starts", _FWD,
               checks=("src-hmp:hostfwd_remove n1 tcp:127.0.0.1:{port0} => removed",
-                      "tcp:{port0}")),
+                      "tcp:{port0}"), slow=True),
         _args("name", "-name", "-name, the same on both sides", ("-name", "guest-under-test"),
-              checks=("name:guest-under-test",)),
+              checks=("name:guest-under-test",), slow=True),
         # The target binds its cpr socket as root, before it drops to the user; the
         # source, running as the user already, may not connect to it.
         _args("run-with-user", "-run-with user=", "-run-with user=nobody, the same on both "
