@@ -62,6 +62,10 @@ def qemu_words(r: Mapping[str, Any], limit: int = 300) -> str:
         return _one_line(f"{outcome}: {msg}" if msg else str(outcome), limit)
     checks = [c for c in r.get("checks") or [] if str(c.get("id", "")).startswith(CHECK_PREFIX)]
     bad = [c for c in checks if not c.get("ok")]
+    lost = {c.get("id") for c in bad}
+    # Lost at the window's end already: that is the news, not that it stayed lost.
+    bad = [c for c in bad if not (str(c.get("id")).endswith(AFTER_QUIT)
+                                  and str(c.get("id"))[:-len(AFTER_QUIT)] in lost)]
     if bad:
         return _one_line("completed; QEMU said nothing, but " + "; ".join(
             str(c.get("actual")) for c in bad), limit)
