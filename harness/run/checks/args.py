@@ -56,6 +56,8 @@ from harness.run.result import PairResult
 
 #: How long one probe may wait for a socket's answer.
 ANSWER_S = 3.0
+#: The most events a QMP probe reads past before its reply.
+MAX_EVENTS = 64
 #: How long the old QEMU gets to quit when asked.
 QUIT_S = 10.0
 #: An image the scenario names is created this big (sparse zeros).
@@ -266,7 +268,7 @@ def _greeting(sock: socket.socket, kind: str) -> Tuple[bool, str]:
     for cmd in ("qmp_capabilities", "query-status"):
         f.write(json.dumps({"execute": cmd}).encode() + b"\n")
         f.flush()
-        while True:
+        for _ in range(MAX_EVENTS):  # events may come first; each line within ANSWER_S
             reply = json.loads(f.readline() or b"{}")
             if "event" not in reply:
                 break
