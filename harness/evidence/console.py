@@ -351,6 +351,30 @@ def serial_size(path: str) -> int:
         return 0
 
 
+def write_position(pid: int, path: str) -> Optional[int]:
+    """How far QEMU ``pid`` has written into the file ``path``: the position of its fd
+    on it (/proc/PID/fdinfo). Unlike the file's size it moves only with this process's
+    own writes, also where both QEMUs write one console file (a user's "same
+    arguments"; with ``append=on`` each write moves it to the end). None: no fd of
+    ``pid`` is open on ``path``."""
+    try:
+        real = os.path.realpath(path)
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return None
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") != real:
+                continue
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                for line in f:
+                    if line.startswith("pos:"):
+                        return int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
+
+
 def heartbeat_format(image: "GuestImage") -> Optional[ConsoleFormat]:
     """The console format of a guest that prints heartbeats; None for one that does not
     (the Linux guest prints a status line a second instead)."""

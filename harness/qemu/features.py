@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import subprocess
 import tempfile
 from functools import lru_cache
@@ -72,8 +73,42 @@ def cpr_incoming_fd(binary: str) -> Tuple[bool, str]:
     return True, ""
 
 
+#: The unprivileged user ``-run-with user=`` drops to in the args/ cases.
+RUN_AS = "nobody"
+
+
+@lru_cache(maxsize=None)
+def run_with_user(binary: str) -> Tuple[bool, str]:
+    """Can ``binary`` drop to :data:`RUN_AS` with ``-run-with user=``? The harness must
+    be root (only root can change user), the user must exist, and the binary must take
+    the option (parsed before ``-version`` exits)."""
+    if os.geteuid() != 0:
+        return False, "-run-with user= needs root (only root can drop to another user)"
+    try:
+        pwd.getpwnam(RUN_AS)
+    except KeyError:
+        return False, f"no user {RUN_AS} on this host for -run-with user="
+    code, out = _run(binary, ["-run-with", f"user={RUN_AS}", "-version"])
+    if code != 0:
+        last = out.splitlines()[-1] if out else f"exit code {code}"
+        return False, f"{binary} does not take -run-with user= (it said: {last})"
+    return True, ""
+
+
+def harness_daemonize(binary: str) -> Tuple[bool, str]:
+    """Never: the harness cannot follow a daemonized QEMU (the reason says why)."""
+    return False, ("-daemonize cannot run under the harness's process model: QEMU forks, "
+                   "the process the harness started exits once the daemon is ready, and "
+                   "the daemon calls setsid(), so it leaves the process group the janitor "
+                   "kills and loses PR_SET_PDEATHSIG (cleared across fork): nothing would "
+                   "make it die with its runner; docs/same-arguments.md#daemonize has what "
+                   "QEMU does with it, measured by hand")
+
+
 FEATURES: Dict[str, Callable[[str], Tuple[bool, str]]] = {
     "cpr-incoming-fd": cpr_incoming_fd,
+    "run-with-user": run_with_user,
+    "harness-daemonize": harness_daemonize,
 }
 #: The side whose binary must have each feature ("src", "dst" or "both"): an fd cpr
 #: channel is the target's business (the source connects to its socket by path), so an

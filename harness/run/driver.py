@@ -156,7 +156,7 @@ class PairDriver(Pair):
                                   os.path.join(self.artifacts,
                                                f"{self.name_of('dst', a.tag)}.serial"))
         ctx = PrepareContext(self.sc, self.source, self.g, self.artifacts, self.shared_dir,
-                             a.tag, self.name_of("dst", a.tag))
+                             a.tag, self.name_of("dst", a.tag), self.ports)
         prepared = {fam.name: fam.prepare(ctx) for fam in FAMILIES}
         try:
             with outcomes.qemu_waits(self, a):
@@ -265,7 +265,7 @@ class PairDriver(Pair):
             w = fam.watcher(WatchContext(
                 self.sc, self.source, self.target, self.g, self.artifacts,
                 self.seen_running_ns.get(a.tag, time.monotonic_ns()), serial,
-                self.shared_dir, prepared.get(fam.name)))
+                self.shared_dir, prepared.get(fam.name), self.ports))
             if w is not None:
                 devices[fam.name] = w
         return Window(watches, self.cfg.observe_s, self.window_death, self.g,

@@ -36,6 +36,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 from harness.core.errors import QMPConnectionLost, VMLaunchFailure, WaitTimeout
 from harness.core.sides import Side
 from harness.core.wait import wait_until
+from harness.evidence.console import write_position
 from harness.guest.driver import GuestDriver, WorkArea
 from harness.qemu.hang import Hang, diagnose_hang
 from harness.qemu.process import QemuProcess
@@ -141,13 +142,22 @@ class ProcessWatch:
         self.hang: Optional[Hang] = None
         self.held_s, self.hold_expired = 0.0, ""
         self.vcpu0 = vcpu_ticks(vm.pid) if exp.vcpus_idle and vm.is_running() else None
-        self.console0 = file_size(exp.silent_console)
+        self.console0 = self.console_written()
         #: What the window's end showed (:meth:`collect`).
         self.events: Tuple[EventSeen, ...] = ()
         self.anchor_seen = False
         self.vcpu_ms: Optional[float] = None
         self.console_grew: Optional[int] = None
         self.observed_s = 0.0
+
+    def console_written(self) -> Optional[int]:
+        """How far this QEMU has written its console: its own fd's position in the file
+        (another QEMU may write the same file: a shared console), else the file's size."""
+        path = self.exp.silent_console
+        if not path:
+            return None
+        pos = write_position(self.vm.pid, path) if self.vm.is_running() else None
+        return pos if pos is not None else file_size(path)
 
     def since_start(self) -> float:
         return round(time.monotonic() - self.start, 3)
@@ -222,7 +232,7 @@ class ProcessWatch:
             if now is not None:
                 self.vcpu_ms = round((now - self.vcpu0) * 1000.0 / os.sysconf("SC_CLK_TCK"),
                                      1)
-        console = file_size(self.exp.silent_console)
+        console = self.console_written()
         if console is not None and self.console0 is not None:
             self.console_grew = console - self.console0
 

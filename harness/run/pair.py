@@ -9,10 +9,11 @@ which adds the phases of a case) all work on; nothing here knows of a phase orde
 from __future__ import annotations
 
 import os
+import socket
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from harness.core.cleanup import private_tmpdir, remove_tmpdir, reserved_hugepages
 from harness.core.errors import AbnormalShutdown, HarnessError
@@ -31,9 +32,24 @@ from harness.qemu.process import QemuProcess
 from harness.run.aftermath import Aftermath
 from harness.run.attempt import Attempt
 from harness.run.checks import FAMILIES, ArgsContext
-from harness.run.plan import render_extra_args, render_vm_args
+from harness.run.plan import ports_wanted, render_extra_args, render_vm_args
 from harness.run.result import PairResult
 from harness.run.setup import CaseSetup
+
+
+def free_loopback_ports(n: int) -> Tuple[int, ...]:
+    """``n`` distinct TCP ports on 127.0.0.1 that were free a moment ago: all bound at
+    once (so the kernel hands out distinct ones), then let go."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(s)
+            s.bind(("127.0.0.1", 0))
+        return tuple(s.getsockname()[1] for s in socks)
+    finally:
+        for s in socks:
+            s.close()
 
 
 @dataclass(frozen=True)
@@ -89,6 +105,7 @@ class Pair(Aftermath):
         self.resumed_at: Optional[float] = None
         self.window_deaths: set = set()
         self._diagnosed: Dict[int, Optional[Crash]] = {}
+        self._ports: Optional[Tuple[int, ...]] = None
 
     @classmethod
     @contextmanager
@@ -169,13 +186,15 @@ class Pair(Aftermath):
         if self.sc.console:  # both sides on one file, as a user's command line has it
             serial = os.path.join(self.artifacts, "console.log")
         self.r.artifacts[f"{name}.serial"] = serial
-        ctx = ArgsContext(self.sc, sockdir or self.workdir, self.artifacts)
+        ctx = ArgsContext(self.sc, sockdir or self.workdir, self.artifacts, self.shared_dir,
+                          self.ports)
         extra = [a for fam in FAMILIES for a in fam.qemu_args(ctx, Side(side))]
         return render_vm_args(self.sc, self.dialect, self.mem, self.bins.accel,
                               self.g.qemu_args(side, serial, sockdir or self.workdir,
                                                self.sc.console == "file-append") + extra,
                               side, machine=machine or self.bins.machine,
-                              extra=render_extra_args(self.sc, side, self.shared_dir, name))
+                              extra=render_extra_args(self.sc, side, self.shared_dir, name,
+                                                      self.ports))
 
     @property
     def shared_dir(self) -> str:
@@ -183,6 +202,14 @@ class Pair(Aftermath):
         path = os.path.join(self.workdir, "shared")
         os.makedirs(path, mode=0o700, exist_ok=True)
         return path
+
+    @property
+    def ports(self) -> Tuple[int, ...]:
+        """The loopback ports the scenario's ``{port0}``, ``{port1}``... name: picked free
+        once per case (a port the kernel just handed out and took back)."""
+        if self._ports is None:
+            self._ports = free_loopback_ports(ports_wanted(self.sc))
+        return self._ports
 
     def launch(self, side: str, args: List[str], tag: str = "first",
                pass_fds: tuple = (), sockdir: Optional[str] = None) -> QemuProcess:

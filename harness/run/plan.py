@@ -13,11 +13,25 @@ from harness.cpr.dialect import Dialect
 from harness.scenario.model import Scenario
 
 
-def render_extra_args(sc: Scenario, side: str, shared_dir: str, name: str = "") -> List[str]:
-    """The scenario's extra options for ``side`` (``{dir}``: the directory both sides
-    share; ``{name}``: the QEMU's own name)."""
-    return [a.replace("{dir}", shared_dir).replace("{name}", name or side)
-            for a in sc.args_of(side)]
+def template(text: str, shared_dir: str, name: str, ports: Sequence[int] = ()) -> str:
+    """``text`` with ``{dir}`` (the directory both sides share), ``{name}`` (the QEMU's
+    own name) and ``{port0}``, ``{port1}``... (loopback ports the case picked) filled in."""
+    text = text.replace("{dir}", shared_dir).replace("{name}", name)
+    for i, port in enumerate(ports):
+        text = text.replace(f"{{port{i}}}", str(port))
+    return text
+
+
+def ports_wanted(sc: Scenario) -> int:
+    """How many ``{portN}`` the scenario's options and checks name."""
+    texts = (*sc.extra_args, *(sc.dst_extra_args or ()), *sc.arg_checks)
+    return max((i + 1 for i in range(8) for t in texts if f"{{port{i}}}" in t), default=0)
+
+
+def render_extra_args(sc: Scenario, side: str, shared_dir: str, name: str = "",
+                      ports: Sequence[int] = ()) -> List[str]:
+    """The scenario's extra options for ``side``, templated (:func:`template`)."""
+    return [template(a, shared_dir, name or side, ports) for a in sc.args_of(side)]
 
 
 def render_vm_args(sc: Scenario, dialect: Dialect, mem: backends.MemoryArgs, accel: str,
@@ -52,6 +66,9 @@ def side_kinds(sc: Scenario) -> Tuple[str, str, str, str]:
     """The scenario's (src main, dst main, src cpr, dst cpr) channel kinds."""
     return (sc.side_main("src"), sc.side_main("dst"), sc.side_cpr("src"), sc.side_cpr("dst"))
 
+
+#: The first of the example ports a dry run shows for ``{port0}``... (a run picks free ones).
+PLAN_PORT = 40000
 
 #: The channels of a retry (and of every soak hop): the plain valid transfer.
 VALID_KINDS = ("unix", "unix", "unix", "unix")
@@ -106,10 +123,11 @@ def render_plan(sc: Scenario, dialect: Dialect, workdir: str, accel: str = "kvm"
             c = dialect.target_migrate_incoming(dm)
             dst_cmds.append({"execute": c.name, "arguments": c.args})
         shared = os.path.join(workdir, "shared")
+        ports = tuple(range(PLAN_PORT, PLAN_PORT + ports_wanted(sc)))
         src_args = render_vm_args(sc, dialect, mem, accel, gargs, "src",
-                                  extra=render_extra_args(sc, "src", shared))
+                                  extra=render_extra_args(sc, "src", shared, ports=ports))
         dst_args = render_vm_args(sc, dialect, mem, accel, gargs, "dst",
-                                  extra=render_extra_args(sc, "dst", shared)) + \
+                                  extra=render_extra_args(sc, "dst", shared, ports=ports)) + \
             dialect.target_incoming(dm, dc, sc.incoming == "defer")
         return Plan(dialect.name, src_args, dst_args, cmds, dst_cmds)
     finally:

@@ -189,8 +189,147 @@ def _versions() -> List[Scenario]:
                      capabilities=("return-path",))]
 
 
+#: What a management layer must do about each option, in words (the report's last column).
+ADVICE = {
+    "-pidfile": "give the new QEMU a pid file of its own: the old QEMU holds a lock on its "
+                "file until it exits (and removes the file then); rename the new one into "
+                "place after the old QEMU quit if tools look there",
+    "-serial file:": "open the console file with append=on (-chardev file,path=P,append=on; "
+                     "-serial file:P has no such option) or give the new QEMU a file of its "
+                     "own: without append=on the new QEMU truncates it",
+    "-chardev socket": "give the new QEMU's socket servers paths of their own and move "
+                       "clients over: the old QEMU unlinks its paths when it quits, and by "
+                       "then they are the new QEMU's",
+    "-D": "give the new QEMU a log file of its own: QEMU truncates the log it opens (no "
+          "append option)",
+    "-trace": "give the new QEMU a trace file of its own: QEMU truncates the log it opens "
+              "(no append option)",
+    "-vnc": "give the new QEMU a VNC socket path of its own: an 11.1.3 old QEMU unlinks its "
+            "path when it quits (10.0.2 leaves it)",
+    "-netdev user,hostfwd=": "the old QEMU holds the host port until it quits: give the new "
+                             "QEMU another port (clients must follow), or drop the forward "
+                             "from the old QEMU first (HMP hostfwd_remove; new connections "
+                             "are refused until the new QEMU runs)",
+    "-blockdev": "nothing on the command line: the new QEMU opens the image inactive and "
+                 "takes it over at the switch-over; nothing else may write it meanwhile "
+                 "(CPR.rst)",
+    "-name": "nothing",
+    "-run-with user=": "the new QEMU binds its migration sockets as root, before it drops to "
+                       "the user, with the umask it was started with, and the old QEMU "
+                       "runs as that user already: make the sockets' directory searchable "
+                       "and the sockets writable for the user (a 0755 directory and umask 0 "
+                       "let it complete, by hand), or start QEMU as that user instead",
+    "-daemonize": "do not wait for the new QEMU's -daemonize parent to return before the "
+                  "migrate: it returns only once the old QEMU's migrate has sent CPR state "
+                  "(by hand, 10.0.2 and 11.1.3); find the daemon by its own -pidfile",
+}
+
+
+def _args(name: str, option: str, title: str, extra: tuple = (), dst: object = None,
+          checks: tuple = (), kind: Expect = Expect.COMPLETES, message: str = "",
+          **kw: object) -> Scenario:
+    """One option a user puts on a QEMU command line, the same on both sides unless
+    ``dst`` says what a management layer gives the target instead. The default run holds
+    the refusals and the two silent breaks the others are fixes or variants of; the rest
+    are ``slow`` (nightly): the suite would add about a minute to the default run."""
+    # 64 MiB: the options are the subject here, not the RAM (its evidence still runs).
+    return Scenario(id=f"args/{name}", title=title, area="args", option=option,
+                    extra_args=tuple(extra), dst_extra_args=dst, arg_checks=tuple(checks),
+                    advice=ADVICE[option], expect=Outcome(kind, message), ram_mb=64,
+                    retry=False, **kw)  # type: ignore[arg-type]
+
+
+def _per_side(args: tuple, old: str = "{dir}/", new: str = "{dir}/{name}-") -> tuple:
+    """The target's own paths: ``{dir}/x`` becomes ``{dir}/dst-x``."""
+    return tuple(a.replace(old, new) for a in args)
+
+
+# The options of the args/ cases ({dir}: the directory both sides share, {name} the
+# QEMU's own name, {port0}...: loopback ports the case picks free).
+_MON = ("-chardev", "socket,id=mon1,path={dir}/mon.sock,server=on,wait=off",
+        "-mon", "chardev=mon1,mode=control")
+_CON = ("-chardev", "socket,id=con1,path={dir}/console.sock,server=on,wait=off",
+        "-serial", "chardev:con1")
+_DISK = ("-blockdev", "driver=file,filename={dir}/disk.img,node-name=file0",
+         "-blockdev", "driver=raw,file=file0,node-name=disk0",
+         "-device", "virtio-blk-pci,drive=disk0,id=vd0,share-rw=on")
+_FWD = ("-netdev", "user,id=n1,hostfwd=tcp:127.0.0.1:{port0}-:22",
+        "-device", "virtio-net-pci,netdev=n1,romfile=")
+# -msg timestamp=on stamps each trace line with its time: the two QEMUs' lines differ,
+# so a rewritten log cannot pass for the source's.
+_LOG = ("-D", "{dir}/qemu.log", "-d", "trace:vm_state_notify", "-msg", "timestamp=on")
+_VNC = ("-vnc", "unix:{dir}/vnc.sock")
+
+
+def _same_args_files() -> List[Scenario]:
+    # "The same arguments plus -incoming" (docs/same-arguments.md), option by option.
+    # Only memory-backend fds travel on the cpr channel: every file, socket and port an
+    # option names is opened anew by the target while the old QEMU still holds it.
+    return [
+        _args("pidfile", "-pidfile", "-pidfile, the same file on both sides",
+              ("-pidfile", "{dir}/qemu.pid"), kind=DST_REFUSES,
+              message="Cannot lock pid file"),
+        _args("pidfile-per-side", "-pidfile", "-pidfile, the target a file of its own",
+              ("-pidfile", "{dir}/qemu.pid"), ("-pidfile", "{dir}/qemu.pid.{name}"),
+              ("pidfile:{dir}/qemu.pid.{name}",), slow=True),
+        # -serial file:P is -chardev file,path=P (chardev/char.c): the same open(2).
+        _args("serial-file", "-serial file:", "the guest's console in one file (-chardev "
+              "file, which -serial file: makes), the same on both sides",
+              checks=("kept:console.log",), console="file"),
+        _args("serial-file-append", "-serial file:", "the guest's console in one file with "
+              "append=on, the same on both sides", checks=("kept:console.log",),
+              console="file-append", slow=True),
+        _args("log-file", "-D", "-D log file (-d trace:vm_state_notify), the same file on "
+              "both sides", _LOG, checks=("kept:{dir}/qemu.log",), slow=True),
+        _args("log-file-per-side", "-D", "-D log file, the target a file of its own", _LOG,
+              _per_side(_LOG, "qemu.log", "qemu.log.{name}"), ("kept:{dir}/qemu.log",), slow=True),
+        _args("trace-file", "-trace", "-trace enable=vm_state_notify,file=, the same file on "
+              "both sides", ("-trace", "enable=vm_state_notify,file={dir}/trace.log",
+                             "-msg", "timestamp=on"), checks=("kept:{dir}/trace.log",), slow=True),
+        _args("blockdev", "-blockdev", "a raw image through -blockdev on a virtio-blk disk, "
+              "the same image on both sides", _DISK, checks=("image:disk0:{dir}/disk.img",), slow=True),
+    ]
+
+
+def _same_args_sockets() -> List[Scenario]:
+    return [
+        _args("chardev-socket", "-chardev socket", "a QMP monitor and a second console on "
+              "unix socket servers, the same paths on both sides", _MON + _CON,
+              checks=("qmp:{dir}/mon.sock", "socket:{dir}/console.sock")),
+        _args("chardev-socket-per-side", "-chardev socket", "a QMP monitor and a second "
+              "console on unix socket servers, the target's at paths of its own",
+              _MON + _CON, _per_side(_MON + _CON),
+              ("qmp:{dir}/{name}-mon.sock", "socket:{dir}/{name}-console.sock"), slow=True),
+        _args("vnc", "-vnc", "-vnc on a unix socket, the same path on both sides", _VNC,
+              checks=("vnc:{dir}/vnc.sock",), slow=True),
+        _args("vnc-per-side", "-vnc", "-vnc on a unix socket, the target's at a path of its "
+              "own", _VNC, _per_side(_VNC), ("vnc:{dir}/{name}-vnc.sock",), slow=True),
+        _args("hostfwd", "-netdev user,hostfwd=", "user networking forwarding a loopback "
+              "host port, the same port on both sides", _FWD, kind=DST_REFUSES,
+              message="Could not set up host forwarding rule"),
+        _args("hostfwd-per-side", "-netdev user,hostfwd=", "user networking forwarding a "
+              "loopback host port, the target another port", _FWD,
+              _per_side(_FWD, "{port0}", "{port1}"), ("tcp:{port1}",), slow=True),
+        _args("hostfwd-handover", "-netdev user,hostfwd=", "user networking forwarding a "
+              "loopback host port, the same on both sides; the old QEMU drops its forward "
+              "(HMP hostfwd_remove) before the new one starts", _FWD,
+              checks=("src-hmp:hostfwd_remove n1 tcp:127.0.0.1:{port0} => removed",
+                      "tcp:{port0}"), slow=True),
+        _args("name", "-name", "-name, the same on both sides", ("-name", "guest-under-test"),
+              checks=("name:guest-under-test",), slow=True),
+        # The target binds its cpr socket as root, before it drops to the user; the
+        # source, running as the user already, may not connect to it.
+        _args("run-with-user", "-run-with user=", "-run-with user=nobody, the same on both "
+              "sides", ("-run-with", "user=nobody"), kind=SRC_REFUSES,
+              message="Permission denied", requires=("run-with-user",)),
+        _args("daemonize", "-daemonize", "-daemonize, the same on both sides",
+              ("-daemonize",), requires=("harness-daemonize",)),
+    ]
+
+
 def _build() -> List[Scenario]:
-    return _positive() + _refusals() + _aarch64() + _linux() + _faults() + _versions()
+    return (_positive() + _refusals() + _aarch64() + _linux() + _faults() + _versions()
+            + _same_args_files() + _same_args_sockets())
 
 
 SCENARIOS: Dict[str, Scenario] = {}
@@ -203,8 +342,10 @@ for _sc in _build():
 #: The scenario sets the adapters run: pytest's suites/conformance/test_*.py and the
 #: avocado recipe select from these, so the two never disagree on what a suite is.
 SUITES = {
-    "transfer": lambda: select(positive=True),
-    "refusals": lambda: [s for s in select(positive=False) if s.area != "fault"],
+    "transfer": lambda: [s for s in select(positive=True) if s.area != "args"],
+    "refusals": lambda: [s for s in select(positive=False) if s.area not in ("fault", "args")],
+    # The same arguments plus -incoming, option by option (docs/same-arguments.md).
+    "args": lambda: select(area="args"),
     "faults": lambda: select(area="fault"),
     # What every QEMU build and pair is judged on: the x86 bare-metal guest's cases (the
     # other guests need their own binaries or minutes of TCG boot).

@@ -164,6 +164,10 @@ class Scenario:
     #: "file" both in one file (``console.log`` in the case's directory), as a user gives "the same
     #: arguments"; "file-append" the same with ``append=on``.
     console: str = ""
+    #: The option an ``args/`` scenario judges (``-pidfile``): the report's table per option.
+    option: str = ""
+    #: What a management layer must do about it, in words (the report says it).
+    advice: str = ""
 
     def __post_init__(self) -> None:
         if self.console not in ("", "file", "file-append"):

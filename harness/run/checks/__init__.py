@@ -14,6 +14,7 @@ from harness.run.checks.base import (CATEGORIES, REGISTRY, ArgsContext, Category
                                      Family, PrepareContext, WatchContext, Watcher,
                                      category_of, define)
 from harness.run.checks import chain, deaths, outcome, source  # noqa: F401  (registered)
+from harness.run.checks.args import Args
 from harness.run.checks.console import Console
 from harness.run.checks.heartbeat import Heartbeat
 from harness.run.checks.pause import Pause
@@ -22,7 +23,8 @@ from harness.run.checks.states import States
 from harness.run.checks.window import Window
 
 #: The registered families, in the order their checks are listed.
-FAMILIES: Tuple[Family, ...] = (States(), Window(), Ram(), Console(), Heartbeat(), Pause())
+FAMILIES: Tuple[Family, ...] = (States(), Window(), Ram(), Console(), Heartbeat(), Pause(),
+                                 Args())
 
 __all__ = ["FAMILIES", "CATEGORIES", "REGISTRY", "ArgsContext", "Category", "CheckDef",
            "Family", "PrepareContext", "WatchContext", "Watcher", "category_of", "define"]

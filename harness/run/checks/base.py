@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional,
-                    Protocol)
+                    Protocol, Tuple)
 
 from harness.core.errors import Check
 from harness.core.sides import Side
@@ -78,6 +78,11 @@ CATEGORIES: Dict[str, Category] = {c.id: c for c in (
     Category("device", "A device did not carry on",
              "the console, network or disk of the guest did not continue across the "
              "live update"),
+    Category("arguments", "An option did not carry on to the new QEMU",
+             "with the same command line on both sides (cpr-transfer's contract), what an "
+             "option provides (a pid file, a socket, a log file, a forwarded port, an "
+             "image) did not pass to the new QEMU intact, or the old QEMU took it away "
+             "when it quit"),
     Category("retry", "Retry after a refusal failed"),
     Category("harness", "The harness's own checks",
              "a self-test's wrapper that never acted, and other checks of the harness"),
@@ -129,10 +134,14 @@ class Watcher(Protocol):
 
 @dataclass(frozen=True)
 class ArgsContext:
-    """What a family may know when it adds to a side's command line."""
+    """What a family may know when it adds to a side's command line (``shared``: the
+    directory both sides' options name as ``{dir}``; ``ports``: the loopback ports the
+    case picked for its ``{port0}``, ``{port1}``...)."""
     scenario: "Scenario"
     workdir: str
     artifacts: str
+    shared: str = ""
+    ports: Tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -147,13 +156,15 @@ class PrepareContext:
     shared: str
     tag: str
     target_name: str
+    ports: Tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
 class WatchContext:
     """What a family may use to watch one attempt's window: both QEMUs, the guest, the
     case's directories, when the target was first seen running (monotonic ns), the
-    consoles' files, and what the family prepared before the hand-over."""
+    consoles' files, what the family prepared before the hand-over, and the case's
+    loopback ports."""
     scenario: "Scenario"
     source: "QemuProcess"
     target: "QemuProcess"
@@ -163,6 +174,7 @@ class WatchContext:
     serial: Mapping[str, str]
     shared: str = ""
     prepared: Any = None
+    ports: Tuple[int, ...] = ()
 
 
 class Family:

@@ -12,11 +12,13 @@ switch-over, timed from the host, is read by the pause sampler and shown with th
 pause (checks/pause.py)."""
 from __future__ import annotations
 
+import os
 from typing import Iterable, List, Optional
 
 from harness.core.errors import Check
 from harness.evidence.console import (ConsoleContinuity, ConsoleFormat, console_continuity,
-                                      heartbeat_format, serial_bytes, serial_size)
+                                      heartbeat_format, serial_bytes, serial_size,
+                                      write_position)
 from harness.run.checks.base import Family, WatchContext, define
 from harness.run.records import AttemptRecord
 from harness.run.result import PairResult
@@ -26,17 +28,24 @@ CONTINUES = define("console.continues", "the guest's console continues on the ta
 
 
 class ConsoleWatch:
-    """One window's watch of the consoles (see the module's docstring)."""
+    """One window's watch of the consoles (see the module's docstring). Where both
+    QEMUs write one file (``Scenario.console``), the source's part of it ends where the
+    source's own fd stood when the window opened (its last write)."""
 
-    def __init__(self, fmt: ConsoleFormat, src: str, dst: str):
+    def __init__(self, fmt: ConsoleFormat, src: str, dst: str, src_pid: int = 0):
         self.fmt, self.src, self.dst = fmt, src, dst
-        self.offset = serial_size(src)
+        self.shared = os.path.realpath(src) == os.path.realpath(dst)
+        pos = write_position(src_pid, src) if self.shared and src_pid else None
+        self.offset = pos if pos is not None else serial_size(src)
 
     def poll(self) -> None:
         pass
 
     def finish(self) -> ConsoleContinuity:
         src = serial_bytes(self.src)
+        if self.shared:  # one file: the source's bytes, then the target's
+            cut = min(self.offset, len(src))
+            return console_continuity(self.fmt, src[:cut], src[cut:], cut)
         return console_continuity(self.fmt, src, serial_bytes(self.dst),
                                   min(self.offset, len(src)))
 
@@ -47,9 +56,12 @@ class Heartbeat(Family):
     def watcher(self, ctx: WatchContext) -> Optional[ConsoleWatch]:
         fmt = heartbeat_format(ctx.guest.image)
         if fmt is None or ctx.scenario.paused or not ctx.serial.get("src") \
-                or not ctx.serial.get("dst"):
+                or not ctx.serial.get("dst") or ctx.scenario.console == "file":
+            # A console file both QEMUs open without append=on: the target writes it
+            # again from its start, over the source's lines (args/serial-file judges
+            # that loss), so the source's part cannot be read back to judge.
             return None
-        return ConsoleWatch(fmt, ctx.serial["src"], ctx.serial["dst"])
+        return ConsoleWatch(fmt, ctx.serial["src"], ctx.serial["dst"], ctx.source.pid)
 
     def judge(self, r: PairResult, a: AttemptRecord) -> Iterable[Check]:
         c = a.window.devices.get(self.name) if a.window is not None else None

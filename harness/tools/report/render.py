@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from harness.tools.report import area_grid, case_view
+from harness.tools.report import area_grid, case_view, same_args
 from harness.tools.report.records import (VERDICT_MEANING, VERDICTS, _one_line, counts,
                                           summary_line)
 
@@ -132,6 +132,7 @@ def render_markdown(doc: Mapping[str, Any]) -> str:
             lines.append(f"| {r['verdict']} | `{r['id']}` | {_md_cell(r['expected'])} | "
                          f"{_md_cell(observed_text(r)) or '-'} | {_md_cell(notes)} |")
         lines.append("")
+    lines += same_args.markdown(recs)
     for verdict, title in (("xfail", "Known deviations (expected failures)"),
                            ("skip", "Skips (not run, with the reason)")):
         groups = _grouped_reasons(recs, verdict)
@@ -304,6 +305,7 @@ def render_html(doc: Mapping[str, Any], base: Optional[Path] = None) -> str:
     out = _html_head(doc)
     for area, rs in _by_area(doc["cases"]):
         out += _html_area(area, rs, base)
+    out += same_args.render_html(doc["cases"])
     out += _html_groups(doc["cases"], base)
     out.append("<div class=\"legend\">" + "<br>".join(
         f"{_badge(v)} {_h(VERDICT_MEANING[v])}" for v in
