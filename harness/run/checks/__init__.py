@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Tuple
 
 from harness.run.checks.base import (CATEGORIES, REGISTRY, ArgsContext, Category, CheckDef,
-                                     Family, PrepareContext, WatchContext, Watcher,
+                                     ConcludeContext, Family, Launch, PrepareContext,
+                                     SetupContext, TeardownContext, WatchContext, Watcher,
                                      category_of, define)
 from harness.run.checks import chain, deaths, outcome, source  # noqa: F401  (registered)
 from harness.run.checks.console import Console
@@ -25,4 +26,5 @@ from harness.run.checks.window import Window
 FAMILIES: Tuple[Family, ...] = (States(), Window(), Ram(), Console(), Heartbeat(), Pause())
 
 __all__ = ["FAMILIES", "CATEGORIES", "REGISTRY", "ArgsContext", "Category", "CheckDef",
-           "Family", "PrepareContext", "WatchContext", "Watcher", "category_of", "define"]
+           "ConcludeContext", "Family", "Launch", "PrepareContext", "SetupContext",
+           "TeardownContext", "WatchContext", "Watcher", "category_of", "define"]
