@@ -98,6 +98,9 @@ class NetSetup:
     bind_ip: str = "127.0.0.1"
     #: Where the host connects to reach the guest's echo server (None: no way in).
     echo_addr: Optional[Tuple[str, int]] = None
+    #: Where a client reaches the guest once the target runs it, when that is not
+    #: ``echo_addr`` (the target forwards another host port): clients must reconnect.
+    dst_echo_addr: Optional[Tuple[str, int]] = None
     #: Where the host's sockets live: ``ns`` for taps, the host's own stack otherwise.
     socket_ns: Optional[netns.Namespace] = None
 
@@ -145,7 +148,8 @@ def _user(arr: Arrangement) -> NetSetup:
     def fwd(port: int) -> str:
         return f"user,id={NETDEV},hostfwd=tcp:127.0.0.1:{port}-:{GUEST_TCP_PORT}"
     return NetSetup(arr, None, {"src": nic_args(fwd(src_port)), "dst": nic_args(fwd(dst_port))},
-                    echo_addr=("127.0.0.1", src_port))
+                    echo_addr=("127.0.0.1", src_port),
+                    dst_echo_addr=("127.0.0.1", dst_port) if dst_port != src_port else None)
 
 
 def _tap(arr: Arrangement, ns: netns.Namespace) -> NetSetup:
