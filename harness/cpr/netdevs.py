@@ -103,6 +103,11 @@ class NetSetup:
     dst_echo_addr: Optional[Tuple[str, int]] = None
     #: Where the host's sockets live: ``ns`` for taps, the host's own stack otherwise.
     socket_ns: Optional[netns.Namespace] = None
+    #: An fd of the harness's own on the tap device both QEMUs share (the copy of the
+    #: one handed over with ``fd=``; a detached queue of a multi-queue tap, which no
+    #: packet is steered to): the device's settings are read through it. None: no
+    #: shared device, or none the harness can hold without taking it from a QEMU.
+    watch_fd: Optional[int] = None
 
     def side_args(self, side: str) -> List[str]:
         return list(self.args.get(side, ()))
@@ -128,6 +133,12 @@ class NetSetup:
                 except OSError:
                     pass
         self.fds = {}
+        if self.watch_fd is not None:
+            try:
+                os.close(self.watch_fd)
+            except OSError:
+                pass  # the copy of an fd= above: closed already
+            self.watch_fd = None
         if self.ns is not None:
             self.ns.remove()
 
@@ -172,6 +183,7 @@ def _tap_devices(s: NetSetup, ns: netns.Namespace) -> str:
         s.args = {side: nic_args(f"tap,id={NETDEV},ifname=tap0,{tap}") for side in ("src", "dst")}
     elif arr.id in ("tap-mq", "vhost-net"):
         ns.add_tap("tap0", multi_queue=True)
+        s.watch_fd = ns.open_tap("tap0", multi_queue=True, detached=True)
         vhost = ",vhost=on" if arr.id == "vhost-net" else ""
         net = f"tap,id={NETDEV},ifname=tap0,queues=2,{tap}{vhost}"
         s.args = {side: nic_args(net, mq=True) for side in ("src", "dst")}
@@ -179,6 +191,7 @@ def _tap_devices(s: NetSetup, ns: netns.Namespace) -> str:
         ns.add_tap("tap0")
         fd = ns.open_tap("tap0")
         s.fds = {"src": (fd,), "dst": (fd,)}
+        s.watch_fd = fd
         s.args = {side: nic_args(f"tap,id={NETDEV},fd={fd}") for side in ("src", "dst")}
         s.inside = False
     elif arr.id == "tap-bridge":

@@ -21,10 +21,12 @@ bridge, vhost-net). The family, through the check protocol (checks/base.py):
 
 Its checks: ``net.stream`` (every datagram the guest sent arrived once and in order,
 the stream went on after the switch-over; the gap across it is reported beside QEMU's
-STOP-to-RESUME and its downtime, not judged: docs/same-arguments.md says why) and
+STOP-to-RESUME and its downtime, not judged: docs/same-arguments.md says why),
 ``net.tcp`` (the established connection carries on, or, where the target forwards
-another port, clients reconnect there). docs/same-arguments.md has the measurements
-behind the scenarios and the deviations.
+another port, clients reconnect there) and, where both QEMUs share one tap device and
+the harness holds an fd of its own on it, ``net.tap-header`` (nothing changes the
+device's vnet header size under the running source). docs/same-arguments.md has the
+measurements behind the scenarios and the deviations.
 """
 from __future__ import annotations
 
@@ -72,8 +74,9 @@ class NetRecord:
     stop_to_resume_ms: Optional[float] = None
     reconnect_to: str = ""
     reconnect: Optional[TcpRecord] = None
-    #: Where the harness holds a copy of the tap fd (``fd=``): the device's vnet header
-    #: size at the first reading and at each change, with when (seconds from the
+    #: Where the harness holds an fd of its own on the tap device both QEMUs share (the
+    #: copy of ``fd=``'s, a detached queue of a multi-queue tap): the device's vnet
+    #: header size at the first reading and at each change, with when (seconds from the
     #: source's STOP; None: no STOP placed); why it could not be read.
     tap_header: Tuple[Tuple[Optional[float], int], ...] = ()
     tap_header_error: str = ""
@@ -92,9 +95,8 @@ class NetCase:
         self.header: Optional[devices.TapHeaderWatch] = None
 
     def start(self, console: devices.Console) -> None:
-        fds = self.setup.side_fds("src")
-        if fds:  # the harness holds the tap fd it handed over: watch the device
-            self.header = devices.TapHeaderWatch(fds[0]).start()
+        if self.setup.watch_fd is not None:  # a fd of its own on the shared tap device
+            self.header = devices.TapHeaderWatch(self.setup.watch_fd).start()
         self.probe = devices.NetProbe(self.setup).start(console)
         receiver = self.probe.receiver
         assert receiver is not None
@@ -281,9 +283,9 @@ def _header_words(changes: Tuple[Tuple[Optional[float], int], ...]) -> str:
 
 
 def judge_header(rec: NetRecord) -> Optional[Check]:
-    """Where the harness holds the tap fd: nothing may change the device's vnet header
-    size while the source runs the guest on it (before its STOP; with no STOP placed,
-    at all)."""
+    """Where the harness holds an fd on the shared tap device: nothing may change its
+    vnet header size while the source runs the guest on it (before its STOP; with no
+    STOP placed, at all)."""
     if not rec.tap_header and not rec.tap_header_error:
         return None
     if not rec.tap_header:
