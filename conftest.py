@@ -92,7 +92,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                                      "'python -m harness list'")
     group.addoption("--suite", dest="cprh_suites", metavar="NAME", action="append",
                     default=[], help="run only the scenarios of this suite (repeatable): "
-                                     "transfer, refusals, faults, core")
+                                     "transfer, refusals, faults, devices, core")
 
 
 def _reports_dir(value: str) -> str:

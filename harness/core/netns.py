@@ -50,7 +50,8 @@ NETNS_DIR = "/run/netns"
 CMD_TIMEOUT_S = 10.0
 _CLONE_NEWNET = 0x40000000
 # <linux/if_tun.h>
-_TUNSETIFF = 0x400454CA
+_TUNSETIFF, _TUNSETQUEUE = 0x400454CA, 0x400454D9
+_IFF_DETACH_QUEUE = 0x0400
 _IFF_TAP, _IFF_NO_PI, _IFF_VNET_HDR, _IFF_MULTI_QUEUE = 0x0002, 0x1000, 0x4000, 0x0100
 _TOOLS = {"ip": "iproute2", "nsenter": "util-linux"}
 
@@ -237,15 +238,21 @@ class Namespace:
         """A socket of the namespace's network stack."""
         return self.call(lambda: socket.socket(family, kind))
 
-    def open_tap(self, name: str, multi_queue: bool = False) -> int:
+    def open_tap(self, name: str, multi_queue: bool = False, detached: bool = False) -> int:
         """An fd attached to tap ``name`` of the namespace (as QEMU opens one: no packet
-        info, a virtio-net header), for ``-netdev tap,fd=N``. The caller closes it."""
+        info, a virtio-net header), for ``-netdev tap,fd=N``. ``detached`` (a multi-queue
+        tap): the queue is detached again at once (``IFF_DETACH_QUEUE``): no packet is
+        steered to it, yet it still reads the device's settings (its vnet header size).
+        The caller closes it."""
         def attach() -> int:
             fd = os.open("/dev/net/tun", os.O_RDWR)
             flags = _IFF_TAP | _IFF_NO_PI | _IFF_VNET_HDR | (
                 _IFF_MULTI_QUEUE if multi_queue else 0)
             try:
                 fcntl.ioctl(fd, _TUNSETIFF, struct.pack("16sH", name.encode(), flags))
+                if detached:
+                    fcntl.ioctl(fd, _TUNSETQUEUE, struct.pack("16sH", b"",
+                                                              _IFF_DETACH_QUEUE))
             except OSError as exc:
                 os.close(fd)
                 raise NetnsError(f"attach to tap {name} in {self.name}: {exc.strerror}") \

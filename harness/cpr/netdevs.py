@@ -98,8 +98,16 @@ class NetSetup:
     bind_ip: str = "127.0.0.1"
     #: Where the host connects to reach the guest's echo server (None: no way in).
     echo_addr: Optional[Tuple[str, int]] = None
+    #: Where a client reaches the guest once the target runs it, when that is not
+    #: ``echo_addr`` (the target forwards another host port): clients must reconnect.
+    dst_echo_addr: Optional[Tuple[str, int]] = None
     #: Where the host's sockets live: ``ns`` for taps, the host's own stack otherwise.
     socket_ns: Optional[netns.Namespace] = None
+    #: An fd of the harness's own on the tap device both QEMUs share (the copy of the
+    #: one handed over with ``fd=``; a detached queue of a multi-queue tap, which no
+    #: packet is steered to): the device's settings are read through it. None: no
+    #: shared device, or none the harness can hold without taking it from a QEMU.
+    watch_fd: Optional[int] = None
 
     def side_args(self, side: str) -> List[str]:
         return list(self.args.get(side, ()))
@@ -125,6 +133,12 @@ class NetSetup:
                 except OSError:
                     pass
         self.fds = {}
+        if self.watch_fd is not None:
+            try:
+                os.close(self.watch_fd)
+            except OSError:
+                pass  # the copy of an fd= above: closed already
+            self.watch_fd = None
         if self.ns is not None:
             self.ns.remove()
 
@@ -145,7 +159,8 @@ def _user(arr: Arrangement) -> NetSetup:
     def fwd(port: int) -> str:
         return f"user,id={NETDEV},hostfwd=tcp:127.0.0.1:{port}-:{GUEST_TCP_PORT}"
     return NetSetup(arr, None, {"src": nic_args(fwd(src_port)), "dst": nic_args(fwd(dst_port))},
-                    echo_addr=("127.0.0.1", src_port))
+                    echo_addr=("127.0.0.1", src_port),
+                    dst_echo_addr=("127.0.0.1", dst_port) if dst_port != src_port else None)
 
 
 def _tap(arr: Arrangement, ns: netns.Namespace) -> NetSetup:
@@ -168,6 +183,7 @@ def _tap_devices(s: NetSetup, ns: netns.Namespace) -> str:
         s.args = {side: nic_args(f"tap,id={NETDEV},ifname=tap0,{tap}") for side in ("src", "dst")}
     elif arr.id in ("tap-mq", "vhost-net"):
         ns.add_tap("tap0", multi_queue=True)
+        s.watch_fd = ns.open_tap("tap0", multi_queue=True, detached=True)
         vhost = ",vhost=on" if arr.id == "vhost-net" else ""
         net = f"tap,id={NETDEV},ifname=tap0,queues=2,{tap}{vhost}"
         s.args = {side: nic_args(net, mq=True) for side in ("src", "dst")}
@@ -175,6 +191,7 @@ def _tap_devices(s: NetSetup, ns: netns.Namespace) -> str:
         ns.add_tap("tap0")
         fd = ns.open_tap("tap0")
         s.fds = {"src": (fd,), "dst": (fd,)}
+        s.watch_fd = fd
         s.args = {side: nic_args(f"tap,id={NETDEV},fd={fd}") for side in ("src", "dst")}
         s.inside = False
     elif arr.id == "tap-bridge":

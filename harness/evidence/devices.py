@@ -20,6 +20,8 @@ back a frozen record (:mod:`.netstream`, :mod:`.diskseq`). The order a case foll
 """
 from __future__ import annotations
 
+import array
+import fcntl
 import threading
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
@@ -130,6 +132,53 @@ class DiskProbe:
         """After teardown (no QEMU holds the image)."""
         return diskseq.verify(self.image, self.layout, self.written, self.seed,
                               self.guest_read, self.errors)
+
+
+#: TUNGETVNETHDRSZ (<linux/if_tun.h>): the tap device's virtio-net header size.
+TUNGETVNETHDRSZ = 0x800454D7
+
+
+class TapHeaderWatch:
+    """The virtio-net header size of the tap device behind ``fd`` (the harness's own
+    copy of a tap fd it handed to QEMU), read every ``interval_s`` on a thread: each
+    change with its time. The size belongs to the device, not to an fd or a queue: a
+    QEMU that sets it sets it for every other opener of the device too."""
+
+    def __init__(self, fd: int, interval_s: float = 0.002, max_seconds: float = 600.0):
+        self.fd, self.interval_s, self.max_seconds = fd, interval_s, max_seconds
+        #: (host monotonic ns, header size) at the first reading and at every change.
+        self.changes: List[Tuple[int, int]] = []
+        self.error = ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="cprh-vnethdr", daemon=True)
+
+    def size(self) -> int:
+        buf = array.array("i", [0])
+        fcntl.ioctl(self.fd, TUNGETVNETHDRSZ, buf, True)
+        return buf[0]
+
+    def start(self) -> "TapHeaderWatch":
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        end = time.monotonic() + self.max_seconds
+        while time.monotonic() < end:
+            try:
+                size = self.size()
+            except OSError as exc:
+                self.error = f"TUNGETVNETHDRSZ: {exc.strerror}"
+                return
+            if not self.changes or self.changes[-1][1] != size:
+                self.changes.append((time.monotonic_ns(), size))
+            if self._stop.wait(self.interval_s):
+                return
+
+    def stop(self) -> List[Tuple[int, int]]:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5.0)
+        return list(self.changes)
 
 
 class LockWatch:

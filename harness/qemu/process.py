@@ -46,13 +46,16 @@ class QemuProcess:
     """A QEMU process on one side (``src`` or ``dst``) of a transfer, or a probe.
 
     ``exit_with_parent``: add ``-run-with exit-with-parent=on`` (only for binaries that
-    have it; the probe says so).
+    have it; the probe says so). ``prefix``: a command put before the binary that execs
+    it in place (``nsenter --net=... --``): the pid stays QEMU's, and with it PDEATHSIG
+    and the janitor's watch.
     """
 
     def __init__(self, side: str, binary: str, args: Sequence[str], workdir: str,
                  logdir: str, pass_fds: Sequence[int] = (),
                  env: Optional[Dict[str, str]] = None, exit_with_parent: bool = False,
-                 log_name: Optional[str] = None, epoch: Optional[float] = None):
+                 log_name: Optional[str] = None, epoch: Optional[float] = None,
+                 prefix: Sequence[str] = ()):
         self.side = side
         self.binary = binary
         #: Its working directory (private): where a core dump lands.
@@ -63,7 +66,7 @@ class QemuProcess:
         self.log_path = os.path.join(logdir, log_name or f"{side}.log")
         self.args = list(args)
         ewp = ["-run-with", "exit-with-parent=on"] if exit_with_parent else []
-        self.cmdline: List[str] = [binary, *self.args, *ewp, "-qmp",
+        self.cmdline: List[str] = [*prefix, binary, *self.args, *ewp, "-qmp",
                                    f"unix:{self.qmp_path},server=on,wait=off"]
         self.pass_fds = tuple(pass_fds)
         self.env = env

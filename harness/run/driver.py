@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Iterator, List, Optional, Tuple
 
 from harness.core.errors import HarnessError, QMPConnectionLost, WaitTimeout
@@ -31,7 +31,7 @@ from harness.qemu.process import QemuProcess
 from harness.qemu.states import Intent, RunState
 from harness.run import outcomes
 from harness.run.attempt import Attempt
-from harness.run.checks import FAMILIES, PrepareContext, WatchContext
+from harness.run.checks import FAMILIES, ConcludeContext, PrepareContext, WatchContext
 from harness.run.handover import for_mode
 from harness.run.observe import (Expectation, Window, event_time, source_expectation,
                                  target_expectation)
@@ -83,9 +83,37 @@ class PairDriver(Pair):
 
     def run(self) -> None:
         with case_deadline(self.cfg.case_timeout, f"case {self.sc.id}"):
+            t = time.monotonic()
+            self.set_up_cases()
+            if self.cases:  # a phase only for a case whose families set something up
+                self.r.phases["set-up"] = round(time.monotonic() - t, 4)
             with self.phase("start-src", "start src and boot the guest"):
                 self.start_src()
             self.transfer()
+            with self.phase("conclude", "end what the check families measured through "
+                                        "the case") if self.cases else nullcontext():
+                self.conclude()
+
+    def conclude(self) -> None:
+        """Each family's end of the case, on the QEMU that runs the guest now: the last
+        target if the last attempt completed, else the source if it carried on."""
+        last = self.r.attempts[-1] if self.r.attempts else None
+        completed = last is not None and last.observed is Observed.COMPLETED
+        survival = self.r.survival
+        running: Optional[QemuProcess] = None
+        if completed:
+            running = self.dst if self.dst is not None and self.dst.is_running() else None
+        elif survival is not None and survival.src_state is RunState.RUNNING:
+            running = self.src if self.src is not None and self.src.is_running() else None
+        first = self.r.first
+        switch = self.switch_ns() if completed and self.dst is not None else None
+        for fam in FAMILIES:
+            rec = fam.conclude(ConcludeContext(
+                self.sc, self.src, self.dst, running, self.g, self.artifacts,
+                first is not None and first.observed is Observed.COMPLETED, switch,
+                self.cases.get(fam.name)))
+            if rec is not None:
+                self.r.devices[fam.name] = rec
 
     def start_src(self) -> None:
         self.ev.spawn_sampler()  # its interpreter starts while the source boots
@@ -155,9 +183,10 @@ class PairDriver(Pair):
             self.ev.tail_consoles(fmt, self.serial_of(self.source) or "",
                                   os.path.join(self.artifacts,
                                                f"{self.name_of('dst', a.tag)}.serial"))
-        ctx = PrepareContext(self.sc, self.source, self.g, self.artifacts, self.shared_dir,
-                             a.tag, self.name_of("dst", a.tag), self.ports)
-        prepared = {fam.name: fam.prepare(ctx) for fam in FAMILIES}
+        prepared = {fam.name: fam.prepare(PrepareContext(
+            self.sc, self.source, self.g, self.artifacts, self.shared_dir, a.tag,
+            self.name_of("dst", a.tag), self.ports, self.cases.get(fam.name)))
+            for fam in FAMILIES}
         try:
             with outcomes.qemu_waits(self, a):
                 self.handover.attempt(a, kinds)
@@ -265,7 +294,8 @@ class PairDriver(Pair):
             w = fam.watcher(WatchContext(
                 self.sc, self.source, self.target, self.g, self.artifacts,
                 self.seen_running_ns.get(a.tag, time.monotonic_ns()), serial,
-                self.shared_dir, prepared.get(fam.name), self.ports))
+                self.shared_dir, prepared.get(fam.name), self.ports,
+                self.cases.get(fam.name)))
             if w is not None:
                 devices[fam.name] = w
         return Window(watches, self.cfg.observe_s, self.window_death, self.g,

@@ -31,7 +31,8 @@ from harness.qemu.crash import Crash
 from harness.qemu.process import QemuProcess
 from harness.run.aftermath import Aftermath
 from harness.run.attempt import Attempt
-from harness.run.checks import FAMILIES, ArgsContext
+from harness.run.checks import (FAMILIES, ArgsContext, Family, SetupContext,
+                                TeardownContext)
 from harness.run.plan import ports_wanted, render_extra_args, render_vm_args
 from harness.run.result import PairResult
 from harness.run.setup import CaseSetup
@@ -106,6 +107,8 @@ class Pair(Aftermath):
         self.window_deaths: set = set()
         self._diagnosed: Dict[int, Optional[Crash]] = {}
         self._ports: Optional[Tuple[int, ...]] = None
+        #: What each check family set up for the case (:meth:`set_up_cases`), by name.
+        self.cases: Dict[str, Any] = {}
 
     @classmethod
     @contextmanager
@@ -125,8 +128,11 @@ class Pair(Aftermath):
                 try:
                     yield p
                 finally:
-                    with p.phase("teardown", "tear down both sides"):
-                        p.teardown()
+                    try:
+                        with p.phase("teardown", "tear down both sides"):
+                            p.teardown()
+                    finally:
+                        p.close_cases()
         finally:
             remove_tmpdir(workdir)
             if shm_dir:
@@ -186,15 +192,18 @@ class Pair(Aftermath):
         if self.sc.console:  # both sides on one file, as a user's command line has it
             serial = os.path.join(self.artifacts, "console.log")
         self.r.artifacts[f"{name}.serial"] = serial
-        ctx = ArgsContext(self.sc, sockdir or self.workdir, self.artifacts, self.shared_dir,
-                          self.ports)
-        extra = [a for fam in FAMILIES for a in fam.qemu_args(ctx, Side(side))]
+        extra = [a for fam in FAMILIES for a in fam.qemu_args(self.args_context(fam, sockdir),
+                                                              Side(side))]
         return render_vm_args(self.sc, self.dialect, self.mem, self.bins.accel,
                               self.g.qemu_args(side, serial, sockdir or self.workdir,
                                                self.sc.console == "file-append") + extra,
                               side, machine=machine or self.bins.machine,
                               extra=render_extra_args(self.sc, side, self.shared_dir, name,
                                                       self.ports))
+
+    def args_context(self, fam: Family, sockdir: Optional[str] = None) -> ArgsContext:
+        return ArgsContext(self.sc, sockdir or self.workdir, self.artifacts, self.shared_dir,
+                           self.ports, self.cases.get(fam.name))
 
     @property
     def shared_dir(self) -> str:
@@ -217,11 +226,16 @@ class Pair(Aftermath):
         name = self.name_of(side, tag)
         binary = self.cfg.qemu_src if side == "src" else self.cfg.qemu_dst
         caps = self.bins.src if side == "src" else self.bins.dst
+        # What the check families add to the launch: a prefix that execs QEMU in place
+        # (a namespace), fds it inherits (a tap's).
+        how = [fam.launch(self.args_context(fam, sockdir), Side(side)) for fam in FAMILIES]
         # Where the binary has it, QEMU exits with its parent by itself (PDEATHSIG and
         # the janitor cover the rest).
         vm = QemuProcess(side, binary, args, sockdir or self.workdir, self.artifacts,
-                         pass_fds=pass_fds, log_name=f"{name}.log", epoch=self.epoch,
-                         exit_with_parent=caps.has_exit_with_parent)
+                         pass_fds=tuple(pass_fds) + tuple(fd for h in how for fd in h.fds),
+                         log_name=f"{name}.log", epoch=self.epoch,
+                         exit_with_parent=caps.has_exit_with_parent,
+                         prefix=[a for h in how for a in h.prefix])
         self.r.cmdlines[name] = vm.cmdline
         self.r.artifacts[f"{name}.log"] = vm.log_path
         if side == "src":
@@ -262,6 +276,42 @@ class Pair(Aftermath):
     def fault_for(self, a: Attempt) -> Optional[Fault]:
         """Faults hit the first attempt only."""
         return self.sc.fault if a.first else None
+
+    # -- the check families' case ----------------------------------------------------
+
+    def set_up_cases(self) -> None:
+        """Each family's set-up of the case, before the source starts (kept in
+        :attr:`cases`; closed by :meth:`close_cases` after teardown)."""
+        ctx = SetupContext(self.sc, self.g, self.workdir, self.artifacts)
+        for fam in FAMILIES:
+            case = fam.setup(ctx)
+            if case is not None:
+                self.cases[fam.name] = case
+
+    def close_cases(self) -> None:
+        """After teardown (no QEMU holds anything): the ``after_teardown`` of each family
+        that concluded the case (its result replaces the case record), then its case
+        closed; each runs even if an earlier one raises, the first error raised at the
+        end."""
+        errors: List[BaseException] = []
+        for fam in FAMILIES:
+            case = self.cases.pop(fam.name, None)
+            try:
+                if case is not None and fam.name in self.r.devices:
+                    rec = fam.after_teardown(TeardownContext(self.sc, self.artifacts, case,
+                                                             self.r.devices.get(fam.name)))
+                    if rec is not None:
+                        self.r.devices[fam.name] = rec
+            except BaseException as exc:  # noqa: BLE001 - the others still close
+                errors.append(exc)
+            finally:
+                if hasattr(case, "close"):
+                    try:
+                        case.close()
+                    except BaseException as exc:  # noqa: BLE001
+                        errors.append(exc)
+        if errors:
+            raise errors[0]
 
     # -- teardown -------------------------------------------------------------------
 

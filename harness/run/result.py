@@ -52,6 +52,9 @@ class PairResult:
     crashes: List[Crash] = field(default_factory=list)
     #: QEMUs that did not quit on request at teardown (``AbnormalShutdown``).
     abnormal_shutdowns: List[str] = field(default_factory=list)
+    #: Each check family's record of the case as a whole, by the family's name (a
+    #: device measured from before the transfer to after it: harness.run.checks.base).
+    devices: Dict[str, Any] = field(default_factory=dict)
     #: What a tool measuring the pair added (the bench's figures, cpr-exec's state file).
     extra: Dict[str, Any] = field(default_factory=dict)
 

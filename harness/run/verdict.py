@@ -6,7 +6,8 @@ are the case's verdict (none: it conforms). It never runs anything: it reads the
 :class:`~harness.run.result.PairResult`'s records. Its shape: the outcome (and QEMU's
 message, the source's survival and the retry for a refusal), then every registered
 check family (:data:`harness.run.checks.FAMILIES`) on each completed attempt the
-scenario asks about, then the deaths. :func:`record` writes it all as plain data.
+scenario asks about, then on the case as a whole (its devices, measured from before
+the transfer to after it), then the deaths. :func:`record` writes it all as plain data.
 """
 from __future__ import annotations
 
@@ -33,6 +34,11 @@ def judge_attempt(r: PairResult, a: AttemptRecord) -> List[Check]:
     return [c for fam in FAMILIES for c in fam.judge(r, a)]
 
 
+def judge_case(r: PairResult) -> List[Check]:
+    """Every registered family's checks of the case as a whole (its case records)."""
+    return [c for fam in FAMILIES for c in fam.judge_case(r)]
+
+
 def judge(r: PairResult) -> List[Check]:
     exp = r.scenario.expect
     out = [judge_outcome(r)]
@@ -50,6 +56,7 @@ def judge(r: PairResult) -> List[Check]:
         retry = r.retry
         if r.scenario.retry and retry is not None and retry.observed is Observed.COMPLETED:
             out += judge_attempt(r, retry)
+    out += judge_case(r)
     out.append(judge_deaths(r.deaths))
     return out
 

@@ -12,6 +12,7 @@ from typing import Dict, Iterable, List
 
 from harness.core.errors import UsageError
 from harness.cpr.faults import FAULTS
+from harness.cpr.netdevs import ARRANGEMENTS
 from harness.scenario.model import Expect, Outcome, Scenario
 
 SRC_REFUSES, DST_REFUSES = Expect.SRC_REFUSES, Expect.DST_REFUSES
@@ -327,9 +328,47 @@ def _same_args_sockets() -> List[Scenario]:
     ]
 
 
+#: QEMU's words when the target cannot open a back-end the source still holds.
+MSG_HOSTFWD = "Could not set up host forwarding rule"
+MSG_TAP_BUSY = "could not configure /dev/net/tun (tap0): Device or resource busy"
+
+
+def _device(area: str, name: str, title: str, kind: Expect = Expect.COMPLETES,
+            message: str = "", **kw: object) -> Scenario:
+    # The Linux guest (TCG: docs/guest.md) drives the NIC and the disk; a minute a case
+    # or more on two loaded cores, so these are slow cases (tox -e nightly, --slow).
+    return Scenario(id=f"{area}/{name}", title=title, area=area, guest="linux-x86",
+                    accel="tcg", ram_mb=512, slow=True, expect=Outcome(kind, message),
+                    **kw)  # type: ignore[arg-type]
+
+
+def _devices() -> List[Scenario]:
+    # The guest's network and disk across cpr-transfer, measured from the host
+    # (docs/same-arguments.md): one network arrangement each, as a management layer
+    # makes it (harness.cpr.netdevs), and a disk written through the transfer. A target
+    # that cannot open a back-end the source holds must refuse it clearly, and the
+    # source carry on with its network; the same arguments would be refused again, so
+    # these refusals have no retry: the passing way is a scenario of its own.
+    out = [_device("net", "user", "-netdev user on both sides, no forwarded port",
+                   net="user"),
+           _device("net", "hostfwd", "-netdev user with the same hostfwd host port on "
+                   "both sides: the target cannot bind it while the source holds it",
+                   DST_REFUSES, MSG_HOSTFWD, net="user-hostfwd", retry=False),
+           _device("net", "hostfwd-per-side", "-netdev user forwarding a host port, the "
+                   "target another port than the source (clients reconnect there)",
+                   net="user-hostfwd-dst-port"),
+           _device("net", "tap-ifname", "the same tap by name (ifname=tap0) on both sides",
+                   DST_REFUSES, MSG_TAP_BUSY, net="tap-ifname", retry=False)]
+    for arr in ("tap-mq", "tap-fd", "tap-bridge", "vhost-net"):
+        out.append(_device("net", arr, ARRANGEMENTS[arr].title, net=arr))
+    out.append(_device("disk", "io-in-flight", "the guest writes its virtio-blk disk "
+                       "through the transfer (O_DIRECT, a block every 100 ms)", disk=True))
+    return out
+
+
 def _build() -> List[Scenario]:
     return (_positive() + _refusals() + _aarch64() + _linux() + _faults() + _versions()
-            + _same_args_files() + _same_args_sockets())
+            + _same_args_files() + _same_args_sockets() + _devices())
 
 
 SCENARIOS: Dict[str, Scenario] = {}
@@ -341,12 +380,18 @@ for _sc in _build():
 
 #: The scenario sets the adapters run: pytest's suites/conformance/test_*.py and the
 #: avocado recipe select from these, so the two never disagree on what a suite is.
+#: Areas with a suite of their own, kept out of "transfer" and "refusals".
+OWN_SUITE_AREAS = ("fault", "args", "net", "disk")
+
 SUITES = {
-    "transfer": lambda: [s for s in select(positive=True) if s.area != "args"],
-    "refusals": lambda: [s for s in select(positive=False) if s.area not in ("fault", "args")],
+    "transfer": lambda: [s for s in select(positive=True) if s.area not in OWN_SUITE_AREAS],
+    "refusals": lambda: [s for s in select(positive=False)
+                         if s.area not in OWN_SUITE_AREAS],
     # The same arguments plus -incoming, option by option (docs/same-arguments.md).
     "args": lambda: select(area="args"),
     "faults": lambda: select(area="fault"),
+    # The guest's network and disk across the live update (docs/same-arguments.md).
+    "devices": lambda: [s for s in SCENARIOS.values() if s.area in ("net", "disk")],
     # What every QEMU build and pair is judged on: the x86 bare-metal guest's cases (the
     # other guests need their own binaries or minutes of TCG boot).
     "core": lambda: [s for s in SCENARIOS.values() if s.guest == "x86-bios" and not s.slow],

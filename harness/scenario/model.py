@@ -16,6 +16,7 @@ from typing import Any, Dict, FrozenSet, Optional, Tuple
 
 from harness.core.errors import HarnessError, UsageError
 from harness.cpr.faults import Fault
+from harness.cpr.netdevs import ARRANGEMENTS
 
 
 class Observed(str, enum.Enum):
@@ -168,10 +169,20 @@ class Scenario:
     option: str = ""
     #: What a management layer must do about it, in words (the report says it).
     advice: str = ""
+    #: The guest's network, measured from the host through the transfer
+    #: (harness.run.checks.net): how a management layer gives each side its NIC's
+    #: back-end, an arrangement of harness.cpr.netdevs ("" none).
+    net: str = ""
+    #: The guest writes its disk through the transfer, verified in the image after both
+    #: QEMUs are gone (harness.run.checks.disk).
+    disk: bool = False
 
     def __post_init__(self) -> None:
         if self.console not in ("", "file", "file-append"):
             raise UsageError(f"unknown console {self.console!r}; known: file, file-append")
+        if self.net and self.net not in ARRANGEMENTS:
+            raise UsageError(f"unknown network arrangement {self.net!r}; known: "
+                             f"{', '.join(ARRANGEMENTS)}")
         if self.mode not in MODES:
             raise UsageError(f"unknown mode {self.mode!r}; known: {', '.join(MODES)}")
         if self.fault is not None and not isinstance(self.fault, Fault):

@@ -72,10 +72,17 @@ def test_tap_arrangements_live_in_their_namespace(arr, src, dst, inside, links):
             assert s.side_args("src")[-1] == NIC + ",mq=on,vectors=6"
         host_dev = "br0" if arr == "tap-bridge" else "tap0"
         assert "10.77.0.1/24" in s.ns.ip("-o", "addr", "show", "dev", host_dev)
+        # the harness's own fd on a device both QEMUs share: the copy of fd=, a
+        # detached queue of the multi-queue tap; none where each has its own or one opener
+        watch = s.watch_fd
+        assert (watch is not None) is (arr in ("tap-mq", "tap-fd")), watch
+        if arr == "tap-fd":
+            assert watch == fd
     finally:
         s.close()
-    if fd is not None:
-        with pytest.raises(OSError):
-            os.fstat(fd)  # the harness's copy of the tap fd is closed
+    for held in (fd, watch):
+        if held is not None:
+            with pytest.raises(OSError):
+                os.fstat(held)  # the harness's fds on the tap are closed
     s.close()  # idempotent
     assert s.ns.name not in netns.leftovers() and s.fds == {}

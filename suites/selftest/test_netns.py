@@ -1,8 +1,11 @@
 """Self-tests of the run's own network namespaces (harness.core.netns): made and removed,
 everything a network case needs inside them, a process and a socket inside, and
 nothing left after a ``kill -9`` of the runner (the janitor deletes the namespace)."""
+import array
+import fcntl
 import os
 import signal
+import struct
 import socket
 import subprocess
 import sys
@@ -17,6 +20,8 @@ from harness.core.errors import Unsupported
 from harness.cpr.channels import unix_listening
 
 pytestmark = pytest.mark.selftest
+
+TUNSETVNETHDRSZ, TUNGETVNETHDRSZ = 0x400454D8, 0x800454D7
 
 ROOT = Path(__file__).resolve().parents[2]
 REASON = netns.unsupported_reason(tap=True)
@@ -73,9 +78,16 @@ def test_sockets_tap_fds_and_processes_live_inside():
             s.close()
         with pytest.raises(OSError):  # the address does not exist on the host
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM).bind(("10.77.0.1", 0))
-        # two queues of the multi-queue tap, as two QEMUs would open it
+        # a detached queue (the harness's watch: no packet is steered to it), then two
+        # queues of the multi-queue tap, as two QEMUs would open it; the device's vnet
+        # header size, set through one of them, reads the same through the detached one
+        watch = ns.open_tap("tap0", multi_queue=True, detached=True)
         fds = [ns.open_tap("tap0", multi_queue=True) for _ in range(2)]
-        for fd in fds:
+        fcntl.ioctl(fds[1], TUNSETVNETHDRSZ, struct.pack("i", 12))
+        size = array.array("i", [0])
+        fcntl.ioctl(watch, TUNGETVNETHDRSZ, size, True)
+        assert size[0] == 12
+        for fd in fds + [watch]:
             os.close(fd)
         # a process started through the wrapper keeps its pid and is inside
         wrapper = ns.wrapper("/bin/sleep", "/tmp", name=f"{ns.name}-sleep")

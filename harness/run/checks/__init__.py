@@ -11,12 +11,15 @@ from __future__ import annotations
 from typing import Tuple
 
 from harness.run.checks.base import (CATEGORIES, REGISTRY, ArgsContext, Category, CheckDef,
-                                     Family, PrepareContext, WatchContext, Watcher,
+                                     ConcludeContext, Family, Launch, PrepareContext,
+                                     SetupContext, TeardownContext, WatchContext, Watcher,
                                      category_of, define)
 from harness.run.checks import chain, deaths, outcome, source  # noqa: F401  (registered)
 from harness.run.checks.args import Args
 from harness.run.checks.console import Console
+from harness.run.checks.disk import Disk
 from harness.run.checks.heartbeat import Heartbeat
+from harness.run.checks.net import Net
 from harness.run.checks.pause import Pause
 from harness.run.checks.ram import Ram
 from harness.run.checks.states import States
@@ -24,7 +27,8 @@ from harness.run.checks.window import Window
 
 #: The registered families, in the order their checks are listed.
 FAMILIES: Tuple[Family, ...] = (States(), Window(), Ram(), Console(), Heartbeat(), Pause(),
-                                 Args())
+                                 Args(), Net(), Disk())
 
 __all__ = ["FAMILIES", "CATEGORIES", "REGISTRY", "ArgsContext", "Category", "CheckDef",
-           "Family", "PrepareContext", "WatchContext", "Watcher", "category_of", "define"]
+           "ConcludeContext", "Family", "Launch", "PrepareContext", "SetupContext",
+           "TeardownContext", "WatchContext", "Watcher", "category_of", "define"]

@@ -4,8 +4,16 @@ A check is defined once (:func:`define`) with an id that never changes (categori
 self-tests and reports key on it, never on the title) and the category its failures are
 filed under. A *family* (:class:`Family`) is one module's checks and what they need:
 
+* ``setup(ctx)``: once per case, before the source starts: what must exist on the host
+  when a QEMU launches (a network namespace and its taps, a disk image's content); its
+  result is the family's *case* (``ctx.case`` in every later hook) and is closed (when
+  it has a ``close()``) after teardown, once no QEMU holds it, whatever happens;
 * ``qemu_args(ctx, side)``: what it adds to each side's command line (a device, a
-  chardev); the same on both sides, as cpr-transfer's contract says;
+  chardev); the same on both sides as cpr-transfer's contract says, unless the case
+  gives the target something else (another tap, another host port);
+* ``launch(ctx, side)``: how each side's QEMU is started, beyond its arguments
+  (:class:`Launch`): a prefix that execs QEMU in place (``nsenter --net=... --``: the
+  pid, PDEATHSIG and the janitor's watch hold) and fds it inherits;
 * ``prepare(ctx)``: before each attempt's target starts (the source runs the guest):
   what must be taken or started before the hand-over (a file's content, a stream's
   receiver); its result reaches the watcher as ``ctx.prepared``, and is closed (when it
@@ -13,7 +21,16 @@ filed under. A *family* (:class:`Family`) is one module's checks and what they n
 * ``watcher(ctx)``: for a check that watches over time, a :class:`Watcher` the
   observation window polls with every QEMU it watches, and ends into a frozen record
   (kept under the family's name in :attr:`WindowRecord.devices`);
-* ``judge(result, attempt)``: the checks of one completed attempt, from its records.
+* ``conclude(ctx)``: once per case, when the transfer is over (the last window closed,
+  or the source carried on after a refusal), before teardown, with the QEMU that runs
+  the guest now: what ran through the whole case ends; its result is the family's
+  case record (``PairResult.devices[name]``);
+* ``after_teardown(ctx)``: once per case, after every QEMU is gone: what can only be
+  read then (an image no QEMU writes any more); a result other than None replaces the
+  case record;
+* ``judge(result, attempt)``: the checks of one completed attempt, from its records;
+* ``judge_case(result)``: the checks of the case as a whole, from its case record
+  (a refused transfer's too: the source carried on, its devices must have).
 
 The driver and the verdict iterate the registered families
 (:data:`harness.run.checks.FAMILIES`); neither names a check. A new device check is one
@@ -133,15 +150,35 @@ class Watcher(Protocol):
 
 
 @dataclass(frozen=True)
+class SetupContext:
+    """What a family may use to set a case up before its source starts: the scenario,
+    the guest's driver (no QEMU runs yet), the case's directories."""
+    scenario: "Scenario"
+    guest: "GuestDriver"
+    workdir: str
+    artifacts: str
+
+
+@dataclass(frozen=True)
 class ArgsContext:
     """What a family may know when it adds to a side's command line (``shared``: the
     directory both sides' options name as ``{dir}``; ``ports``: the loopback ports the
-    case picked for its ``{port0}``, ``{port1}``...)."""
+    case picked for its ``{port0}``, ``{port1}``...; ``case``: what its
+    :meth:`Family.setup` made, None in a dry run, which sets nothing up)."""
     scenario: "Scenario"
     workdir: str
     artifacts: str
     shared: str = ""
     ports: Tuple[int, ...] = ()
+    case: Any = None
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How one side's QEMU is started beyond its arguments: ``prefix`` goes before the
+    binary and must exec it in place (the pid stays QEMU's); ``fds`` it inherits."""
+    prefix: Tuple[str, ...] = ()
+    fds: Tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -157,6 +194,7 @@ class PrepareContext:
     tag: str
     target_name: str
     ports: Tuple[int, ...] = ()
+    case: Any = None
 
 
 @dataclass(frozen=True)
@@ -175,14 +213,48 @@ class WatchContext:
     shared: str = ""
     prepared: Any = None
     ports: Tuple[int, ...] = ()
+    case: Any = None
+
+
+@dataclass(frozen=True)
+class ConcludeContext:
+    """What a family may use when the transfer is over, before teardown: the source,
+    the last target (None: none was started), the QEMU that runs the guest now (None:
+    neither does), whether the scenario's transfer completed, the switch-over as QEMU
+    placed it (its source's STOP and its target's RESUME, monotonic ns; None: no
+    switch-over, or it could not be placed), and the family's case."""
+    scenario: "Scenario"
+    source: Optional["QemuProcess"]
+    target: Optional["QemuProcess"]
+    running: Optional["QemuProcess"]
+    guest: "GuestDriver"
+    artifacts: str
+    completed: bool
+    switch_ns: Optional[Tuple[int, int]]
+    case: Any = None
+
+
+@dataclass(frozen=True)
+class TeardownContext:
+    """What a family may use after every QEMU is gone: its case and its case record."""
+    scenario: "Scenario"
+    artifacts: str
+    case: Any = None
+    record: Any = None
 
 
 class Family:
     """One module's checks. Subclasses override what they need."""
     name = ""
 
+    def setup(self, ctx: SetupContext) -> Any:
+        return None
+
     def qemu_args(self, ctx: ArgsContext, side: Side) -> List[str]:
         return []
+
+    def launch(self, ctx: ArgsContext, side: Side) -> Launch:
+        return Launch()
 
     def prepare(self, ctx: PrepareContext) -> Any:
         return None
@@ -190,7 +262,16 @@ class Family:
     def watcher(self, ctx: WatchContext) -> Optional[Watcher]:
         return None
 
+    def conclude(self, ctx: ConcludeContext) -> Any:
+        return None
+
+    def after_teardown(self, ctx: TeardownContext) -> Any:
+        return None
+
     def judge(self, r: "PairResult", a: "AttemptRecord") -> Iterable[Check]:
+        return ()
+
+    def judge_case(self, r: "PairResult") -> Iterable[Check]:
         return ()
 
 
