@@ -132,7 +132,8 @@ def test_every_verdict_kind():
     for kind, verdict in KINDS.items():
         sid = case(kind)[0]
         assert recs[sid]["verdict"] == verdict, (kind, recs[sid])
-    assert "guest progress [guest.progress]: expected '> 10', got '10'" in recs["transfer/fail-case"]["reason"]
+    assert "guest progress [guest.progress]: expected \u201c> 10\u201d, got \u201c10\u201d" \
+        in recs["transfer/fail-case"]["reason"]
     assert recs["memory/skip-case"]["reason"] == "no memory-backend-epc here"
     assert recs["memory/skip-case"]["actual"] is None
     assert recs["memory/skip-case"]["parameters"]["expect"] == "src-refuses: x"
