@@ -39,13 +39,15 @@ def report_files(reports: Optional[Path]) -> List[Tuple[str, str]]:
 
 def case_files(rec: Mapping[str, Any], reports: Optional[Path]) -> Dict[str, str]:
     """The case's files as the record lists them (relative to the reports), those that
-    are there when ``reports`` is given; its own page first."""
+    are there when ``reports`` is given: its own page first, its record (result.json)
+    last."""
     files = dict(rec.get("artifacts") or {})
     case_dir = rec.get("case_dir")
     if case_dir:
-        files = {"case page": f"{case_dir}/{CASE_PAGE}", **files}
+        files = {"case page": f"{case_dir}/{CASE_PAGE}", **files,
+                 "result.json": f"{case_dir}/result.json"}
     if reports is None:
-        return {k: v for k, v in files.items() if k != "case page"}
+        return {k: v for k, v in files.items() if k not in ("case page", "result.json")}
     base = Path(reports)
     return {k: v for k, v in files.items()
             if (Path(v) if os.path.isabs(v) else base / v).is_file()}
