@@ -172,6 +172,9 @@ def test_the_matrix_page_in_chromium(run):
     hidden_areas = {h.get("id") for h in only.hidden if h["tag"] == "section"}
     assert hidden_areas == {"area-transfer", "area-channel", "area-memory"}, hidden_areas
     assert not any(h.get("data-verdict") == "xfail" for h in only.hidden)
+    # A link to a case's row opens its checks and evidence.
+    opened = dom(path.as_uri() + "#row-fault/src-killed-during-main")
+    assert '<details id="case-fault/src-killed-during-main" open' in opened
 
 
 def test_every_case_page_in_chromium(run):

@@ -164,7 +164,10 @@ def case_page(rec: Mapping[str, Any], title: str = "", files: Optional[Mapping[s
                     f"{_h(dev.get('reason'))}</div>" + deviations.to_html(dev.get("text")))
     lines = rec.get("highlights") if "highlights" in rec else digest.highlights(rec)
     hops = rec.get("hops") if "highlights" in rec else digest.hop_rows(rec)
+    timeline = (files or {}).get("timeline")
     body = head + [checks_table(checks), kv_table(lines or []), hops_table(hops or []),
+                   f"<img class=\"timeline\" alt=\"sampler timeline\" src=\"{_h(timeline)}\">"
+                   if timeline else "",
                    ending(rec) if rec.get("actual") else "", files_line(files or {}, None)]
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>"
             + _h(title or rec.get("id")) + "</title><style>"

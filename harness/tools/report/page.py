@@ -120,8 +120,8 @@ pre{font-size:12px;background:#f4f6f9;padding:6px;overflow-x:auto}
 
 # The filter: hides table rows and grid tiles whose verdict is unticked or whose id does
 # not contain the search text, then any area, grid row or grid left with nothing shown.
-# A pill shows its verdict alone; open/close every case's details. The page reads fine
-# without it.
+# A pill shows its verdict alone; open/close every case's details; a link to a case's row
+# opens its details. The page reads fine without it.
 JS = """
 (function(){
   function each(sel,f,root){(root||document).querySelectorAll(sel).forEach(f);}
@@ -147,10 +147,14 @@ JS = """
     var m=/^#only-(\\w+)$/.exec(location.hash);if(!m)return;
     each('.filter input[data-v]',function(c){c.checked=m[1]==='all'||c.dataset.v===m[1];});
     apply();}
-  window.addEventListener('hashchange',fromHash);
+  function openTarget(){
+    var el=document.getElementById(decodeURIComponent(location.hash.slice(1)));if(!el)return;
+    var d=el.tagName==='DETAILS'?el:(el.nextElementSibling&&el.nextElementSibling.querySelector('details'));
+    if(d){d.open=true;}}
+  window.addEventListener('hashchange',function(){fromHash();openTarget();});
   function openAll(o){each('details',function(d){d.open=o;});}
   document.getElementById('open-all').addEventListener('click',function(){openAll(true);});
   document.getElementById('close-all').addEventListener('click',function(){openAll(false);});
-  apply();fromHash();
+  apply();fromHash();openTarget();
 })();
 """
