@@ -209,9 +209,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item
             # Labels at collection: a case skipped before it runs keeps them too.
             item.add_marker(allure.feature(params["area"]))
             item.add_marker(allure.story(params["id"]))
-            # Allure's Suites tab by area, not by pytest module.
-            item.add_marker(allure.parent_suite("cpr-transfer conformance"))
-            item.add_marker(allure.suite(params["area"]))
+            # Allure's Suites tab by area, not by pytest module; in an area as its grid
+            # on conformance.html: transfers by main channel, the others by guest.
+            item.add_marker(allure.parent_suite(params["area"]))
+            item.add_marker(allure.suite(f"main channel {params.get('main')}"
+                                         if params["area"] == "transfer"
+                                         else f"guest {params.get('guest')}"))
             item.add_marker(allure.label(RUN_LABEL, config.stash[RUN_KEY].run_id))
             if item.get_closest_marker("slow") is not None:
                 item.add_marker(allure.tag("slow"))
