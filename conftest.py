@@ -9,8 +9,10 @@ phases into the verdicts the matrix (:mod:`harness.tools.report`) is built from.
 
 What travels between xdist workers and the controller is the test report, including
 its ``user_properties``: ``cpr_scenario`` (the scenario's parameters, set at
-collection, so a skipped case carries them too) and ``cpr_result`` (the judged
-result, set when the pair ran).
+collection, so a skipped case carries them too) and ``cpr_result`` (the path of the
+case's result.json, relative to the reports, set when the pair ran). junit.xml shows
+the case id, that path and the deviation id (not the records), and each case's checks
+one a line as its system-out.
 """
 from __future__ import annotations
 
@@ -207,6 +209,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item
             # Labels at collection: a case skipped before it runs keeps them too.
             item.add_marker(allure.feature(params["area"]))
             item.add_marker(allure.story(params["id"]))
+            # Allure's Suites tab by area, not by pytest module; in an area as its grid
+            # on conformance.html: transfers by main channel, the others by guest.
+            item.add_marker(allure.parent_suite(params["area"]))
+            item.add_marker(allure.suite(f"main channel {params.get('main')}"
+                                         if params["area"] == "transfer"
+                                         else f"guest {params.get('guest')}"))
             item.add_marker(allure.label(RUN_LABEL, config.stash[RUN_KEY].run_id))
             if item.get_closest_marker("slow") is not None:
                 item.add_marker(allure.tag("slow"))
@@ -405,15 +413,54 @@ def _run_identity(request: pytest.FixtureRequest) -> Dict[str, str]:
 def _keep_record(request: pytest.FixtureRequest, cfg: RunConfig, case_dir: str,
                  rec: Dict[str, Any]) -> Dict[str, Any]:
     """Write result.json, hand the record to the controller, attach its check table."""
+    from harness.tools import report
     from harness.tools.report import case_view
 
     rec["case_dir"] = Path(os.path.relpath(case_dir, cfg.reports)).as_posix()
     with open(os.path.join(case_dir, "result.json"), "w") as f:
         json.dump(rec, f, indent=2, default=str)
-    request.node.user_properties.append((RESULT_PROP, json.dumps(rec, default=str)))
+    # The controller reads the record from the file (junit.xml shows this path, not a
+    # copy of the record).
+    request.node.user_properties.append((RESULT_PROP, f"{rec['case_dir']}/result.json"))
     allure.attach(case_view.case_page(rec), name="checks and evidence",
                   attachment_type=allure.attachment_type.HTML)
+    # junit's system-out: what a CI dashboard shows of the case.
+    print(report.check_lines(rec.get("checks") or []))
     return rec
+
+
+def _judged(title: str, judge: Any, result: Any) -> List[Any]:
+    """``judge(result)`` inside an Allure step with each check a step of its own; the
+    step fails (red in the tree) when a check does."""
+    ctx = allure.step(title)
+    ctx.__enter__()
+    try:
+        checks = judge(result)
+        _checks_as_steps(checks)
+    except BaseException as exc:
+        ctx.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    bad = [c for c in checks if not c.ok]
+    if bad:
+        exc = AssertionError(f"{len(bad)} of {len(checks)} checks failed")
+        ctx.__exit__(AssertionError, exc, None)
+    else:
+        ctx.__exit__(None, None, None)
+    return checks
+
+
+def _checks_as_steps(checks: List[Any]) -> None:
+    """Each check as an Allure step under "judge the result": a failed one red."""
+    for c in checks:
+        title = f"{c.name}: {c.observed}" if c.ok else \
+            f"{c.name}: expected {c.expected}, got {c.observed}"
+        ctx = allure.step(title)
+        ctx.__enter__()
+        if c.ok:
+            ctx.__exit__(None, None, None)
+        else:
+            exc = AssertionError(c.detail or f"expected {c.expected}, got {c.observed}")
+            ctx.__exit__(AssertionError, exc, None)
 
 
 @pytest.fixture
@@ -430,8 +477,7 @@ def cpr_case(request: pytest.FixtureRequest, run_config: RunConfig, case_dir: st
                 result = run_scenario(scenario, run_config, case_dir, observer=ALLURE_OBSERVER)
             except Unsupported as exc:
                 pytest.skip(exc.reason)
-            with allure.step("judge the result"):
-                checks = judge(result)
+            checks = _judged("judge the result", judge, result)
             if result.machine_type:
                 allure.dynamic.parameter("machine type", result.machine_type
                                          + (" (pinned)" if result.machine_pinned else ""))
@@ -460,8 +506,7 @@ def cpr_chain(request: pytest.FixtureRequest, run_config: RunConfig, case_dir: s
                 result = run_chain(scenario, run_config, case_dir, hops, ALLURE_OBSERVER)
             except Unsupported as exc:
                 pytest.skip(exc.reason)
-            with allure.step("judge the chain"):
-                checks = judge_chain(result)
+            checks = _judged("judge the chain", judge_chain, result)
             with open(os.path.join(case_dir, "chain.json"), "w") as f:
                 json.dump(result.to_dict(), f, indent=2, default=str)
             _keep_record(request, run_config, case_dir,
@@ -506,6 +551,7 @@ class CaseCollector:
     def __init__(self, config: pytest.Config):
         self.config = config
 
+    @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         props = dict(report.user_properties)
         if SCENARIO_PROP not in props and "suites/conformance/" not in report.nodeid:
@@ -515,6 +561,25 @@ class CaseCollector:
         case["props"].update(props)
         case["phases"].append(Phase(report.when, report.outcome, _phase_message(report),
                                     getattr(report, "wasxfail", None), report.duration))
+        _readable_for_junit(report)
+
+
+def _readable_for_junit(report: pytest.TestReport) -> None:
+    """What junit.xml (written after this hook) shows of a case: its id, its record's
+    path and its deviation as properties (the parameters are in the record), and a
+    skip's location relative to this checkout, not the machine's path."""
+    props = dict(report.user_properties)
+    out = []
+    if SCENARIO_PROP in props:
+        out.append(("cpr_case", json.loads(props[SCENARIO_PROP]).get("id")))
+    if RESULT_PROP in props:
+        out.append((RESULT_PROP, props[RESULT_PROP]))
+    if DEVIATION_PROP in props:
+        out.append((DEVIATION_PROP, json.loads(props[DEVIATION_PROP]).get("id")))
+    report.user_properties = out
+    lr = report.longrepr
+    if isinstance(lr, tuple) and len(lr) == 3 and os.path.isabs(str(lr[0])):
+        report.longrepr = (os.path.relpath(str(lr[0]), ROOT), lr[1], lr[2])
 
 
 def _run_meta(config: pytest.Config) -> Dict[str, Any]:
@@ -532,15 +597,28 @@ def _records(config: pytest.Config) -> List[Dict[str, Any]]:
     for nodeid, case in config.stash[CASES_KEY].items():
         phases = case["phases"]
         sc = json.loads(case["props"][SCENARIO_PROP]) if SCENARIO_PROP in case["props"] else None
-        res = json.loads(case["props"][RESULT_PROP]) if RESULT_PROP in case["props"] else None
+        res = _result_of(config, case["props"].get(RESULT_PROP))
         dev = json.loads(case["props"][DEVIATION_PROP]) if DEVIATION_PROP in case["props"] \
             else None
         verdict, reason = verdicts.of_pytest(phases, (res or {}).get("mismatches") or [])
         durations = {f"{p.when}_s": round(p.duration, 3) for p in phases}
-        out.append(report.case_record(nodeid, verdict, reason, sc, res, durations, dev))
+        out.append(report.case_record(nodeid, verdict, reason, sc, res, durations, dev,
+                                      reports=Path(config.stash[CONFIG_KEY].reports)))
     return out
 
 
+def _result_of(config: pytest.Config, path: Optional[str]) -> Optional[Dict[str, Any]]:
+    """A case's result record, read from its result.json (``path``: relative to the
+    reports, as the worker handed it over)."""
+    if not path:
+        return None
+    try:
+        return json.loads((Path(config.stash[CONFIG_KEY].reports) / path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@pytest.hookimpl(trylast=True)  # after junitxml's: the page links junit.xml
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Tidy allure-results, write Allure's environment and categories, the conformance
     matrix (json/md/html) and run.json, each naming this run."""

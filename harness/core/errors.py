@@ -154,6 +154,12 @@ class QMPConnectionLost(HarnessError):
 _PYTHONISMS = re.compile(r"\b(None|True|False)\b|^[\[{]|\{'|<[A-Za-z_.]+ object at ")
 
 
+def reads_like_python(text: str) -> bool:
+    """Whether ``text`` shows Python's words or a repr (``None``, ``True``, ``{'a'``...):
+    what a check, an evidence line or a page must never show a reader."""
+    return bool(_PYTHONISMS.search(text))
+
+
 @dataclass(frozen=True)
 class Check:
     """One check of a verdict, as judged: a stable ``id`` (what categories, self-tests

@@ -11,7 +11,12 @@ from harness.core.logs import tail
 from harness.core.sides import Side
 from harness.qemu.crash import Crash, diagnose
 from harness.qemu.process import QemuProcess, describe_exit
+from harness.qemu.states import Intent
 from harness.run.records import Death
+
+#: Why an end before teardown was the case's own doing, by the intent it recorded.
+_ENDED = {Intent.KILLED: "killed on purpose: the scenario's fault",
+          Intent.REFUSED: "expected to exit: the scenario's outcome"}
 
 
 class Aftermath:
@@ -52,6 +57,9 @@ class Aftermath:
         for vm in vms:
             if vm.died_unexpectedly() and id(vm) not in self.window_deaths:
                 self.r.deaths.append(self.death_of(vm, "noticed at teardown"))
+            elif vm.proc is not None and vm.poll() is not None and vm.intent in _ENDED:
+                self.r.ended.append(f"{vm.name} QEMU {describe_exit(vm.exitcode)} "
+                                    f"({_ENDED[vm.intent]})")
 
     def write_transcripts(self, vms: List[QemuProcess]) -> None:
         """Each QEMU's QMP transcript beside its log (``dst-retry.qmp.jsonl``...)."""

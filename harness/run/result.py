@@ -48,6 +48,9 @@ class PairResult:
     transcripts: Dict[str, str] = field(default_factory=dict)
     #: QEMUs that died before teardown, not on purpose, and not seen by a window.
     deaths: List[Death] = field(default_factory=list)
+    #: QEMUs that ended before teardown because the case ended them or expected them to
+    #: end (a fault's victim, a refusing target), in words: not deaths, but said.
+    ended: List[str] = field(default_factory=list)
     #: Backtraces of QEMUs that died by a core-dumping signal (harness.qemu.crash).
     crashes: List[Crash] = field(default_factory=list)
     #: QEMUs that did not quit on request at teardown (``AbnormalShutdown``).

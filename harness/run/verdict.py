@@ -57,7 +57,7 @@ def judge(r: PairResult) -> List[Check]:
         if r.scenario.retry and retry is not None and retry.observed is Observed.COMPLETED:
             out += judge_attempt(r, retry)
     out += judge_case(r)
-    out.append(judge_deaths(r.deaths))
+    out.append(judge_deaths(r.deaths, r.ended))
     return out
 
 

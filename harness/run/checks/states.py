@@ -13,7 +13,7 @@ from harness.run.result import PairResult
 QUERY_MIGRATE = define("states.migration", "query-migrate status", "run-state")
 SRC_STATE = define("states.source", "source run state", "run-state")
 DST_STATE = define("states.target", "target run state", "run-state")
-GUEST_RESET = define("guest.boots", "guest reset", "guest-reset")
+GUEST_RESET = define("guest.boots", "guest not reset (its boot count unchanged)", "guest-reset")
 PROGRESS = define("guest.progress", "guest progress", "guest-stalled")
 PAUSED = define("guest.paused", "guest counter (paused)", "guest-stalled")
 
@@ -36,8 +36,9 @@ class States(Family):
         out.append(DST_STATE(a.dst_state == want, want, a.dst_state or "not read",
                              "the guest must resume on the target" if not sc.paused else
                              "a guest paused before the transfer must stay paused", at))
-        out.append(GUEST_RESET(a.boots_after == r.boots_before, text(r.boots_before),
-                               text(a.boots_after),
+        out.append(GUEST_RESET(a.boots_after == r.boots_before,
+                               f"boot count {text(r.boots_before, 'not read')}",
+                               f"boot count {text(a.boots_after, 'not read')}",
                                "the guest's boot count changed: it was restarted, not "
                                "transferred", at))
         out.append(self._progress(r, a))

@@ -69,7 +69,9 @@ def judge_target(w: WindowRecord, t: WatchRecord, boots_before: Optional[int],
                             "the guest's counter must go on increasing on the target"
                             if not paused else "a paused guest ran", at))
     if g is not None and g.boots_end is not None:
-        out.append(BOOTS(g.boots_end == boots_before, text(boots_before), str(g.boots_end),
+        out.append(BOOTS(g.boots_end == boots_before,
+                         f"boot count {text(boots_before, 'not read')}",
+                         f"boot count {g.boots_end}",
                          "the guest's boot count changed after the switch-over: it was "
                          "restarted", at))
     return out

@@ -9,7 +9,8 @@ from harness.tools.report.compare import (CHANGE_KINDS, REGRESSION_KINDS, Change
                                           Comparison, change_kind, compare,
                                           render_comparison_md, render_comparison_text)
 from harness.tools.report.records import (SCHEMA, VERDICT_MEANING, VERDICTS,  # noqa: F401
-                                          case_record, counts, default_paths, describe_checks,
+                                          case_record, check_lines, counts, default_paths,
+                                          describe_checks,
                                           flatten_numbers, host_facts, load_matrix, matrix,
                                           relpath, scenario_summary, summary_line)
 from harness.tools.report.render import (facts_line, key_figures, observed_text,  # noqa: F401

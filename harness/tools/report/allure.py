@@ -186,6 +186,10 @@ def generate_allure(reports: Path, script: Path = ALLURE_SCRIPT,
         return ALLURE_FAILED, f"allure-report: failed: cannot run {script}: {exc}"
     last = (p.stdout.strip().splitlines() or [""])[-1]
     if p.returncode == 0:
+        from harness.tools.report.render import refresh_pages
+
+        finish_html(paths["allure-report"], paths["allure-single"])
+        refresh_pages(Path(reports))  # conformance.html now links the Allure report
         return ALLURE_OK, last
     if p.returncode == 3:
         return ALLURE_SKIPPED, last
@@ -194,3 +198,62 @@ def generate_allure(reports: Path, script: Path = ALLURE_SCRIPT,
         (f": {_one_line(err, 300)}" if err else "")
 
 
+
+
+# --------------------------------------------------------------------------- the HTML
+
+#: A trend panel with fewer than two runs says why it is empty, not "nothing to show".
+_TREND_NOTE = ('[data-id*="trend"] .widget__noitems{font-size:0}'
+               '[data-id*="trend"] .widget__noitems::after{font-size:13px;content:"The trend '
+               'starts with the second run: keep allure-report/ (its history/) between runs"}')
+#: The folder's index.html opened from disk: browsers refuse its data files there.
+_FILE_NOTE = ("<div id=\"cprh-file-note\" style=\"display:none;background:#fff4d6;"
+              "border:1px solid #e8c66a;color:#6b4e00;padding:8px 12px;font:14px sans-serif\">"
+              "This folder's report must be served by a web server: opened from disk, the "
+              "browser refuses its data files (Allure then says &quot;Failed to fetch&quot;). "
+              "Run <code>node_modules/.bin/allure open allure-report</code>, or open "
+              "<a href=\"../allure-report.html\">allure-report.html</a>: the same report in "
+              "one file, which opens from disk.</div><script>if(location.protocol==='file:')"
+              "{document.getElementById('cprh-file-note').style.display='block';}</script>")
+_DATA_CALLS = re.compile(r"(Promise\.allSettled\(\[)(.*?)(\]\)\.then\()", re.S)
+
+
+def single_file_from_folder(single_html: str, folder: Path) -> str:
+    """The single-file report with the folder report's data (``d('path', base64)`` for
+    each of its data, widgets, history and export files): one generation, so both carry
+    the same test ids (two generations would number them apart)."""
+    import base64
+
+    folder = Path(folder)
+    calls = []
+    for sub in ("data", "widgets", "history", "export"):
+        for path in sorted((folder / sub).rglob("*")):
+            if path.is_file():
+                rel = path.relative_to(folder).as_posix()
+                calls.append(f"d('{rel}','{base64.b64encode(path.read_bytes()).decode()}')")
+    body = "\n        " + ",\n        ".join(calls) + ",\n      "
+    out, n = _DATA_CALLS.subn(lambda m: m.group(1) + body + m.group(3), single_html, count=1)
+    if not n:
+        raise ValueError("the single-file report has no data block to replace")
+    return out
+
+
+def finish_html(folder: Path, single: Path) -> None:
+    """What the generated reports need beyond Allure's own output: the single file with
+    the folder's data (the same ids), a note in an empty trend panel, and in the
+    folder's index.html a note that it must be served when it is opened from disk."""
+    folder, single = Path(folder), Path(single)
+    style = f"<style>{_TREND_NOTE}</style></head>"
+    index = folder / "index.html"
+    if index.is_file():
+        text = index.read_text()
+        if "cprh-file-note" not in text:
+            text = text.replace("</head>", style, 1).replace("<body>", "<body>" + _FILE_NOTE, 1)
+            index.write_text(text)
+    if single.is_file() and folder.is_dir():
+        text = single_file_from_folder(single.read_text(), folder)
+        if _TREND_NOTE not in text:
+            text = text.replace("</head>", style, 1)
+        tmp = single.with_name(single.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(single)

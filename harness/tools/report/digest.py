@@ -6,15 +6,15 @@ result.json as :meth:`harness.run.result.PairResult.to_dict` writes it), plain d
 nothing here prints a value it has not got."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional
 
-Row = Tuple[str, str]
+from harness.tools.report.text import Line, words
+
+Row = Line
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.3f}".rstrip("0").rstrip(".")
-    return str(v)
+def _fmt(v: Any, none: str = "?") -> str:
+    return words(v, none)
 
 
 def _attempts(res: Mapping[str, Any]) -> List[Mapping[str, Any]]:
@@ -40,24 +40,26 @@ def _ram_rows(ev: Mapping[str, Any], res: Mapping[str, Any]) -> List[Row]:
     same = ev.get("same_memory") or {}
     if same:
         verdict = "the same file" if same.get("same") else "DIFFERENT files"
-        rows.append(("RAM file", f"src {same.get('src_link')} inode {same.get('src_inode')}; "
-                                 f"dst inode {same.get('dst_inode')}: {verdict}"
+        rows.append(Line("RAM file", f"src {words(same.get('src_link'))} inode "
+                                     f"{words(same.get('src_inode'))}; dst inode "
+                                     f"{words(same.get('dst_inode'))}: {verdict}"
                      + (" (one process, before and after its exec)"
                         if same.get("across_exec") else "")))
     stream = ev.get("stream") or {}
     if stream.get("state_file_bytes") is not None:
-        rows.append(("main stream", f"state file {stream['state_file_bytes']} bytes for "
-                                    f"{stream.get('ram_bytes')} bytes of RAM"))
+        rows.append(Line("main stream", f"state file {stream['state_file_bytes']} bytes for "
+                                        f"{words(stream.get('ram_bytes'), '?')} bytes of RAM"))
     elif stream.get("normal") is not None:
-        rows.append(("main stream", f"{stream.get('normal')} RAM pages "
-                                    f"({stream.get('normal_bytes')} bytes), "
-                                    f"{stream.get('transferred')} bytes transferred"))
+        rows.append(Line("main stream", f"{stream.get('normal')} RAM pages "
+                                        f"({words(stream.get('normal_bytes'), '?')} bytes), "
+                                        f"{words(stream.get('transferred'), '?')} bytes "
+                                        f"transferred"))
     pat = ev.get("pattern") or {}
     if pat.get("description"):
-        rows.append(("RAM pattern", str(pat["description"])))
+        rows.append(Line("RAM pattern", str(pat["description"])))
     after = ((res.get("survival") or {}).get("pattern") or {})
     if after.get("description"):
-        rows.append(("source RAM after refusal", str(after["description"])))
+        rows.append(Line("source RAM after the attempt", str(after["description"])))
     return rows
 
 
@@ -65,8 +67,8 @@ def _stall_words(st: Mapping[str, Any]) -> str:
     top = ", ".join(_fmt(x) for x in st.get("top_ms") or []) or "none"
     secs = st.get("seconds") or 0
     share = (st.get("stalled_ms") or 0) / (secs * 1000.0) if secs else 0.0
-    return (f"{st.get('count')} stall(s) in {_fmt(secs)} s, {_fmt(st.get('stalled_ms'))} ms "
-            f"in all ({share:.0%}), longest {top} ms")
+    return (f"{words(st.get('count'), '?')} stall(s) in {_fmt(secs)} s, "
+            f"{_fmt(st.get('stalled_ms'))} ms in all ({share:.0%}), longest {top} ms")
 
 
 def _pause_rows(ev: Mapping[str, Any]) -> List[Row]:
@@ -74,7 +76,7 @@ def _pause_rows(ev: Mapping[str, Any]) -> List[Row]:
     if not p:
         return []
     if p.get("error"):
-        return [("pause", "not measured: " + str(p["error"]))]
+        return [Line("pause", "not measured: " + str(p["error"]))]
     hi = p.get("switch_max_ms")
     figures = [f"switch-over {_fmt(p['switch_ms'])}.." + (f"{_fmt(hi)} ms" if hi is not None
                                                           else "? ms")
@@ -85,22 +87,26 @@ def _pause_rows(ev: Mapping[str, Any]) -> List[Row]:
                if p.get("qemu_downtime_ms") is not None else "",
                f"console silent {_fmt(round(p['console_gap']['gap_ms'], 1))} ms"
                if (p.get("console_gap") or {}).get("gap_ms") is not None else ""]
-    rows = [("guest pause", "; ".join(f for f in figures if f))]
+    rows = [Line("guest pause", "; ".join(f for f in figures if f) or "no figure")]
     if p.get("baseline"):
-        rows.append(("baseline before the transfer", _stall_words(p["baseline"])))
+        rows.append(Line("baseline before the transfer", _stall_words(p["baseline"])))
     if p.get("window"):
-        rows.append(("stalls after the switch-over", _stall_words(p["window"])))
+        rows.append(Line("stalls after the switch-over", _stall_words(p["window"])))
     b = p.get("budgets") or {}
     if b:
-        rows.append(("budgets", f"pause <= {_fmt(b.get('max_pause_ms'))} ms; a stall after "
-                                f"it <= {_fmt(b.get('stall_floor_ms'))} ms or "
-                                f"{_fmt(b.get('stall_factor'))}x the baseline's longest; "
-                                f"stalled <= the baseline's share + "
-                                f"{_fmt(b.get('max_stutter'))}"))
+        stutter = b.get("max_stutter")
+        rows.append(Line("budgets", f"pause <= {_fmt(b.get('max_pause_ms'))} ms; a stall after "
+                                    f"it <= {_fmt(b.get('stall_floor_ms'))} ms or "
+                                    f"{_fmt(b.get('stall_factor'))}x the baseline's longest; "
+                                    f"stalled <= the baseline's share + "
+                                    + (f"{stutter:.0%}" if isinstance(stutter, (int, float))
+                                       else "?")))
     if p.get("samples"):
-        rows.append(("sampler", f"{p['samples']} reads, one every {_fmt(p.get('read_every_us'))}"
-                                f" us ({_fmt(p.get('fast_read_every_us'))} us across the "
-                                f"switch-over), {p.get('scheduling') or 'scheduling unknown'}"))
+        rows.append(Line("sampler", f"{p['samples']} reads, one every "
+                                    f"{_fmt(p.get('read_every_us'))} us "
+                                    f"({_fmt(p.get('fast_read_every_us'))} us across the "
+                                    f"switch-over), "
+                                    f"{p.get('scheduling') or 'scheduling unknown'}"))
     return rows
 
 
@@ -118,15 +124,15 @@ def _watch_row(w: Mapping[str, Any], label: str) -> Row:
              f"printed {w['console_bytes_after']} byte(s) on the console"
              if w.get("console_bytes_after") else "",
              f"held {_fmt(w['held_s'])} s by a hold file" if w.get("held_s") else "",
-             "HUNG: " + str((w.get("hang") or {}).get("state")) if w.get("hang") else "",
-             "DIED: " + str((w.get("death") or {}).get("how")) if w.get("death") else ""]
-    return (label, "; ".join(p for p in parts if p))
+             "HUNG: " + words((w.get("hang") or {}).get("state")) if w.get("hang") else "",
+             "DIED: " + words((w.get("death") or {}).get("how")) if w.get("death") else ""]
+    return Line(label, "; ".join(p for p in parts if p))
 
 
 def _window_rows(window: Optional[Mapping[str, Any]], prefix: str = "") -> List[Row]:
     if not window:
         return []
-    return [_watch_row(w, f"{prefix}window on the {w.get('role')}")
+    return [_watch_row(w, f"{prefix}window on the {words(w.get('role'), 'QEMU')}")
             for w in window.get("watches") or []]
 
 
@@ -134,7 +140,7 @@ def _states_row(res: Mapping[str, Any], a: Mapping[str, Any]) -> List[Row]:
     states = [f"src before {res['src_state_before']}" if res.get("src_state_before") else "",
               f"src after {a['src_state']}" if a.get("src_state") else "",
               f"dst after {a['dst_state']}" if a.get("dst_state") else ""]
-    return [("run states", ", ".join(s for s in states if s))] if any(states) else []
+    return [Line("run states", ", ".join(s for s in states if s))] if any(states) else []
 
 
 def highlights(res: Mapping[str, Any]) -> List[Row]:
@@ -149,30 +155,42 @@ def highlights(res: Mapping[str, Any]) -> List[Row]:
             f" -> {after} on the target" if after is not None else ", not read after")
         if res.get("boots_before") is not None and a.get("boots_after") is not None:
             text += f"; boot count {res['boots_before']} -> {a['boots_after']}"
-        rows.append(("guest counter", text))
+        rows.append(Line("guest counter", text))
     rows += _states_row(res, a)
     if a.get("hang"):
-        rows.append((f"{a['hang'].get('side')} hung", str(a["hang"].get("waiting_for"))
-                     + f"; process {a['hang'].get('state')}"))
+        h = a["hang"]
+        rows.append(Line(f"{words(h.get('side'), 'a QEMU')} hung",
+                         f"{words(h.get('waiting_for'), 'waiting for nothing known')}; "
+                         f"process {words(h.get('state'))}"))
     ev = a.get("evidence") or {}
     rows += _ram_rows(ev, res) + _pause_rows(ev)
     rows += _window_rows(a.get("window"))
-    rt = retry(res)
-    if rt.get("not_applicable"):
-        rows.append(("retry", "not applicable: " + rt["not_applicable"]))
-    elif rt:
-        rows.append(("retry", f"{rt.get('observed') or 'not settled'}"
-                     + (f": {rt['message']}" if rt.get("message") else "")))
-        rows += _window_rows(rt.get("window"), "retry: ")
+    rows += _retry_rows(retry(res))
     s = res.get("survival") or {}
     if s:
-        rows.append(("source after refusal", f"{s.get('src_state') or 'state not read'}, "
-                     + (f"counter {s['counter_after']}" if s.get("counter_after") is not None
-                        else "counter not seen moving")))
+        rows.append(Line("source after the attempt",
+                         f"{words(s.get('src_state'), 'state not read')}, "
+                         + (f"counter {s['counter_after']}" if s.get("counter_after") is not None
+                            else "counter not seen moving")))
+    ended = res.get("ended") or []
+    if ended:
+        rows.append(Line("ended by the case", "; ".join(str(e) for e in ended)))
     for c in res.get("crashes") or []:
-        rows.append((f"{c.get('side')} crash", f"{c.get('signal')}: "
-                     + (" <- ".join(c.get("frames") or []) or c.get("note") or "no backtrace")))
+        rows.append(Line(f"{words(c.get('side'), 'a QEMU')} crash",
+                         f"{words(c.get('signal'), 'a signal')}: "
+                         + (" <- ".join(c.get("frames") or []) or c.get("note")
+                            or "no backtrace")))
     return rows
+
+
+def _retry_rows(rt: Mapping[str, Any]) -> List[Row]:
+    if rt.get("not_applicable"):
+        return [Line("retry", "not applicable: " + rt["not_applicable"])]
+    if not rt:
+        return []
+    return [Line("retry", f"{rt.get('observed') or 'not settled'}"
+                 + (f": {rt['message']}" if rt.get("message") else ""))] \
+        + _window_rows(rt.get("window"), "retry: ")
 
 
 #: The columns of a soak chain's per-hop table.

@@ -13,7 +13,9 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Sequence
 
 from harness.core.errors import UsageError
 from harness.scenario.model import Verdict
-from harness.tools.report import digest
+from harness.tools.report import deviations, digest
+from harness.tools.report.layout import unmachine
+from harness.tools.report.text import clip
 
 SCHEMA = 1
 ROOT = Path(__file__).resolve().parents[3]
@@ -63,21 +65,36 @@ def flatten_numbers(obj: Any, prefix: str = "", limit: int = 500,
 
 
 def _one_line(text: str, limit: int = 300) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    """One line, at most about ``limit`` characters, cut at a word boundary."""
+    return clip(text, limit)
 
 
 def describe_checks(mismatches: Sequence[Mapping[str, Any]]) -> str:
-    """Failed checks as one line each: ``name: expected X, got Y (detail)``."""
+    """Failed checks as one line each: ``name [id]: expected “X”, got “Y” (detail)``."""
     lines = []
     for m in mismatches:
         ident = f" [{m['id']}]" if m.get("id") else ""
-        line = f"{m.get('check')}{ident}: expected {m.get('expected')!r}, got {m.get('actual')!r}"
+        line = (f"{m.get('check')}{ident}: expected \u201c{m.get('expected')}\u201d, "
+                f"got \u201c{m.get('actual')}\u201d")
         if m.get("detail"):
             line += f" ({_one_line(m['detail'], 200)})"
         lines.append(line)
     return "; ".join(lines)
 
+
+
+def check_lines(checks: Sequence[Mapping[str, Any]]) -> str:
+    """Every check, one line each (junit's system-out): a failed one in full, a passing
+    one with what was seen, shortened at a word boundary."""
+    out = []
+    for c in checks:
+        head = f"{c.get('check')} [{c.get('id')}]"
+        if c.get("ok"):
+            out.append(f"ok      {head}: {clip(c.get('actual'), 90)}")
+        else:
+            out.append(f"FAILED  {head}: expected {c.get('expected')}; observed "
+                       f"{c.get('actual')}" + (f" ({c['detail']})" if c.get("detail") else ""))
+    return "\n".join(out)
 
 
 def scenario_summary(params: Mapping[str, Any]) -> Dict[str, Any]:
@@ -112,7 +129,8 @@ def _artifacts(res: Mapping[str, Any], case_dir: Optional[str]) -> Dict[str, str
 def case_record(nodeid: str, verdict: str, reason: str,
                 scenario: Optional[Mapping[str, Any]], result: Optional[Mapping[str, Any]],
                 durations: Optional[Mapping[str, float]] = None,
-                deviation: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+                deviation: Optional[Mapping[str, Any]] = None,
+                reports: Optional[Path] = None) -> Dict[str, Any]:
     """One matrix record.
 
     ``verdict`` (one of :data:`VERDICTS`) and ``reason`` are the adapter's reading of
@@ -120,7 +138,9 @@ def case_record(nodeid: str, verdict: str, reason: str,
     (known for every case, also a skipped one); ``result`` is the case's result record
     (present only when the pair ran and was judged); ``durations`` the runner's own
     phase times; ``deviation`` the known deviation the case was expected to reproduce
-    (``id``, ``link``, ``reason``).
+    (``id``, ``link``, ``reason``). Texts a reader reads (the reason, QEMU's message,
+    the checks, the evidence lines) say no absolute path of this machine
+    (:func:`harness.tools.report.layout.unmachine`; ``reports``: the reports directory).
     """
     if verdict not in VERDICTS:
         raise ValueError(f"unknown verdict {verdict!r}")
@@ -129,7 +149,8 @@ def case_record(nodeid: str, verdict: str, reason: str,
     checks = res.get("checks") or res.get("mismatches") or []
     actual = None
     if res.get("observed"):
-        actual = {"outcome": res.get("observed"), "message": res.get("observed_message", "")}
+        actual = {"outcome": res.get("observed"),
+                  "message": unmachine(res.get("observed_message", ""), reports)}
     sid = sc.get("id") or res.get("id") or nodeid
     return {
         "id": sid,
@@ -141,11 +162,12 @@ def case_record(nodeid: str, verdict: str, reason: str,
         "expected": sc.get("expect", ""),
         "actual": actual,
         "verdict": verdict,
-        "reason": reason,
-        "deviation": dict(deviation) if deviation else None,
+        "reason": unmachine(reason, reports),
+        "deviation": _deviation(deviation),
         # Every check, passes included, each with ``ok``.
-        "checks": [dict(c, ok=c.get("ok", False)) for c in checks],
-        "highlights": [list(r) for r in digest.highlights(res)],
+        "checks": [_plain_check(c, reports) for c in checks],
+        "highlights": [[label, unmachine(text, reports)]
+                       for label, text in digest.highlights(res)],
         "hops": digest.hop_rows(res),
         "accel": res.get("accel") or None,
         "qemu_src": res.get("qemu_src_version") or None,
@@ -164,6 +186,25 @@ def case_record(nodeid: str, verdict: str, reason: str,
         "case_dir": res.get("case_dir"),
         "artifacts": _artifacts(res, res.get("case_dir")),
     }
+
+
+def _plain_check(c: Mapping[str, Any], reports: Optional[Path]) -> Dict[str, Any]:
+    out = dict(c, ok=c.get("ok", False))
+    for key in ("expected", "actual", "detail"):
+        if isinstance(out.get(key), str):
+            out[key] = unmachine(out[key], reports)
+    return out
+
+
+def _deviation(deviation: Optional[Mapping[str, Any]]) -> Optional[Dict[str, Any]]:
+    """The known deviation with its doc section's text (``text``, Markdown), so the
+    reports carry it and link nothing outside themselves."""
+    if not deviation:
+        return None
+    out = dict(deviation)
+    if not out.get("text") and out.get("link"):
+        out["text"] = deviations.section(str(out["link"]))
+    return out
 
 
 def _observed(res: Mapping[str, Any]) -> Dict[str, Any]:
