@@ -227,12 +227,13 @@ def test_recipe_is_one_valid_runnable_per_scenario():
 def test_suites_select_as_the_pytest_suites_do():
     ids = {name: [s.id for s in adapter.select([name])] for name in adapter.SUITES}
     everything = [s.id for s in adapter.select()]
-    # The four suites of suites/conformance/ partition the catalogue; "core" (what the
+    # The suites of suites/conformance/ partition the catalogue; "core" (what the
     # versions matrix runs) is a selection across them.
-    parts = ids["transfer"] + ids["refusals"] + ids["faults"] + ids["args"]
+    parts = ids["transfer"] + ids["refusals"] + ids["faults"] + ids["args"] + ids["devices"]
     assert sorted(parts) == sorted(everything) == sorted(adapter.catalogue.SCENARIOS)
     assert all(sid.startswith("fault/") for sid in ids["faults"])
     assert all(sid.startswith("args/") for sid in ids["args"])
+    assert all(sid.split("/")[0] in ("net", "disk") for sid in ids["devices"])
     assert set(ids["core"]) < set(everything)
 
 
