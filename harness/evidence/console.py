@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Pattern, Sequence, Tuple
 
@@ -40,6 +40,9 @@ HEARTBEAT, BOOT, OTHER = "heartbeat", "boot", "other"
 SRC, DST = "source", "target"
 #: Longest list of numbers a record keeps (its counts are always whole).
 MAX_LISTED = 16
+#: Heartbeats the guest may have printed that the file does not show yet: the one whose
+#: characters are going out while the work area is read, and the next.
+UNSEEN_SLACK = 2
 _EXAMPLE_CHARS = 60
 
 
@@ -140,6 +143,20 @@ class ConsoleContinuity:
     src_bytes_after_switch: int
     src_heartbeats_after_switch: Tuple[int, ...]
     dst_unfinished_bytes: int
+    #: The guest's own heartbeat count (its work area) read just before the files at the
+    #: window's end, through the QEMU that runs it; None: not read.
+    guest_heartbeats: Optional[int] = None
+
+    @property
+    def unseen(self) -> Optional[int]:
+        """How many heartbeats the guest had printed that no console file shows (its
+        last printed is ``guest_heartbeats - 1``); None where unknown. A console that
+        stopped reaching the host after the switch-over (the target's back-end
+        silenced, a dead UART) shows here: the sequence itself has no hole."""
+        if self.guest_heartbeats is None:
+            return None
+        seen = self.dst_last if self.dst_last is not None else self.src_last
+        return max(0, self.guest_heartbeats - 1 - (seen if seen is not None else -1))
 
     @property
     def continues(self) -> bool:
@@ -153,12 +170,13 @@ class ConsoleContinuity:
         source silent after the switch-over."""
         return (self.continues and not self.lost_count and not self.repeated_count
                 and not self.out_of_order_count and not self.garbled
-                and not self.src_bytes_after_switch)
+                and not self.src_bytes_after_switch
+                and (self.unseen or 0) <= UNSEEN_SLACK)
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
         d["lost"] = [list(r) for r in self.lost]
-        d.update(continues=self.continues, unbroken=self.unbroken)
+        d.update(continues=self.continues, unbroken=self.unbroken, unseen=self.unseen)
         return d
 
     def describe(self) -> str:
@@ -216,6 +234,10 @@ def _fault_words(c: ConsoleContinuity) -> List[str]:
     if c.garbled:
         out.append(f"{c.garbled} line(s) neither heartbeat nor boot marker, "
                    f"e.g. '{c.garbled_example}'")
+    if (c.unseen or 0) > UNSEEN_SLACK:
+        assert c.guest_heartbeats is not None
+        out.append(f"the guest had printed up to heartbeat {c.guest_heartbeats - 1}: "
+                   f"{c.unseen} never reached the console file")
     return out
 
 
@@ -227,7 +249,8 @@ def _after_words(n: int, seqs: Tuple[int, ...]) -> str:
 
 
 def console_continuity(fmt: ConsoleFormat, src: bytes, dst: bytes,
-                       switch_offset: Optional[int] = None) -> ConsoleContinuity:
+                       switch_offset: Optional[int] = None,
+                       guest_heartbeats: Optional[int] = None) -> ConsoleContinuity:
     """The console across a switch-over, from the bytes of ``src.serial`` and
     ``dst.serial``.
 
@@ -235,6 +258,8 @@ def console_continuity(fmt: ConsoleFormat, src: bytes, dst: bytes,
     source is known stopped (postmigrate); bytes past it are the source printing after
     the switch-over, reported apart and left out of the sequence. ``None``: all of
     ``src`` is before the switch-over and nothing is said about after it.
+    ``guest_heartbeats``: the guest's own count, read just before the files
+    (:attr:`ConsoleContinuity.unseen`).
     """
     if switch_offset is not None and not 0 <= switch_offset <= len(src):
         raise UsageError(f"switch-over offset {switch_offset} is outside the source's "
@@ -248,8 +273,9 @@ def console_continuity(fmt: ConsoleFormat, src: bytes, dst: bytes,
     events += [(DST, classify(line, fmt)) for line in dst_lines]
     after_lines = split_lines(src[cut_at:])[0]
     after = tuple(c.seq for c in (classify(x, fmt) for x in after_lines) if c.kind == HEARTBEAT)
-    return _analyse(events, bool(src_rest), cut_line, switch_offset, len(src) - cut_at,
-                    after, len(dst_unfinished))
+    return replace(_analyse(events, bool(src_rest), cut_line, switch_offset,
+                            len(src) - cut_at, after, len(dst_unfinished)),
+                   guest_heartbeats=guest_heartbeats)
 
 
 Events = List[Tuple[str, ConsoleLine]]

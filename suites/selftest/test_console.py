@@ -92,6 +92,26 @@ def test_an_unbroken_switch_over():
     assert "the source printed nothing after the switch-over" in text
 
 
+@pytest.mark.parametrize("guest, ok", [(80, True), (81, True), (82, True), (83, False),
+                                       (200, False), (None, True)])
+def test_a_console_that_stops_reaching_the_host_is_seen_by_the_guests_own_count(guest, ok):
+    """The target's sequence has no hole, it only ends too early: the guest's own count
+    (read before the files) names what never arrived; one heartbeat going out while it is
+    read, and the next, are not a loss."""
+    c = console_continuity(FMT, SRC, hb(*range(42, 80)), len(SRC), guest_heartbeats=guest)
+    assert c.unbroken is ok, c.describe()
+    assert c.lost_count == 0 and c.continues
+    if not ok:
+        assert f"the guest had printed up to heartbeat {guest - 1}: {guest - 80} never " \
+               "reached the console file" in plain(c.describe())
+
+
+def test_a_silent_target_is_seen_from_the_source_end():
+    c = console_continuity(FMT, SRC, b"", len(SRC), guest_heartbeats=60)
+    assert not c.unbroken and c.unseen == 18
+    assert "18 never reached the console file" in plain(c.describe())
+
+
 @pytest.mark.parametrize("at", range(1, LINE))
 def test_a_line_cut_across_the_files_is_joined(at):
     line = hb(42)

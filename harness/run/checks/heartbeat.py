@@ -13,9 +13,9 @@ pause (checks/pause.py)."""
 from __future__ import annotations
 
 import os
-from typing import Iterable, List, Optional
+from typing import Callable, Iterable, List, Optional
 
-from harness.core.errors import Check
+from harness.core.errors import Check, HarnessError
 from harness.evidence.console import (ConsoleContinuity, ConsoleFormat, console_continuity,
                                       heartbeat_format, serial_bytes, serial_size,
                                       write_position)
@@ -32,8 +32,9 @@ class ConsoleWatch:
     QEMUs write one file (``Scenario.console``), the source's part of it ends where the
     source's own fd stood when the window opened (its last write)."""
 
-    def __init__(self, fmt: ConsoleFormat, src: str, dst: str, src_pid: int = 0):
-        self.fmt, self.src, self.dst = fmt, src, dst
+    def __init__(self, fmt: ConsoleFormat, src: str, dst: str, src_pid: int = 0,
+                 guest_count: Optional[Callable[[], Optional[int]]] = None):
+        self.fmt, self.src, self.dst, self.guest_count = fmt, src, dst, guest_count
         self.shared = os.path.realpath(src) == os.path.realpath(dst)
         pos = write_position(src_pid, src) if self.shared and src_pid else None
         self.offset = pos if pos is not None else serial_size(src)
@@ -42,12 +43,28 @@ class ConsoleWatch:
         pass
 
     def finish(self) -> ConsoleContinuity:
+        # The guest's own count first: every heartbeat it names was printed before the
+        # files are read, so the files must show it (a console that stopped reaching
+        # the host has no hole in its sequence, only an end too early).
+        count = self.guest_count() if self.guest_count is not None else None
         src = serial_bytes(self.src)
         if self.shared:  # one file: the source's bytes, then the target's
             cut = min(self.offset, len(src))
-            return console_continuity(self.fmt, src[:cut], src[cut:], cut)
+            return console_continuity(self.fmt, src[:cut], src[cut:], cut, count)
         return console_continuity(self.fmt, src, serial_bytes(self.dst),
-                                  min(self.offset, len(src)))
+                                  min(self.offset, len(src)), count)
+
+
+def _guest_heartbeats(ctx: WatchContext) -> Optional[int]:
+    """The guest's heartbeat count through the target, None when it cannot be read (the
+    target died: the window's own checks say so)."""
+    if ctx.target is None or not ctx.target.is_running():
+        return None
+    try:
+        wa = ctx.guest.read(ctx.target)
+    except (HarnessError, OSError):
+        return None
+    return wa.heartbeats if wa.valid else None
 
 
 class Heartbeat(Family):
@@ -61,7 +78,8 @@ class Heartbeat(Family):
             # again from its start, over the source's lines (args/serial-file judges
             # that loss), so the source's part cannot be read back to judge.
             return None
-        return ConsoleWatch(fmt, ctx.serial["src"], ctx.serial["dst"], ctx.source.pid)
+        return ConsoleWatch(fmt, ctx.serial["src"], ctx.serial["dst"], ctx.source.pid,
+                            lambda: _guest_heartbeats(ctx))
 
     def judge(self, r: PairResult, a: AttemptRecord) -> Iterable[Check]:
         c = a.window.devices.get(self.name) if a.window is not None else None

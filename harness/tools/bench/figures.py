@@ -44,6 +44,7 @@ def stats(values: Iterable[Optional[float]]) -> Optional[Dict[str, float]]:
 METRICS: Dict[str, Tuple[str, str]] = {
     "guest_pause_ms": ("guest pause", "ms"),
     "guest_pause_max_ms": ("guest pause, upper bound", "ms"),
+    "console_gap_ms": ("console silent across the switch-over", "ms"),
     "noise_floor_ms": ("noise floor (idle pair)", "ms"),
     "qemu_downtime_ms": ("QEMU downtime", "ms"),
     "qemu_total_time_ms": ("QEMU total-time", "ms"),
@@ -65,6 +66,9 @@ class RoundResult:
     reason: str = ""
     guest_pause_ms: Optional[float] = None
     guest_pause_max_ms: Optional[float] = None
+    #: The guest's console silent across the switch-over, seen from the host (its
+    #: heartbeat's arrivals; the network's gap is the devices suite's net.stream).
+    console_gap_ms: Optional[float] = None
     noise_floor_ms: Optional[float] = None
     #: The sampler's own longest gap between reads during the transfer window.
     sampler_gap_ms: Optional[float] = None

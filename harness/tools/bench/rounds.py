@@ -141,6 +141,8 @@ class _Measure:
         p = a.pause
         if p is not None and p.measured:
             self.r.guest_pause_ms, self.r.guest_pause_max_ms = p.switch_ms, p.switch_max_ms
+            gap = (p.console_gap or {}).get("gap_ms")
+            self.r.console_gap_ms = None if gap is None else round(gap, 3)
             self.r.extra["pause_record"] = {"switch_ms": p.switch_ms,
                                             "switch_max_ms": p.switch_max_ms,
                                             "qemu_span_ms": p.qemu_span_ms}

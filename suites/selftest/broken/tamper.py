@@ -23,6 +23,9 @@ event, or query-status saying running when that monitor came up after the event)
     late-reset  system_reset LATE_S after RESUME
     late-stop   stop (pause the guest) LATE_S after RESUME
     late-page   flip one byte of guest RAM LATE_S after RESUME
+    late-mute   the guest's console silenced LATE_S after RESUME (chardev-change of the
+                serial's chardev to a null back-end: the guest prints on, nothing
+                reaches the host)
 
 Modes that break the *source* (as a --qemu-src wrapper; a target runs unchanged), and
 one more for the target:
@@ -71,7 +74,7 @@ CONNECT_AFTER_S = float(os.environ.get("TAMPER_CONNECT_AFTER_S") or 0)
 QEMU = os.environ.get("TAMPER_QEMU") or shutil.which("qemu-system-x86_64")
 MODES = ("none", "paused", "reset", "page", "freeze", "late-freeze", "stutter", "late-kill",
          "late-reset",
-         "late-stop", "late-page", "src-cont", "src-hang", "dst-hang")
+         "late-stop", "late-page", "late-mute", "src-cont", "src-hang", "dst-hang")
 #: Modes that act on the source (a QEMU without -incoming that runs a guest).
 SOURCE_MODES = ("src-cont", "src-hang")
 #: What each mode breaks, as the harness must name it: the id of a check that must fail
@@ -92,6 +95,7 @@ DEFECTS = {
     "late-reset": ("window.events", ["RESET"]),
     "late-stop": ("window.run-state", ["paused"]),
     "late-page": ("ram.pattern", ["0x200000"]),
+    "late-mute": ("console.continues", ["never reached the console file"]),
     "src-cont": ("source.stopped", ["RESUME +0.", "running"]),
     "src-hang": ("outcome", ["hung", "src QEMU hung", "process stopped", "reply to migrate"]),
     "dst-hang": ("outcome", ["hung", "dst QEMU hung", "process stopped", "QMP monitor"]),
@@ -143,8 +147,8 @@ def wait_resume(f):
                 return True
 
 
-def command(f, name):
-    f.write(json.dumps({"execute": name}) + "\n")
+def command(f, name, **arguments):
+    f.write(json.dumps({"execute": name, "arguments": arguments}) + "\n")
     f.flush()
     while True:  # skip events until the reply
         msg = json.loads(f.readline() or "{}")
@@ -178,6 +182,10 @@ def damage(mode, f, qemu_pid):
         command(f, "stop")
     elif kind == "page":
         flip_byte(qemu_pid)
+    elif kind == "mute":  # the bare-metal guests' console is chardev ser0
+        reply = command(f, "chardev-change", id="ser0", backend={"type": "null", "data": {}})
+        if "return" not in reply:
+            raise RuntimeError(f"tamper.py: chardev-change failed: {reply}")
     elif kind == "kill":
         os.kill(qemu_pid, signal.SIGKILL)
     elif kind == "freeze":
