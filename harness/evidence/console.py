@@ -197,6 +197,9 @@ class ConsoleContinuity:
         if self.switch_offset is not None:
             parts.append(_after_words(self.src_bytes_after_switch,
                                       self.src_heartbeats_after_switch))
+        if self.guest_heartbeats is not None and (self.unseen or 0) <= UNSEEN_SLACK:
+            parts.append(f"the guest's own count at the end {self.guest_heartbeats}: "
+                         "its console shows them")
         return "; ".join(parts)
 
 

@@ -86,8 +86,9 @@ class Heartbeat(Family):
         if not isinstance(c, ConsoleContinuity):
             return []
         out: List[Check] = [CONTINUES(
-            c.unbroken, "the source's heartbeats continued on the target: nothing lost, "
-                        "repeated or out of order, the source silent after the switch-over",
+            c.unbroken, "the source's heartbeats continued on the target up to the guest's "
+                        "own count: nothing lost, repeated or out of order, the source "
+                        "silent after the switch-over",
             c.describe(), "the guest's console did not carry on across the live update",
             a.label)]
         return out
