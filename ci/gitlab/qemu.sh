@@ -27,7 +27,8 @@ LIMIT=${CPRH_FETCH_TIMEOUT:-1800}
 [[ "$LIMIT" =~ ^[0-9]+$ ]] && [ "$LIMIT" -gt 0 ] ||
     { say "CPRH_FETCH_TIMEOUT '$LIMIT': expected whole seconds > 0"; exit 2; }
 err=$(mktemp)
-trap 'rm -f "$err"' EXIT
+out=$(mktemp)
+trap 'rm -f "$err" "$out"' EXIT
 
 has_stamp() { ls "$CACHE/$1"/*/stamp >/dev/null 2>&1; }
 
@@ -39,11 +40,13 @@ for v in "$@"; do
         mkdir -p "$CACHE"
         tar -C "$CACHE" -xf "$tar" || say "QEMU $v: the cached tarball does not unpack; fetching instead"
     fi
+    # get-qemu's messages go to the job's log as they come and into $err; a pipeline
+    # (not a process substitution, which nothing waits for) so $err is whole when read.
     set +e
-    path=$(timeout -k 30 "$LIMIT" bash scripts/get-qemu.sh "$v" 2> >(tee "$err" >&2))
-    rc=$?
+    timeout -k 30 "$LIMIT" bash scripts/get-qemu.sh "$v" 2>&1 >"$out" | tee "$err" >&2
+    rc=${PIPESTATUS[0]}
     set -e
-    wait  # tee
+    path=$(cat "$out")
     if [ "$rc" -ne 0 ]; then
         why=$(grep '^get-qemu:' "$err" | tail -n1 | sed 's/^get-qemu: //' || true)
         case "$rc:$why" in
