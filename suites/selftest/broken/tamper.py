@@ -64,6 +64,7 @@ import time
 import traceback
 
 TAMPER_GPA = 0x200000
+RAM_MEMFDS = ("/memfd:memory-backend-memfd", "/memfd:ram0")
 LATE_S = 0.3
 FREEZE_S = 1.5
 LATE_FREEZE_S = 0.3
@@ -235,7 +236,10 @@ def holds_ram(qemu_pid):
         return False
     for fd in fds:
         try:
-            if os.readlink(f"/proc/{qemu_pid}/fd/{fd}").startswith("/memfd:"):
+            # The guest's RAM by its name (memory-backend-memfd, or the RAMBlock ram0
+            # of a shared memory-backend-ram), not any memfd: QEMU's start-up probe
+            # (qemu_memfd_check) opens one of its own before it reads the CPR state.
+            if os.readlink(f"/proc/{qemu_pid}/fd/{fd}").startswith(RAM_MEMFDS):
                 return True
         except OSError:
             continue
