@@ -34,9 +34,9 @@ MIN_OBSERVE_S = 0.5
 DEFAULT_BUDGETS = {
     "kvm": Budgets(max_pause_ms=250.0, stall_floor_ms=150.0, stall_factor=2.0,
                    max_stutter=0.25),
-    # TCG judges correctness; its guests share two cores with their translators and,
-    # under ./run tests, with a Linux guest booting under TCG beside them: one aarch64
-    # case stalled 211 ms and 40 % of its window there with a quiet baseline.
+    # TCG judges correctness; its guests share two cores with their translators and
+    # the other worker's QEMUs: under ./run tests one aarch64 case stalled 211 ms and
+    # 40 % of its window, with a quiet baseline (docs/pause-budget.md).
     "tcg": Budgets(max_pause_ms=1000.0, stall_floor_ms=500.0, stall_factor=2.0,
                    max_stutter=0.6),
 }
