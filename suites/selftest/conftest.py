@@ -20,6 +20,16 @@ def own_reports_dir(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture
+def load_proof(monkeypatch):
+    """Pause budgets no host load reaches, for the child runs of a self-test that is about
+    something else (verdicts under two runners, versions): the pause checks are judged,
+    and their own self-tests prove them, under the real budgets (test_broken_targets)."""
+    for name, value in (("CPRH_MAX_PAUSE_MS", "60000"), ("CPRH_STALL_FLOOR_MS", "60000"),
+                        ("CPRH_MAX_STUTTER", "1")):
+        monkeypatch.setenv(name, value)
+
+
+@pytest.fixture
 def short_base():
     """A short private base dir for a child run's temp dirs (CPRH_TMPDIR).
 

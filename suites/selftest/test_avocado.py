@@ -101,7 +101,7 @@ def verdicts(avocado_results, pytest_matrix):
 
 
 @needs_qemu
-def test_same_verdicts_under_avocado_and_pytest(tmp_path, short_base):
+def test_same_verdicts_under_avocado_and_pytest(tmp_path, short_base, load_proof):
     scenarios = POSITIVE + ERROR_PATHS + [KNOWN_DEVIATION, STALE_DEVIATION, UNSUPPORTED, SLOW]
     exp = _expectations(tmp_path)
     av_proc, av = run_avocado(tmp_path, short_base, scenarios, "--expectations", str(exp))

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BASE = "transfer/unix-unix-memfd-immediate-q35"
 
 
-def test_upgrade_downgrade_and_the_grid(tmp_path, short_base, qemu_11_1_3):
+def test_upgrade_downgrade_and_the_grid(tmp_path, short_base, qemu_11_1_3, load_proof):
     import os
 
     out = tmp_path / "versions"

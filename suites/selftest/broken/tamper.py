@@ -129,32 +129,49 @@ def connect(sock_path, qemu_pid, deadline):
 
 def wait_resume(f):
     """True once the guest runs on this target: its RESUME event, or (when our monitor
-    came up after RESUME had been sent, as on a loaded host) query-status saying so."""
+    came up after RESUME had been sent, as on a loaded host) query-status saying so.
+    Both replies are read first, so the next command's reply is its own."""
     f.readline()  # greeting
     f.write(json.dumps({"execute": "qmp_capabilities"}) + "\n")
     f.write(json.dumps({"execute": "query-status"}) + "\n")
     f.flush()
-    replies = 0
+    replies, resumed = 0, False
     while True:
         line = f.readline()
         if not line:
             return False
         msg = json.loads(line)
         if msg.get("event") == "RESUME":
-            return True
+            resumed = True
         if "return" in msg or "error" in msg:
             replies += 1
             if replies == 2 and (msg.get("return") or {}).get("status") == "running":
-                return True
+                resumed = True
+        if replies == 2 and resumed:
+            return True
 
 
 def command(f, name, **arguments):
-    f.write(json.dumps({"execute": name, "arguments": arguments}) + "\n")
+    """Run a QMP command and return its reply (by its id: an event or an earlier reply is
+    never taken for it). The reply is awaited because QEMU drops the requests it has not
+    yet dispatched when the client hangs up."""
+    tag = f"tamper-{name}-{time.monotonic_ns()}"
+    f.write(json.dumps({"execute": name, "arguments": arguments, "id": tag}) + "\n")
     f.flush()
-    while True:  # skip events until the reply
-        msg = json.loads(f.readline() or "{}")
-        if "return" in msg or "error" in msg or not msg:
+    while True:  # skip events and others' replies until ours
+        line = f.readline()
+        if not line:
+            return {}
+        msg = json.loads(line)
+        if msg.get("id") == tag:
             return msg
+
+
+def done(reply):
+    """A command's reply must be a success: anything else leaves the hold (the case fails
+    'hold released' instead of passing an unbroken target), with the reply in the log."""
+    if "return" not in reply:
+        raise RuntimeError(f"tamper.py: the damage failed: {reply}")
 
 
 def flip_byte(qemu_pid):
@@ -178,15 +195,13 @@ def damage(mode, f, qemu_pid):
         time.sleep(LATE_S)
     kind = mode.replace("late-", "")
     if kind == "reset":
-        command(f, "system_reset")
+        done(command(f, "system_reset"))
     elif kind == "stop":
-        command(f, "stop")
+        done(command(f, "stop"))
     elif kind == "page":
         flip_byte(qemu_pid)
     elif kind == "mute":  # the bare-metal guests' console is chardev ser0
-        reply = command(f, "chardev-change", id="ser0", backend={"type": "null", "data": {}})
-        if "return" not in reply:
-            raise RuntimeError(f"tamper.py: chardev-change failed: {reply}")
+        done(command(f, "chardev-change", id="ser0", backend={"type": "null", "data": {}}))
     elif kind == "kill":
         os.kill(qemu_pid, signal.SIGKILL)
     elif kind == "freeze":
@@ -225,7 +240,7 @@ def source_cont(f, hold):
     while (command(f, "query-migrate").get("return") or {}).get("status") != "completed":
         time.sleep(0.01)
     time.sleep(LATE_S)
-    command(f, "cont")
+    done(command(f, "cont"))
     os.unlink(hold)
 
 
