@@ -16,13 +16,15 @@ import math
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
+from harness.evidence.pause import repeated_share
+
 FIGURES = (("switch_ms", "switch-over pause (ms, lower bound)"),
            ("width_ms", "its interval's width (ms)"),
            ("downtime_ms", "QEMU's downtime (ms)"),
            ("window_longest_ms", "longest stall after it (ms)"),
-           ("window_share", "window stalled in stalls >= 10 ms (share)"),
+           ("window_share", "window stalled in stalls >= 10 ms beyond the longest (share)"),
            ("baseline_longest_ms", "baseline's longest stall (ms)"),
-           ("baseline_share", "baseline stalled in stalls >= 10 ms (share)"),
+           ("baseline_share", "baseline stalled in stalls >= 10 ms beyond the longest"),
            ("share_over_baseline", "window's share minus the baseline's"))
 PAUSE_IDS = {"pause.switch-over", "pause.stalls", "pause.stutter"}
 
@@ -40,7 +42,8 @@ def _row(rec: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
 
     def share(st: Mapping[str, Any]) -> Optional[float]:
         secs = st.get("seconds") or 0
-        return (st.get("stalled_ms") or 0) / (secs * 1000) if secs else None
+        return repeated_share(secs, st.get("longest_ms") or 0.0,
+                              st.get("stalled_ms") or 0.0) if secs else None
 
     ws, bs = share(w), share(b)
     return {"id": rec.get("id"), "accel": rec.get("accel") or "?",

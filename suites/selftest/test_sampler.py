@@ -370,3 +370,22 @@ def test_paced_it_times_a_stall_and_leaves_the_core_free(counter):
     assert paused.max_ns >= 99e6, paused
     back = SamplerResult.from_dict(json.loads(json.dumps(r.to_dict())))
     assert back.relaxed_at_ns == r.relaxed_at_ns and back.scheduling == r.scheduling
+
+
+def test_a_stutter_is_many_stalls_and_one_hiccup_licenses_nothing():
+    """The stutter share counts the stalls beyond the longest one (the longest is
+    pause.stalls'): a single host hiccup in the 0.5 s baseline does not raise what the
+    window may stall, and a target that stalls the guest 70 % of the window fails
+    whatever that hiccup was (seen under load: a 320 ms baseline stall let it pass)."""
+    from harness.evidence.pause import Budgets, StallStats, repeated_share
+
+    baseline = StallStats(seconds=0.533, longest_ms=319.655, stalled_ms=319.655, count=1)
+    window = StallStats(seconds=7.45, longest_ms=96.1, stalled_ms=5291.7, count=75)
+    assert baseline.share == 0.0
+    assert abs(window.share - (5291.7 - 96.1) / 7450) < 1e-9
+    budgets = Budgets(max_pause_ms=250, stall_floor_ms=150, stall_factor=2, max_stutter=0.25)
+    assert window.share > budgets.allowed_share(baseline.share)
+    # A stall shorter than the unit is not in stalled_ms, so nothing is taken off.
+    assert repeated_share(1.0, 5.0, 30.0) == 0.03
+    assert repeated_share(0.0, 50.0, 50.0) == 0.0
+    assert "beyond the longest" in window.describe()

@@ -77,7 +77,8 @@ def judge_after(p: PauseFigures) -> List[Check]:
                        f"<= {share:.0%} of the window ({before} + {b.max_stutter:.0%})",
                        f"{w.share:.0%}: {w.describe()}",
                        f"the guest stood still {w.share:.0%} of the window after the "
-                       f"switch-over, {before}: a stuttering target"))
+                       f"switch-over in stalls beyond its longest, {before}: a stuttering "
+                       "target"))
     return out
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Mapping, Optional
 
+from harness.evidence.pause import repeated_share
 from harness.tools.report.text import Line, words
 
 Row = Line
@@ -66,9 +67,10 @@ def _ram_rows(ev: Mapping[str, Any], res: Mapping[str, Any]) -> List[Row]:
 def _stall_words(st: Mapping[str, Any]) -> str:
     top = ", ".join(_fmt(x) for x in st.get("top_ms") or []) or "none"
     secs = st.get("seconds") or 0
-    share = (st.get("stalled_ms") or 0) / (secs * 1000.0) if secs else 0.0
+    share = repeated_share(secs, st.get("longest_ms") or 0.0, st.get("stalled_ms") or 0.0)
     return (f"{words(st.get('count'), '?')} stall(s) in {_fmt(secs)} s, "
-            f"{_fmt(st.get('stalled_ms'))} ms in all ({share:.0%}), longest {top} ms")
+            f"{_fmt(st.get('stalled_ms'))} ms in all, {share:.0%} beyond the longest; "
+            f"longest {top} ms")
 
 
 def _pause_rows(ev: Mapping[str, Any]) -> List[Row]:
