@@ -287,8 +287,12 @@ class PairDriver(Pair):
             (self.target, target_expectation(self.sc.paused))]
         if self.sc.mode == "cpr-transfer":
             watches.append((self.source, source_expectation(self.serial_of(self.source))))
+        # The target's console by the name it was launched under: a cpr-exec target is
+        # the source's process exec'd in place (same QemuProcess, named src), its console
+        # the dst file its new command line names.
         serial = {"src": self.serial_of(self.source) or "",
-                  "dst": self.serial_of(self.target) or ""}
+                  "dst": self.r.artifacts.get(f"{self.name_of('dst', a.tag)}.serial")
+                  or self.serial_of(self.target) or ""}
         devices = {}
         for fam in FAMILIES:
             w = fam.watcher(WatchContext(
